@@ -1,0 +1,36 @@
+# One-command entry points: `make demo` (set up, build, run the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU wheel of torch (a looser pin pulls the multi-GB CUDA build).
+TORCH := torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.deps: $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH) pybind11 scikit-build-core ninja cmake
+	touch $@
+
+# Rebuilt whenever the C++ sources, the build files or the package change.
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*) $(wildcard python/warpload/*.py)
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/warpload bench
+
+test: setup
+	$(BIN)/python -m pytest tests -q
+
+bench: setup
+	$(BIN)/pip install --quiet ".[bench]" --no-build-isolation
+	$(BIN)/warpload bench --model gpt2-medium
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,146 @@
+// bindings.cpp — the only file that knows Python: exposes files, buffers and execute_plan as warpload._core.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "convert.h"
+#include "engine.h"
+#include "errors.h"
+#include "io.h"
+#include "thread_pool.h"
+
+namespace py = pybind11;
+using namespace warpload;
+
+namespace {
+
+// Columns of one row of the int64 plan table built by python/warpload/engine.py.
+constexpr size_t kPlanColumns = 6;
+
+std::vector<CopyOp> decode_plan(const py::buffer& table) {
+    py::buffer_info info = table.request();
+    // array('q') reports "q"; numpy's int64 reports "l" on LP64.
+    if (info.itemsize != 8 || (info.format != "q" && info.format != "l")) {
+        throw std::invalid_argument("plan table must be a buffer of int64");
+    }
+    if (info.size % kPlanColumns != 0) throw std::invalid_argument("plan table length is not a multiple of 6");
+    const auto* row = static_cast<const int64_t*>(info.ptr);
+    std::vector<CopyOp> ops(static_cast<size_t>(info.size) / kPlanColumns);
+    for (auto& op : ops) {
+        if (row[0] < 0 || row[1] < 0 || row[2] < 0) throw CheckpointError("negative value in plan table");
+        if (!is_known_dtype(static_cast<int32_t>(row[3])) || !is_known_dtype(static_cast<int32_t>(row[5]))) {
+            throw CheckpointError("unknown dtype code in plan table");
+        }
+        op.file = static_cast<uint32_t>(row[0]);
+        op.src_offset = static_cast<uint64_t>(row[1]);
+        op.src_nbytes = static_cast<uint64_t>(row[2]);
+        op.src_dtype = static_cast<DType>(row[3]);
+        op.dst = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(row[4]));
+        op.dst_dtype = static_cast<DType>(row[5]);
+        row += kPlanColumns;
+    }
+    return ops;
+}
+
+// A buffer of zero bytes still needs a non-null address for the buffer protocol.
+uint8_t empty_buffer_byte = 0;
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "warpload's C++ engine: mapped files, huge-page buffers, parallel plan execution.";
+
+    py::module_ errors = py::module_::import("warpload.errors");
+    static py::object checkpoint_error = errors.attr("CheckpointError");
+    static py::object io_error = errors.attr("EngineIOError");
+    py::register_exception_translator([](std::exception_ptr caught) {
+        try {
+            if (caught) std::rethrow_exception(caught);
+        } catch (const CheckpointError& err) {
+            PyErr_SetString(checkpoint_error.ptr(), err.what());
+        } catch (const IOError& err) {
+            py::object exc = io_error(err.errno_value(), err.what());
+            PyErr_SetObject(io_error.ptr(), exc.ptr());
+        }
+    });
+
+    py::class_<MappedFile, std::shared_ptr<MappedFile>>(m, "File", py::buffer_protocol())
+        .def(py::init<const std::string&>(), py::arg("path"))
+        .def_property_readonly("path", &MappedFile::path)
+        .def_property_readonly("size", &MappedFile::size)
+        .def(
+            "read",
+            [](const MappedFile& file, uint64_t offset, uint64_t nbytes) {
+                uint64_t end = offset + nbytes;
+                if (end < offset || end > file.size()) {
+                    throw CheckpointError(file.path() + ": cannot read " + std::to_string(nbytes) +
+                                          " bytes at offset " + std::to_string(offset) + ", the file has " +
+                                          std::to_string(file.size()));
+                }
+                return py::bytes(reinterpret_cast<const char*>(file.data() + offset), nbytes);
+            },
+            py::arg("offset"), py::arg("nbytes"), "Bytes [offset, offset+nbytes) of the file, bounds-checked.")
+        .def(
+            "resident_fraction", [](const MappedFile& file) { return file.resident_fraction(0, file.size()); },
+            "Fraction of the file's pages in the page cache.")
+        .def_buffer([](MappedFile& file) {
+            uint8_t* data = file.data() != nullptr ? file.data() : &empty_buffer_byte;
+            return py::buffer_info(data, 1, py::format_descriptor<uint8_t>::format(), 1,
+                                   {static_cast<py::ssize_t>(file.size())}, {1}, /*readonly=*/false);
+        });
+
+    py::class_<HugePageBuffer, std::shared_ptr<HugePageBuffer>>(m, "HostBuffer", py::buffer_protocol())
+        .def(py::init<size_t>(), py::arg("nbytes"))
+        .def_property_readonly("size", &HugePageBuffer::size)
+        .def_property_readonly("address",
+                               [](const HugePageBuffer& buf) { return reinterpret_cast<uintptr_t>(buf.data()); })
+        .def_buffer([](HugePageBuffer& buf) {
+            uint8_t* data = buf.data() != nullptr ? buf.data() : &empty_buffer_byte;
+            return py::buffer_info(data, 1, py::format_descriptor<uint8_t>::format(), 1,
+                                   {static_cast<py::ssize_t>(buf.size())}, {1}, /*readonly=*/false);
+        });
+
+    m.def(
+        "execute",
+        [](const std::vector<std::shared_ptr<MappedFile>>& files, const py::buffer& table, int method,
+           size_t num_threads, size_t chunk_bytes) {
+            if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
+            std::vector<CopyOp> ops = decode_plan(table);
+            ExecuteOptions options;
+            options.method = static_cast<ReadMethod>(method);
+            options.num_threads = num_threads;
+            if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
+            py::gil_scoped_release release;
+            execute_plan(files, ops, options);
+        },
+        py::arg("files"), py::arg("table"), py::arg("method") = 0, py::arg("num_threads") = 0,
+        py::arg("chunk_bytes") = 0,
+        "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_address, dst_dtype).");
+
+    m.def(
+        "convert_buffer",
+        [](const py::buffer& src, int src_dtype, int dst_dtype) {
+            if (!is_known_dtype(src_dtype) || !is_known_dtype(dst_dtype)) throw std::invalid_argument("unknown dtype code");
+            py::buffer_info info = src.request();
+            auto from = static_cast<DType>(src_dtype);
+            auto to = static_cast<DType>(dst_dtype);
+            size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
+            if (nbytes % itemsize(from) != 0) throw std::invalid_argument("source is not a whole number of elements");
+            size_t count = nbytes / itemsize(from);
+            std::string out(count * itemsize(to), '\0');
+            {
+                py::gil_scoped_release release;
+                convert(info.ptr, from, out.data(), to, count);
+            }
+            return py::bytes(out);
+        },
+        py::arg("src"), py::arg("src_dtype"), py::arg("dst_dtype"), "Converts a whole buffer; for tests.");
+
+    m.def("evict_from_page_cache", &evict_from_page_cache, py::arg("path"),
+          py::call_guard<py::gil_scoped_release>(), "Drops a file's pages from the page cache.");
+    m.def("available_cores", &available_cores, "Cores this process may run on.");
+}

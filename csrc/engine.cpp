@@ -1,0 +1,137 @@
+// engine.cpp — plan validation, chunking, and the per-chunk copy/convert kernels of execute_plan.
+#include "engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "convert.h"
+#include "errors.h"
+#include "thread_pool.h"
+
+namespace warpload {
+
+namespace {
+
+// Below this a file is treated as cold: reading it through the mapping would page-fault on
+// nearly every 64 KiB of source, and pread lets the kernel read ahead in large requests.
+constexpr double kWarmFraction = 0.9;
+// Destinations smaller than this gain nothing from huge-page advice.
+constexpr uint64_t kHugePageAdviceMin = uint64_t(4) << 20;
+
+struct Chunk {
+    const CopyOp* op;
+    uint64_t src_begin;  // relative to op->src_offset
+    uint64_t src_len;
+    bool use_pread;
+};
+
+void validate(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
+    for (size_t i = 0; i < ops.size(); ++i) {
+        const CopyOp& op = ops[i];
+        const std::string where = "plan operation " + std::to_string(i);
+        if (op.file >= files.size()) {
+            throw CheckpointError(where + ": file index " + std::to_string(op.file) + " but the plan has " +
+                                  std::to_string(files.size()) + " files");
+        }
+        const MappedFile& file = *files[op.file];
+        uint64_t end = op.src_offset + op.src_nbytes;
+        if (end < op.src_offset || end > file.size()) {
+            throw CheckpointError(file.path() + ": " + where + " reads bytes [" + std::to_string(op.src_offset) +
+                                  ", " + std::to_string(op.src_offset) + "+" + std::to_string(op.src_nbytes) +
+                                  "), past the end of the file (" + std::to_string(file.size()) + " bytes)");
+        }
+        if (op.src_nbytes % itemsize(op.src_dtype) != 0) {
+            throw CheckpointError(file.path() + ": " + where + " copies " + std::to_string(op.src_nbytes) +
+                                  " bytes, not a whole number of elements");
+        }
+        if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
+            throw CheckpointError(where + ": no conversion from dtype code " +
+                                  std::to_string(static_cast<int>(op.src_dtype)) + " to " +
+                                  std::to_string(static_cast<int>(op.dst_dtype)));
+        }
+        if (op.src_nbytes > 0 && op.dst == nullptr) throw CheckpointError(where + ": null destination");
+    }
+}
+
+std::vector<bool> choose_pread(const std::vector<std::shared_ptr<MappedFile>>& files,
+                               const std::vector<CopyOp>& ops, ReadMethod method) {
+    std::vector<bool> use_pread(files.size(), method == ReadMethod::Pread);
+    if (method != ReadMethod::Auto) return use_pread;
+    // Residency is measured over the span of the file the plan reads, not the whole file.
+    std::vector<uint64_t> lo(files.size(), UINT64_MAX), hi(files.size(), 0);
+    for (const CopyOp& op : ops) {
+        if (op.src_nbytes == 0) continue;
+        lo[op.file] = std::min(lo[op.file], op.src_offset);
+        hi[op.file] = std::max(hi[op.file], op.src_offset + op.src_nbytes);
+    }
+    for (size_t f = 0; f < files.size(); ++f) {
+        if (hi[f] > lo[f]) use_pread[f] = files[f]->resident_fraction(lo[f], hi[f] - lo[f]) < kWarmFraction;
+    }
+    return use_pread;
+}
+
+std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<bool>& use_pread, size_t chunk_bytes) {
+    std::vector<Chunk> chunks;
+    chunks.reserve(ops.size());
+    for (const CopyOp& op : ops) {
+        if (op.src_nbytes == 0) continue;
+        // Chunks end on element boundaries so each one converts independently.
+        uint64_t step = std::max<uint64_t>(chunk_bytes / 8 * 8, 8);
+        for (uint64_t begin = 0; begin < op.src_nbytes; begin += step) {
+            chunks.push_back({&op, begin, std::min(step, op.src_nbytes - begin), use_pread[op.file]});
+        }
+    }
+    // Order by (file, offset) so threads taking chunks in turn read each file front to back.
+    std::stable_sort(chunks.begin(), chunks.end(), [](const Chunk& a, const Chunk& b) {
+        if (a.op->file != b.op->file) return a.op->file < b.op->file;
+        return a.op->src_offset + a.src_begin < b.op->src_offset + b.src_begin;
+    });
+    return chunks;
+}
+
+void copy_chunk(const MappedFile& file, const Chunk& chunk, std::vector<uint8_t>& bounce) {
+    const CopyOp& op = *chunk.op;
+    const uint64_t offset = op.src_offset + chunk.src_begin;
+    const size_t src_size = itemsize(op.src_dtype);
+    uint8_t* dst = op.dst + chunk.src_begin / src_size * itemsize(op.dst_dtype);
+    if (op.src_dtype == op.dst_dtype) {
+        if (chunk.use_pread) {
+            file.read_into(dst, offset, chunk.src_len);
+        } else {
+            std::memcpy(dst, file.data() + offset, chunk.src_len);
+        }
+        return;
+    }
+    const uint8_t* src = file.data() + offset;
+    if (chunk.use_pread) {
+        if (bounce.size() < chunk.src_len) bounce.resize(chunk.src_len);
+        file.read_into(bounce.data(), offset, chunk.src_len);
+        src = bounce.data();
+    }
+    convert(src, op.src_dtype, dst, op.dst_dtype, chunk.src_len / src_size);
+}
+
+}  // namespace
+
+void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
+                  const ExecuteOptions& options) {
+    validate(files, ops);
+    std::vector<bool> use_pread = choose_pread(files, ops, options.method);
+    for (const CopyOp& op : ops) {
+        uint64_t dst_nbytes = op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);
+        if (dst_nbytes >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes);
+    }
+    std::vector<Chunk> chunks = split(ops, use_pread, options.chunk_bytes);
+
+    static std::mutex one_plan_at_a_time;
+    std::lock_guard<std::mutex> lock(one_plan_at_a_time);
+    ThreadPool& pool = shared_pool(options.num_threads);
+    std::vector<std::vector<uint8_t>> bounce(pool.size());
+    pool.run(chunks.size(), [&](size_t i, size_t worker) {
+        copy_chunk(*files[chunks[i].op->file], chunks[i], bounce[worker]);
+    });
+}
+
+}  // namespace warpload

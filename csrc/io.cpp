@@ -1,0 +1,147 @@
+// io.cpp — mmap/pread file access, residency checks, cache hints and huge-page buffers.
+#include "io.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "errors.h"
+
+namespace warpload {
+
+namespace {
+
+constexpr size_t kHugePage = size_t(2) << 20;
+
+size_t page_size() {
+    static const size_t size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    return size;
+}
+
+}  // namespace
+
+std::string describe_errno(const std::string& what, int errno_value) {
+    return what + ": " + std::strerror(errno_value);
+}
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw IOError(describe_errno(path + ": cannot open", errno), errno);
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) {
+        int err = errno;
+        ::close(fd_);
+        throw IOError(describe_errno(path + ": cannot stat", err), err);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd_);
+        throw IOError(path + ": not a regular file", EINVAL);
+    }
+    size_ = static_cast<uint64_t>(st.st_size);
+    if (size_ == 0) return;
+    void* mapped = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd_, 0);
+    if (mapped == MAP_FAILED) {
+        int err = errno;
+        ::close(fd_);
+        throw IOError(describe_errno(path + ": cannot mmap", err), err);
+    }
+    data_ = static_cast<uint8_t*>(mapped);
+}
+
+MappedFile::~MappedFile() {
+    if (data_ != nullptr) ::munmap(data_, size_);
+    if (fd_ >= 0) ::close(fd_);
+}
+
+double MappedFile::resident_fraction(uint64_t offset, uint64_t nbytes) const {
+    if (data_ == nullptr || nbytes == 0) return 1.0;
+    const size_t page = page_size();
+    uint64_t begin = offset / page * page;
+    uint64_t end = offset + nbytes;
+    size_t pages = static_cast<size_t>((end - begin + page - 1) / page);
+    std::vector<unsigned char> present(pages);
+    if (::mincore(data_ + begin, end - begin, present.data()) != 0) return 0.0;
+    size_t resident = 0;
+    for (unsigned char p : present) resident += p & 1;
+    return static_cast<double>(resident) / static_cast<double>(pages);
+}
+
+void MappedFile::read_into(void* dst, uint64_t offset, uint64_t nbytes) const {
+    auto* out = static_cast<uint8_t*>(dst);
+    while (nbytes > 0) {
+        // Linux caps one read at 0x7ffff000 bytes.
+        size_t want = nbytes > (size_t(1) << 30) ? (size_t(1) << 30) : static_cast<size_t>(nbytes);
+        ssize_t got = ::pread(fd_, out, want, static_cast<off_t>(offset));
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            throw IOError(describe_errno(path_ + ": read of " + std::to_string(want) + " bytes at offset " +
+                                             std::to_string(offset) + " failed",
+                                         errno),
+                          errno);
+        }
+        if (got == 0) {
+            throw CheckpointError(path_ + ": unexpected end of file at offset " + std::to_string(offset) +
+                                  " (the file shrank while it was being read?)");
+        }
+        out += got;
+        offset += static_cast<uint64_t>(got);
+        nbytes -= static_cast<uint64_t>(got);
+    }
+}
+
+void MappedFile::advise_sequential(uint64_t offset, uint64_t nbytes) const {
+    ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(nbytes), POSIX_FADV_SEQUENTIAL);
+}
+
+void MappedFile::advise_willneed(uint64_t offset, uint64_t nbytes) const {
+    ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(nbytes), POSIX_FADV_WILLNEED);
+}
+
+void evict_from_page_cache(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw IOError(describe_errno(path + ": cannot open", errno), errno);
+    // Dirty pages cannot be dropped; flush them first so the eviction is complete.
+    ::fdatasync(fd);
+    int rc = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+    if (rc != 0) throw IOError(describe_errno(path + ": posix_fadvise(DONTNEED) failed", rc), rc);
+}
+
+HugePageBuffer::HugePageBuffer(size_t nbytes) : size_(nbytes) {
+    if (nbytes == 0) return;
+    // Over-allocate by one huge page so the returned region can start 2 MiB-aligned, which is
+    // what lets the kernel back it with huge pages from the first byte.
+    mapped_ = nbytes + kHugePage;
+    void* raw = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) {
+        throw IOError(describe_errno("cannot allocate " + std::to_string(nbytes) + " bytes", errno), errno);
+    }
+    auto base = reinterpret_cast<uintptr_t>(raw);
+    uintptr_t aligned = (base + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+    size_t head = aligned - base;
+    if (head > 0) ::munmap(raw, head);
+    // Trim the unused tail (whole pages) so only the requested size stays mapped.
+    size_t keep = (nbytes + page_size() - 1) / page_size() * page_size();
+    if (mapped_ - head > keep) ::munmap(reinterpret_cast<void*>(aligned + keep), mapped_ - head - keep);
+    mapped_ = keep;
+    data_ = reinterpret_cast<uint8_t*>(aligned);
+    ::madvise(data_, mapped_, MADV_HUGEPAGE);
+}
+
+HugePageBuffer::~HugePageBuffer() {
+    if (data_ != nullptr) ::munmap(data_, mapped_);
+}
+
+void advise_hugepages(void* ptr, size_t nbytes) {
+    auto begin = reinterpret_cast<uintptr_t>(ptr);
+    uintptr_t first = (begin + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+    uintptr_t last = (begin + nbytes) & ~(uintptr_t(kHugePage) - 1);
+    if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+}
+
+}  // namespace warpload

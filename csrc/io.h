@@ -1,0 +1,67 @@
+// io.h — files for reading: an fd plus a private read-only-backed mapping, residency and cache hints.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace warpload {
+
+// An open checkpoint file. The whole file is mapped MAP_PRIVATE with PROT_READ|PROT_WRITE so
+// zero-copy tensors are writable (copy-on-write: writes never reach the file), as safetensors
+// does. Owns the fd and the mapping (RAII); not copyable.
+class MappedFile {
+   public:
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    const std::string& path() const { return path_; }
+    uint64_t size() const { return size_; }
+    int fd() const { return fd_; }
+    // nullptr for an empty file.
+    uint8_t* data() const { return data_; }
+
+    // Fraction of the pages of [offset, offset+nbytes) present in the page cache (mincore).
+    double resident_fraction(uint64_t offset, uint64_t nbytes) const;
+    // Reads exactly nbytes at offset into dst with pread, retrying short reads and EINTR.
+    void read_into(void* dst, uint64_t offset, uint64_t nbytes) const;
+    // madvise / posix_fadvise hints; failures are ignored (they are only hints).
+    void advise_sequential(uint64_t offset, uint64_t nbytes) const;
+    void advise_willneed(uint64_t offset, uint64_t nbytes) const;
+
+   private:
+    std::string path_;
+    int fd_ = -1;
+    uint64_t size_ = 0;
+    uint8_t* data_ = nullptr;
+};
+
+// Drops the file's pages from the page cache (POSIX_FADV_DONTNEED), for cold-cache benchmarks.
+void evict_from_page_cache(const std::string& path);
+
+// Anonymous memory advised for transparent huge pages (THP "madvise" mode), zero-filled lazily
+// by the kernel on first touch. Used as the destination of owned-memory loads.
+class HugePageBuffer {
+   public:
+    explicit HugePageBuffer(size_t nbytes);
+    ~HugePageBuffer();
+    HugePageBuffer(const HugePageBuffer&) = delete;
+    HugePageBuffer& operator=(const HugePageBuffer&) = delete;
+
+    uint8_t* data() const { return data_; }
+    size_t size() const { return size_; }
+
+   private:
+    uint8_t* data_ = nullptr;
+    size_t size_ = 0;
+    size_t mapped_ = 0;
+};
+
+// Asks for huge pages on the 2 MiB-aligned interior of [ptr, ptr+nbytes) before it is touched.
+void advise_hugepages(void* ptr, size_t nbytes);
+
+}  // namespace warpload

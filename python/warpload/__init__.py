@@ -1,0 +1,37 @@
+"""warpload: load Hugging Face checkpoints as fast as the hardware allows.
+
+Importing the package is cheap: torch, numpy, huggingface_hub and the C++ engine load on
+first use of a function that needs them (PEP 562 module __getattr__).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_file": "tensors",
+    "safe_open": "tensors",
+    "load_checkpoint": "tensors",
+    "errors": None,
+}
+
+__all__ = ["load_file", "safe_open", "load_checkpoint", "errors", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'warpload' has no attribute {name!r}")
+    import importlib
+
+    module_name = _LAZY[name]
+    if module_name is None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,39 @@
+"""Hugging Face file names, format limits and every WARPLOAD_* environment variable, in one place."""
+from __future__ import annotations
+
+import os
+
+SAFETENSORS_WEIGHTS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+
+# safetensors/src/tensor.rs MAX_HEADER_SIZE: headers above 100 MB are refused.
+SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
+
+# Owned tensors start on 64-byte boundaries inside their buffer: a cache line, and enough for
+# any SIMD load torch issues.
+TENSOR_ALIGNMENT = 64
+
+ENV_NUM_THREADS = "WARPLOAD_NUM_THREADS"
+ENV_READ_METHOD = "WARPLOAD_READ_METHOD"
+
+READ_METHODS = {"auto": 0, "mmap": 1, "pread": 2}
+
+
+def num_threads() -> int:
+    """Engine threads from WARPLOAD_NUM_THREADS; 0 means one per available core."""
+    value = os.environ.get(ENV_NUM_THREADS, "0")
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ValueError(f"{ENV_NUM_THREADS}={value!r} is not an integer; unset it or give a thread count") from None
+    if threads < 0:
+        raise ValueError(f"{ENV_NUM_THREADS}={threads} is negative; unset it or give a thread count")
+    return threads
+
+
+def read_method() -> int:
+    """Engine read method code from WARPLOAD_READ_METHOD (auto, mmap or pread)."""
+    value = os.environ.get(ENV_READ_METHOD, "auto").lower()
+    if value not in READ_METHODS:
+        raise ValueError(f"{ENV_READ_METHOD}={value!r}: choose one of {', '.join(READ_METHODS)}")
+    return READ_METHODS[value]

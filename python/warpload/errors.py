@@ -1,0 +1,42 @@
+"""Every exception warpload raises on purpose; each also inherits the built-in type callers already catch."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class WarploadError(Exception):
+    """Base class of all warpload errors."""
+
+
+class CheckpointError(WarploadError, ValueError):
+    """A checkpoint file is corrupt, truncated, inconsistent or hostile.
+
+    ``path``, ``tensor`` and ``offset`` name where the problem is, when known.
+    """
+
+    def __init__(self, message: str, *, path: Optional[str] = None, tensor: Optional[str] = None,
+                 offset: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.tensor = tensor
+        self.offset = offset
+
+
+class HeaderError(CheckpointError):
+    """A checkpoint header (length, JSON, or the tensor table in it) is invalid."""
+
+
+class UnsupportedFormatError(CheckpointError):
+    """A file is not in any checkpoint format warpload reads."""
+
+
+class UnsupportedDtypeError(WarploadError, TypeError):
+    """A tensor's dtype has no torch equivalent here, or cannot be converted as asked."""
+
+
+class CheckpointNotFoundError(WarploadError, FileNotFoundError):
+    """The path does not exist, or a directory holds no checkpoint warpload recognises."""
+
+
+class EngineIOError(WarploadError, OSError):
+    """The operating system failed a read, open or allocation (raised by the C++ engine)."""

@@ -1,0 +1,204 @@
+"""The tensor API: load_file and safe_open (drop-ins for safetensors') and load_checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from . import engine
+from .constants import SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+from .dtypes import dtype_name, torch_dtype
+from .errors import CheckpointError, CheckpointNotFoundError, HeaderError
+from .formats import detect_format
+from .formats.safetensors import read_header
+from .plan import TensorRecord, plan_load
+
+if TYPE_CHECKING:
+    import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+DeviceLike = Union[str, int, "torch.device"]
+
+
+def _requested_dtype(dtype: Any) -> Optional[str]:
+    return None if dtype is None else dtype_name(dtype)
+
+
+def _is_cpu(device: DeviceLike) -> bool:
+    return str(device) == "cpu"
+
+
+def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
+              zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
+    """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
+
+    Tensors come in file order, as safetensors returns them, read in parallel into memory they own. With `zero_copy=True` (CPU only, no
+    `dtype`) they instead view the memory-mapped file: nothing is read until a page is touched,
+    and writes stay private to the process. `dtype` converts floating-point tensors (torch's
+    rounding, bit for bit); integer and bool tensors keep their dtype.
+
+    Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing.
+    """
+    path = _existing_file(filename)
+    header = read_header(path)
+    plan = plan_load(header.records, _requested_dtype(dtype))
+    if zero_copy:
+        if not _is_cpu(device) or any(t.converts for t in plan.tensors):
+            raise ValueError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
+        return engine.zero_copy_views(plan.tensors, {path: engine.core().File(path)})
+    return engine.materialize(plan, device)
+
+
+def _existing_file(filename: PathLike) -> str:
+    path = os.fspath(filename)
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; load_file reads one safetensors file "
+                                "(use warpload.load_checkpoint for a checkpoint folder)")
+    return path
+
+
+class safe_open:
+    """Lazy access to a safetensors file, like `safetensors.safe_open`: reads only what is asked.
+
+    Usable as a context manager; `keys()`, `offset_keys()`, `metadata()`, `get_tensor(name)` and
+    `get_slice(name)[...]` behave as in safetensors.
+    """
+
+    def __init__(self, filename: PathLike, framework: str = "pt", device: DeviceLike = "cpu") -> None:
+        if framework not in ("pt", "torch"):
+            raise ValueError(f"framework={framework!r}: warpload returns torch tensors, use framework='pt'")
+        self._path = _existing_file(filename)
+        self._device = device
+        self._header = read_header(self._path)
+        self._records = {r.name: r for r in self._header.records}
+        self._file = engine.core().File(self._path)
+
+    def __enter__(self) -> "safe_open":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._file = None
+
+    def keys(self) -> list[str]:
+        return sorted(self._records)
+
+    def offset_keys(self) -> list[str]:
+        """Tensor names in the order of their bytes in the file."""
+        return [r.name for r in self._header.records]
+
+    def metadata(self) -> Optional[dict[str, str]]:
+        return None if self._header.metadata is None else dict(self._header.metadata)
+
+    def _record(self, name: str) -> TensorRecord:
+        if self._file is None:
+            raise ValueError(f"{self._path}: the file was closed (used outside its `with` block)")
+        try:
+            return self._records[name]
+        except KeyError:
+            raise KeyError(f"{self._path}: no tensor named {name!r}") from None
+
+    def get_tensor(self, name: str) -> "torch.Tensor":
+        """The tensor `name`, read into memory it owns."""
+        plan = plan_load([self._record(name)])
+        return engine.materialize(plan, self._device, files=[self._file])[name]
+
+    def get_slice(self, name: str) -> "SafeSlice":
+        """A handle whose `[...]` reads only the indexed part of tensor `name`."""
+        return SafeSlice(self._record(name), self._file, self._device)
+
+
+class SafeSlice:
+    """One tensor of an open file; indexing copies just the selected elements (basic indexing)."""
+
+    def __init__(self, record: TensorRecord, file: Any, device: DeviceLike) -> None:
+        self._record = record
+        self._file = file
+        self._device = device
+
+    def get_shape(self) -> list[int]:
+        return list(self._record.shape)
+
+    def get_dtype(self) -> str:
+        return self._record.dtype
+
+    def __getitem__(self, index: Any) -> "torch.Tensor":
+        import torch
+
+        view = engine.zero_copy_views([plan_load([self._record]).tensors[0]], {self._record.path: self._file})
+        selected = view[self._record.name][index]
+        # A copy, so the result owns its memory: only the touched pages of the mapping are read.
+        owned = selected.clone(memory_format=torch.contiguous_format)
+        return owned if _is_cpu(self._device) else owned.to(self._device)
+
+
+def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None) -> dict[str, "torch.Tensor"]:
+    """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
+
+    All files are planned together and read in one parallel engine call; tensors come in
+    (shard, offset) order. Formats are recognised by content. Raises CheckpointNotFoundError when nothing loadable is there, CheckpointError for
+    corrupt or inconsistent files.
+    """
+    records = _checkpoint_records(os.fspath(path))
+    return engine.materialize(plan_load(records, _requested_dtype(dtype)), device)
+
+
+def _checkpoint_records(path: str) -> list[TensorRecord]:
+    if os.path.isdir(path):
+        path = _weights_in_folder(path)
+    elif not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    if path.endswith(".index.json"):
+        return _sharded_records(path)
+    return list(detect_format(path).read(path).records)
+
+
+def _weights_in_folder(folder: str) -> str:
+    for name in (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            return candidate
+    singles = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    if len(singles) == 1:
+        return os.path.join(folder, singles[0])
+    found = ", ".join(sorted(os.listdir(folder))) or "nothing"
+    raise CheckpointNotFoundError(
+        f"{folder}: no {SAFETENSORS_INDEX_NAME} or {SAFETENSORS_WEIGHTS_NAME} (found: {found}); "
+        "pass the path of the weights file itself"
+    )
+
+
+def _sharded_records(index_path: str) -> list[TensorRecord]:
+    """Records of every shard an index names, checked against its weight_map."""
+    try:
+        with open(index_path, encoding="utf-8") as handle:
+            weight_map = json.load(handle)["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map must map tensor names to file names")
+    except (ValueError, KeyError, TypeError) as err:
+        raise HeaderError(f"{index_path}: not a valid shard index ({err!r})", path=index_path) from err
+    folder = os.path.dirname(index_path)
+    records: list[TensorRecord] = []
+    owner: dict[str, str] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = os.path.join(folder, shard)
+        if os.path.basename(shard) != shard:
+            raise HeaderError(f"{index_path}: shard name {shard!r} must be a plain file name", path=index_path)
+        if not os.path.isfile(shard_path):
+            raise CheckpointNotFoundError(f"{index_path} names shard {shard!r}, which is missing from {folder}")
+        for record in detect_format(shard_path).read(shard_path).records:
+            if record.name in owner:
+                raise CheckpointError(
+                    f"tensor {record.name!r} is in both {owner[record.name]} and {shard_path}",
+                    path=shard_path, tensor=record.name, offset=record.offset,
+                )
+            owner[record.name] = shard_path
+            records.append(record)
+    for name, shard in weight_map.items():
+        if owner.get(name) != os.path.join(folder, shard):
+            raise CheckpointError(
+                f"{index_path} maps tensor {name!r} to {shard}, but that shard does not hold it",
+                path=os.path.join(folder, shard), tensor=name,
+            )
+    return records

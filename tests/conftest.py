@@ -1,0 +1,58 @@
+"""Shared test helpers: raw safetensors writers and tensors of every dtype safetensors supports."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+# Every safetensors dtype that torch 2.13 and safetensors.torch.save_file both handle.
+SAVEABLE_DTYPES = [
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.uint32,
+    torch.int64, torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64,
+    torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e8m0fnu,
+    torch.float8_e4m3fnuz, torch.float8_e5m2fnuz,
+]
+
+
+def random_tensor(shape, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Random bit patterns of any dtype (NaNs included for floats): what a loader must copy exactly."""
+    generator = torch.Generator().manual_seed(seed)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    count = 1
+    for dim in shape:
+        count *= dim
+    raw = torch.randint(0, 256, (count * itemsize,), dtype=torch.uint8, generator=generator)
+    if dtype == torch.bool:
+        return (raw % 2).bool().reshape(shape)
+    return raw.view(dtype).reshape(shape)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape and bytes (so NaNs compare equal and -0.0 differs from 0.0)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return a.contiguous().view(-1).view(torch.uint8).equal(b.contiguous().view(-1).view(torch.uint8)) if a.numel() else True
+
+
+def write_safetensors(path: os.PathLike, header: dict, data: bytes, *, pad_to: int = 8) -> str:
+    """Writes header JSON (padded with spaces) and data exactly as given: valid or not."""
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % pad_to)
+    Path(path).write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return os.fspath(path)
+
+
+@pytest.fixture
+def write_raw(tmp_path):
+    counter = iter(range(10**6))
+
+    def write(header: dict, data: bytes, **kwargs) -> str:
+        return write_safetensors(tmp_path / f"raw{next(counter)}.safetensors", header, data, **kwargs)
+
+    return write
