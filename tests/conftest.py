@@ -56,3 +56,16 @@ def write_raw(tmp_path):
         return write_safetensors(tmp_path / f"raw{next(counter)}.safetensors", header, data, **kwargs)
 
     return write
+
+
+def assert_same_state(loaded: dict, expected: dict, convert=None) -> None:
+    """Same names, same file order, same bits (after `convert`, e.g. a dtype change, of expected).
+
+    Empty tensors share an offset and safetensors orders such ties by hash, so they are left out
+    of the order check.
+    """
+    assert set(loaded) == set(expected)
+    non_empty = [name for name in expected if expected[name].numel()]
+    assert [name for name in loaded if loaded[name].numel()] == non_empty
+    for name, tensor in expected.items():
+        assert same_bits(loaded[name], convert(tensor) if convert else tensor), name

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import engine
 from .constants import SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
-from .dtypes import dtype_name, torch_dtype
+from .dtypes import dtype_name
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError
 from .formats import detect_format
 from .formats.safetensors import read_header

@@ -1,0 +1,132 @@
+"""The C++ engine through warpload._core: read methods, thread counts, chunking, and typed errors for bad plans."""
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from array import array
+
+import pytest
+import torch
+from safetensors.torch import load_file as st_load_file
+from safetensors.torch import save_file
+
+import warpload
+from warpload.engine import core
+from warpload.errors import CheckpointError, EngineIOError
+
+from conftest import assert_same_state
+
+
+@pytest.fixture
+def mixed_file(tmp_path):
+    """Tensors smaller and larger than an engine chunk (4 MiB), plus thousands of tiny ones."""
+    tensors = {"big": torch.randn(3 * 1024 * 1024 + 17), "mid": torch.randn(1000, 33).to(torch.bfloat16)}
+    tensors.update({f"tiny.{i}": torch.full((i % 5,), float(i)) for i in range(3000)})
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["auto", "mmap", "pread"])
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_every_read_method_and_thread_count_gives_the_same_tensors(mixed_file, monkeypatch, method, threads, dtype):
+    monkeypatch.setenv("WARPLOAD_READ_METHOD", method)
+    monkeypatch.setenv("WARPLOAD_NUM_THREADS", threads)
+    expected = st_load_file(mixed_file)
+    loaded = warpload.load_file(mixed_file, dtype=dtype)
+    assert_same_state(loaded, expected, convert=None if dtype is None else lambda t: t.to(dtype))
+
+
+def test_cold_file_is_read_correctly_after_eviction(mixed_file):
+    core().evict_from_page_cache(mixed_file)
+    expected = st_load_file(mixed_file)
+    core().evict_from_page_cache(mixed_file)
+    loaded = warpload.load_file(mixed_file)
+    assert_same_state(loaded, expected)
+
+
+def _run(files, rows):
+    table = array("q", [value for row in rows for value in row])
+    core().execute(files, table)
+
+
+def test_plan_reading_past_the_end_names_the_file_and_range(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(100))
+    out = torch.empty(64, dtype=torch.uint8)
+    with pytest.raises(CheckpointError, match=r"f\.bin.*\[50, 50\+64\).*100 bytes"):
+        _run([core().File(str(path))], [(0, 50, 64, 0, out.data_ptr(), 0)])
+
+
+def test_plan_with_offset_overflow_is_refused(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(100))
+    out = torch.empty(8, dtype=torch.uint8)
+    with pytest.raises(CheckpointError, match="past the end"):
+        _run([core().File(str(path))], [(0, 2**63 - 4, 8, 0, out.data_ptr(), 0)])
+
+
+@pytest.mark.parametrize("row,message", [
+    ((1, 0, 8, 0, 1, 0), "file index 1"),
+    ((0, 0, 3, 2, 1, 2), "whole number of elements"),
+    ((0, 0, 8, 0, 0, 0), "null destination"),
+    ((0, 0, 8, 9, 1, 0), "unknown dtype"),
+    ((0, -1, 8, 0, 1, 0), "negative"),
+    ((0, 0, 8, 0, 1, 6), "no conversion"),
+])
+def test_malformed_plan_rows_are_refused_before_any_copy(tmp_path, row, message):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(100))
+    with pytest.raises(CheckpointError, match=message):
+        _run([core().File(str(path))], [row])
+
+
+def test_missing_file_is_an_os_error_with_errno(tmp_path):
+    with pytest.raises(EngineIOError) as caught:
+        core().File(str(tmp_path / "absent"))
+    assert caught.value.errno == errno.ENOENT
+    assert isinstance(caught.value, FileNotFoundError) or isinstance(caught.value, OSError)
+
+
+def test_file_read_is_bounds_checked(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abcdef")
+    handle = core().File(str(path))
+    assert handle.read(2, 3) == b"cde"
+    with pytest.raises(CheckpointError, match="cannot read"):
+        handle.read(4, 3)
+
+
+def test_huge_page_buffer_is_zeroed_and_writable():
+    buffer = core().HostBuffer(5 << 20)
+    view = memoryview(buffer)
+    assert len(view) == 5 << 20 and view[12345] == 0
+    view[12345] = 7
+    assert bytes(view[12344:12346]) == b"\x00\x07"
+
+
+def test_file_that_shrinks_after_opening_gives_an_error_not_a_crash(tmp_path):
+    # Copying from a mapping of a truncated file would raise SIGBUS; the pread path must say what happened.
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.randn(1 << 20)}, path)
+    script = f"""
+import os, warpload
+from warpload.errors import CheckpointError
+os.environ["WARPLOAD_READ_METHOD"] = "pread"
+import warpload.tensors as t
+from warpload.formats.safetensors import read_header
+from warpload.plan import plan_load
+from warpload import engine
+plan = plan_load(read_header({str(path)!r}).records)
+files = engine.open_files(plan.paths)
+os.truncate({str(path)!r}, 1000)
+try:
+    engine.execute(plan, files)
+except CheckpointError as err:
+    print("refused:", err)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "refused:" in result.stdout and "end of file" in result.stdout
