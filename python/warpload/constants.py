@@ -15,6 +15,9 @@ TENSOR_ALIGNMENT = 64
 
 ENV_NUM_THREADS = "WARPLOAD_NUM_THREADS"
 ENV_READ_METHOD = "WARPLOAD_READ_METHOD"
+# Read by csrc/convert.cpp once per process: forces the scalar conversion kernels (for tests
+# that hold the SIMD and scalar paths to the same bits).
+ENV_DISABLE_SIMD = "WARPLOAD_DISABLE_SIMD"
 
 READ_METHODS = {"auto": 0, "mmap": 1, "pread": 2}
 

@@ -1,6 +1,8 @@
 """Runs load plans through the C++ engine and wraps the bytes it wrote as torch tensors."""
 from __future__ import annotations
 
+import sys
+import threading
 from array import array
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
@@ -65,9 +67,36 @@ def execute(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:
     return buffer
 
 
-def materialize(plan: LoadPlan, device: Any = "cpu", files: Optional[Sequence[Any]] = None) -> dict[str, "torch.Tensor"]:
+def execute_while_importing_torch(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:
+    """execute(), overlapped with the first `import torch` of the process when there is one.
+
+    On a cold start importing torch takes about a second, longer than loading a 1 GB file; the
+    engine releases the GIL, so both proceed at once.
+    """
+    if "torch" in sys.modules:
+        return execute(plan, files)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["buffer"] = execute(plan, files)
+        except BaseException as err:  # re-raised in the caller's thread below
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name="warpload-load", daemon=True)
+    worker.start()
+    import torch  # noqa: F401  (the import is the point)
+
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["buffer"]
+
+
+def materialize(plan: LoadPlan, device: Any = "cpu",
+                files: Optional[Sequence[Any]] = None) -> dict[str, "torch.Tensor"]:
     """Loads every tensor of the plan into memory it owns (one buffer), then onto device."""
-    buffer = execute(plan, files)
+    buffer = execute_while_importing_torch(plan, files)
     tensors = {t.record.name: tensor_view(buffer, t.dst_offset, t.dtype, t.record.shape) for t in plan.tensors}
     return move_to_device(tensors, device)
 

@@ -71,8 +71,13 @@ def write_gpt2_checkpoint(folder: str, shape: GPT2Shape = GPT2_SMALL, seed: int 
     weights = os.path.join(folder, "model.safetensors")
     _write_atomically(weights, lambda tmp: save_file(gpt2_state_dict(shape, seed=seed), tmp, metadata={"format": "pt"}))
     config = json.dumps(gpt2_config(shape), indent=2)
-    _write_atomically(os.path.join(folder, "config.json"), lambda tmp: open(tmp, "w").write(config))
+    _write_atomically(os.path.join(folder, "config.json"), lambda tmp: _write_text(tmp, config))
     return weights
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _write_atomically(path: str, write) -> None:
@@ -80,6 +85,10 @@ def _write_atomically(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,384 @@
+"""Times warpload, its peers and the machine's own limits on one file, warm and cold, side by side."""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from typing import Any, Callable, Optional, Sequence
+
+CACHE_STATES = ("warm", "cold")
+# Memory-only cases do not read the file, so the page cache does not apply to them.
+NO_CACHE = "-"
+
+SAFETENSORS_COPY = "safetensors + copy"
+# The sequential-read limit reads through one reused 16 MiB buffer: requests as large as a
+# loader's, with no page faults on the destination, so it is what the storage path alone allows.
+READ_LIMIT = "limit: sequential read"
+READ_BUFFER_BYTES = 16 << 20
+PAGE_BYTES = 4096
+
+PACKAGES = ("warpload", "torch", "safetensors", "numpy", "fastsafetensors", "runai-model-streamer")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way of getting a file's bytes into memory, timed from call to return."""
+
+    name: str
+    run: Callable[[], Any]  # its result stays alive until the clock stops, then is freed
+    source: Optional[str]  # the file whose page-cache state matters; None for memory-only cases
+
+
+@dataclass
+class Timing:
+    """The repetitions of one case in one cache state, or why it has none."""
+
+    case: str
+    cache: str
+    seconds: list[float] = field(default_factory=list)
+    skipped: Optional[str] = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+@dataclass
+class Report:
+    path: str
+    nbytes: int
+    repeat: int
+    timings: list[Timing]
+    notes: list[str]
+    machine: dict[str, str]
+    versions: dict[str, str]
+
+
+# ---------------------------------------------------------------- what is measured
+
+def sequential_read(path: str) -> int:
+    """Reads the whole file through one reused buffer, unbuffered; returns the bytes read."""
+    view = memoryview(bytearray(READ_BUFFER_BYTES))
+    total = 0
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(view):
+            total += count
+    return total
+
+
+def touch_every_page(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Reads one byte per page of every tensor, so a lazily mapped load pays for all its pages."""
+    import torch
+
+    for tensor in tensors.values():
+        if tensor.numel():
+            flat = tensor.reshape(-1).view(torch.uint8)
+            # Tensors do not start on page boundaries: the strided sample can miss the last page.
+            flat[::PAGE_BYTES].sum()
+            flat[-1:].sum()
+    return tensors
+
+
+def owned_copies(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Copies every tensor into memory it owns, as a model's load_state_dict pays for."""
+    return {name: tensor.clone() for name, tensor in tensors.items()}
+
+
+def warpload_cases(path: str) -> list[Case]:
+    import warpload
+
+    return [
+        Case("warpload", lambda: warpload.load_file(path), path),
+        Case("warpload zero-copy, all pages touched",
+             lambda: touch_every_page(warpload.load_file(path, zero_copy=True)), path),
+    ]
+
+
+def safetensors_case(path: str) -> Case:
+    from safetensors.torch import load_file
+
+    # safetensors' default backend returns views of a private mmap: the copy is what makes them owned.
+    return Case(SAFETENSORS_COPY, lambda: owned_copies(load_file(path)), path)
+
+
+def torch_bin_case(path: str) -> Case:
+    import torch
+
+    bin_path = ensure_torch_bin(path)
+    return Case("torch.load(mmap) + copy",
+                lambda: owned_copies(torch.load(bin_path, mmap=True, weights_only=True)), bin_path)
+
+
+def fastsafetensors_case(path: str) -> Case:
+    from fastsafetensors import SafeTensorsFileLoader
+
+    def load() -> dict[str, Any]:
+        loader = SafeTensorsFileLoader(None, "cpu", nogds=True)
+        try:
+            loader.add_filenames({0: [path]})
+            buffer = loader.copy_files_to_device()
+            # Its tensors share ownership of the buffer and outlive close() (FilesBufferOnDevice
+            # docstring, fastsafetensors 0.5): they are owned already, a copy would be extra.
+            tensors = {name: buffer.get_tensor(name) for name in loader.get_keys()}
+            buffer.close()
+            return tensors
+        finally:
+            loader.close()
+
+    return Case("fastsafetensors (nogds)", load, path)
+
+
+def runai_case(path: str) -> Case:
+    from runai_model_streamer import SafetensorsStreamer
+
+    def load() -> dict[str, Any]:
+        # owned=True (its default) hands each tensor to the caller for good: no copy needed.
+        with SafetensorsStreamer() as streamer:
+            streamer.stream_file(path, owned=True)
+            return dict(streamer.get_tensors())
+
+    return Case("runai-model-streamer", load, path)
+
+
+# Peers selectable with --peers; each builder imports its library, so a missing one raises.
+PEERS: dict[str, Callable[[str], Case]] = {
+    "safetensors": safetensors_case,
+    "torch": torch_bin_case,
+    "fastsafetensors": fastsafetensors_case,
+    "runai": runai_case,
+}
+PEER_LABELS = {"safetensors": SAFETENSORS_COPY, "torch": "torch.load(mmap) + copy",
+               "fastsafetensors": "fastsafetensors (nogds)", "runai": "runai-model-streamer"}
+
+
+def ensure_torch_bin(path: str) -> str:
+    """The same weights as a torch.save'd .bin next to `path`, written once (rewritten if older)."""
+    bin_path = os.path.splitext(path)[0] + ".bin"
+    if os.path.isfile(bin_path) and os.path.getmtime(bin_path) >= os.path.getmtime(path):
+        return bin_path
+    import torch
+    from safetensors.torch import load_file
+
+    from .synthetic import _write_atomically
+
+    # Cloned so each tensor has its own storage, as in a pytorch_model.bin saved by transformers.
+    _write_atomically(bin_path, lambda tmp: torch.save(owned_copies(load_file(path)), tmp))
+    return bin_path
+
+
+def memory_cases(nbytes: int) -> list[Case]:
+    """memcpy of nbytes into touched memory and into fresh memory (first-touch page faults included)."""
+    import torch
+
+    source = torch.ones(nbytes, dtype=torch.uint8)
+    target = torch.zeros(nbytes, dtype=torch.uint8)
+    return [
+        Case("limit: memcpy into touched memory", lambda: target.copy_(source), None),
+        Case("limit: memcpy into fresh memory", lambda: source.clone(), None),
+    ]
+
+
+# ---------------------------------------------------------------- how it is measured
+
+def set_cache_state(path: str, cache: str) -> Optional[str]:
+    """Makes `path` warm (read once) or cold (evicted); returns a note if that did not fully work."""
+    from .engine import core
+
+    residency = core().File(path).resident_fraction()
+    if cache == "warm" and residency < 1.0:
+        sequential_read(path)
+        residency = core().File(path).resident_fraction()
+    elif cache == "cold":
+        core().evict_from_page_cache(path)
+        residency = core().File(path).resident_fraction()
+    expected = 1.0 if cache == "warm" else 0.0
+    if abs(residency - expected) > 0.01:
+        return f"{os.path.basename(path)}: {residency:.0%} resident when {cache} was wanted"
+    return None
+
+
+def time_once(case: Case) -> float:
+    # Results of the previous run are freed first: a live zero-copy mapping keeps its pages cached.
+    gc.collect()
+    start = time.perf_counter()
+    result = case.run()
+    seconds = time.perf_counter() - start
+    del result
+    gc.collect()
+    return seconds
+
+
+def measure(cases: Sequence[Case], cache: str, repeat: int, notes: list[str],
+            progress: Callable[[str], None]) -> list[Timing]:
+    """Runs every case `repeat` times, cases interleaved so slow drift spreads over all of them."""
+    timings = [Timing(case.name, cache) for case in cases]
+    for round_index in range(repeat):
+        progress(f"{cache}: repetition {round_index + 1}/{repeat}")
+        for case, timing in zip(cases, timings):
+            if timing.skipped:
+                continue
+            if case.source is not None:
+                note = set_cache_state(case.source, cache)
+                if note and note not in notes:
+                    notes.append(note)
+            try:
+                timing.seconds.append(time_once(case))
+            except Exception as err:  # reported in the table, not hidden
+                timing.skipped = f"failed: {type(err).__name__}: {err}"
+    return timings
+
+
+def build_peer_cases(path: str, peers: Sequence[str]) -> tuple[list[Case], list[Timing]]:
+    """The peers' cases, and a skipped row per state for each peer that cannot run here."""
+    cases, skipped = [], []
+    for peer in peers:
+        try:
+            cases.append(PEERS[peer](path))
+        except Exception as err:  # ImportError for an absent peer, any error while preparing it
+            reason = f"{type(err).__name__}: {err}"
+            skipped += [Timing(PEER_LABELS[peer], cache, skipped=reason) for cache in CACHE_STATES]
+    return cases, skipped
+
+
+def run_benchmark(path: str, *, repeat: int = 5, caches: Sequence[str] = CACHE_STATES,
+                  peers: Sequence[str] = tuple(PEERS),
+                  progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Report:
+    """Measures every case on `path` in each cache state; returns timings with machine and versions.
+
+    Raises ValueError for an unknown cache state or peer, FileNotFoundError if `path` is missing.
+    """
+    unknown = [c for c in caches if c not in CACHE_STATES] + [p for p in peers if p not in PEERS]
+    if unknown:
+        raise ValueError(f"unknown cache state or peer {unknown}: caches are {CACHE_STATES}, peers {tuple(PEERS)}")
+    nbytes = os.path.getsize(path)
+    notes: list[str] = []
+    timings = measure(memory_cases(nbytes), NO_CACHE, repeat, notes, progress)
+    gc.collect()
+    peer_cases, skipped = build_peer_cases(path, peers)
+    file_cases = [Case(READ_LIMIT, lambda: sequential_read(path), path), *warpload_cases(path), *peer_cases]
+    for cache in caches:
+        timings += measure(file_cases, cache, repeat, notes, progress)
+    timings += [t for t in skipped if t.cache in caches]
+    return Report(path, nbytes, repeat, timings, notes, machine_info(), package_versions())
+
+
+# ---------------------------------------------------------------- what it ran on
+
+def machine_info() -> dict[str, str]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": f"{len(os.sched_getaffinity(0))} usable of {os.cpu_count()}",
+        "ram": f"{_meminfo_gib('MemTotal'):.1f} GiB",
+        "kernel": platform.release(),
+        "transparent huge pages": _bracketed("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "python": platform.python_version(),
+        "WARPLOAD_READ_METHOD": os.environ.get("WARPLOAD_READ_METHOD", "auto (unset)"),
+        "date": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _meminfo_gib(key: str) -> float:
+    with open("/proc/meminfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def _bracketed(sys_path: str) -> str:
+    """The selected value of a sysfs choice file such as 'always [madvise] never'."""
+    try:
+        with open(sys_path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError:
+        return "unknown"
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+# ---------------------------------------------------------------- how it is shown
+
+COLUMNS = ("case", "cache", "median s", "min s", "GB/s", "vs safetensors+copy", "of seq. read")
+CACHE_ORDER = (NO_CACHE, *CACHE_STATES)
+
+
+def ordered(timings: Sequence[Timing]) -> list[Timing]:
+    """Memory limits first, then each cache state's cases in the order they ran."""
+    return sorted(timings, key=lambda t: CACHE_ORDER.index(t.cache))
+
+
+def table_rows(report: Report) -> list[tuple[str, ...]]:
+    """One row per timing; speed-up is safetensors+copy time / this time, >1 is faster."""
+    by_key = {(t.case, t.cache): t for t in report.timings if not t.skipped}
+    rows = []
+    for t in ordered(report.timings):
+        if t.skipped:
+            rows.append((t.case, t.cache, "skipped", "", "", "", ""))
+            continue
+        baseline, limit = by_key.get((SAFETENSORS_COPY, t.cache)), by_key.get((READ_LIMIT, t.cache))
+        rows.append((
+            t.case, t.cache, f"{t.median:.3f}", f"{min(t.seconds):.3f}",
+            f"{report.nbytes / t.median / 1e9:.2f}",
+            f"{baseline.median / t.median:.2f}x" if baseline else "-",
+            f"{limit.median / t.median:.0%}" if limit else "-",
+        ))
+    return rows
+
+
+def format_report(report: Report, *, markdown: bool = False) -> str:
+    """The run's file, machine and versions, the table, then skip reasons and cache notes."""
+    header = [
+        f"file: {report.path} ({report.nbytes / 1e9:.2f} GB), {report.repeat} repetitions",
+        "machine: " + ", ".join(f"{k} {v}" for k, v in report.machine.items()),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
+    ]
+    footer = [f"skipped: {t.case} ({t.cache}): {t.skipped}" for t in ordered(report.timings) if t.skipped]
+    footer += [f"note: {note}" for note in report.notes]
+    rows = table_rows(report)
+    if markdown:
+        return "\n".join([f"- {line}" for line in header] + ["", markdown_table(rows), ""]
+                         + [f"- {line}" for line in footer])
+    return "\n".join(header + ["", text_table(rows), ""] + footer)
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
+    lines = []
+    for row in [COLUMNS, *rows]:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:])]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * 2 + "---:|" * (len(COLUMNS) - 2)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""The `warpload` command line: one parser and one function per subcommand."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+# Sizes shown when a synthetic checkpoint is generated, so the first run explains its wait.
+SYNTHETIC_SIZES = {"gpt2": "0.5 GB", "gpt2-medium": "1.4 GB"}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the subcommand named in argv (sys.argv[1:] by default); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return args.command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warpload", description="Load Hugging Face checkpoints as fast as the hardware allows.")
+    subcommands = parser.add_subparsers(metavar="COMMAND", required=True)
+    add_bench_parser(subcommands)
+    return parser
+
+
+def comma_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type for 'a,b,c' whose items must be among choices; '' is the empty list."""
+    def parse(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {','.join(choices)}")
+        return items
+    return parse
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
+
+
+def add_bench_parser(subcommands: argparse._SubParsersAction) -> None:
+    from .bench import CACHE_STATES, PEERS
+
+    parser = subcommands.add_parser(
+        "bench", help="time warpload against safetensors and other loaders on one file",
+        description="Loads one safetensors file with warpload and its peers, warm and cold page cache, "
+                    "next to the machine's measured read and memcpy limits, and prints a table.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("path", nargs="?", help="a .safetensors file (default: a synthetic checkpoint, see --model)")
+    source.add_argument("--model", choices=sorted(SYNTHETIC_SIZES), default="gpt2",
+                        help="synthetic checkpoint to generate (once, under ~/.cache/warpload) and load; default gpt2")
+    parser.add_argument("--repeat", type=positive_int, default=5, help="repetitions per case; the median is shown")
+    parser.add_argument("--cache", type=comma_list(CACHE_STATES), default=list(CACHE_STATES),
+                        help="page-cache states to measure, comma-separated (default: warm,cold)")
+    parser.add_argument("--peers", type=comma_list(tuple(PEERS)), default=list(PEERS),
+                        help=f"other loaders to time, comma-separated, '' for none (default: {','.join(PEERS)})")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for RESULTS.md")
+    parser.set_defaults(command=bench)
+
+
+def bench(args: argparse.Namespace) -> int:
+    from . import bench as harness
+
+    path = args.path or synthetic_checkpoint(args.model)
+    if not os.path.isfile(path):
+        print(f"warpload bench: {path}: no such file", file=sys.stderr)
+        return 2
+    report = harness.run_benchmark(path, repeat=args.repeat, caches=args.cache, peers=args.peers)
+    print(harness.format_report(report, markdown=args.markdown))
+    return 0
+
+
+def synthetic_checkpoint(name: str) -> str:
+    """The cached synthetic checkpoint's path, saying so on stderr when it must be generated first."""
+    from . import synthetic
+
+    # Mirrors default_checkpoint's layout only to decide whether to announce the wait.
+    if not os.path.isfile(os.path.join(synthetic.cache_dir(), f"synthetic-{name}", "model.safetensors")):
+        print(f"generating the synthetic {name} checkpoint ({SYNTHETIC_SIZES[name]}, random weights) "
+              f"under {synthetic.cache_dir()}; this happens once", file=sys.stderr)
+    return synthetic.default_checkpoint(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
