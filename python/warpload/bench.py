@@ -90,32 +90,50 @@ def owned_copies(tensors: dict[str, Any]) -> dict[str, Any]:
     return {name: tensor.clone() for name, tensor in tensors.items()}
 
 
-def warpload_cases(path: str) -> list[Case]:
+@dataclass(frozen=True)
+class Loader:
+    """A way to load a file: `build(path)` imports what it needs and returns (load, file it reads)."""
+
+    label: str
+    build: Callable[[str], tuple[Callable[[], Any], str]]
+
+    def case(self, path: str) -> Case:
+        """The timed case for `path`; raises ImportError when the library is not installed."""
+        run, source = self.build(path)
+        return Case(self.label, run, source)
+
+
+def read_limit_case(path: str) -> Case:
+    return Case(READ_LIMIT, lambda: sequential_read(path), path)
+
+
+def warpload_owned(path: str) -> tuple[Callable[[], Any], str]:
     import warpload
 
-    return [
-        Case("warpload", lambda: warpload.load_file(path), path),
-        Case("warpload zero-copy, all pages touched",
-             lambda: touch_every_page(warpload.load_file(path, zero_copy=True)), path),
-    ]
+    return lambda: warpload.load_file(path), path
 
 
-def safetensors_case(path: str) -> Case:
+def warpload_zero_copy(path: str) -> tuple[Callable[[], Any], str]:
+    import warpload
+
+    return lambda: touch_every_page(warpload.load_file(path, zero_copy=True)), path
+
+
+def safetensors_copy(path: str) -> tuple[Callable[[], Any], str]:
     from safetensors.torch import load_file
 
     # safetensors' default backend returns views of a private mmap: the copy is what makes them owned.
-    return Case(SAFETENSORS_COPY, lambda: owned_copies(load_file(path)), path)
+    return lambda: owned_copies(load_file(path)), path
 
 
-def torch_bin_case(path: str) -> Case:
+def torch_bin_copy(path: str) -> tuple[Callable[[], Any], str]:
     import torch
 
     bin_path = ensure_torch_bin(path)
-    return Case("torch.load(mmap) + copy",
-                lambda: owned_copies(torch.load(bin_path, mmap=True, weights_only=True)), bin_path)
+    return lambda: owned_copies(torch.load(bin_path, mmap=True, weights_only=True)), bin_path
 
 
-def fastsafetensors_case(path: str) -> Case:
+def fastsafetensors_owned(path: str) -> tuple[Callable[[], Any], str]:
     from fastsafetensors import SafeTensorsFileLoader
 
     def load() -> dict[str, Any]:
@@ -131,10 +149,10 @@ def fastsafetensors_case(path: str) -> Case:
         finally:
             loader.close()
 
-    return Case("fastsafetensors (nogds)", load, path)
+    return load, path
 
 
-def runai_case(path: str) -> Case:
+def runai_owned(path: str) -> tuple[Callable[[], Any], str]:
     from runai_model_streamer import SafetensorsStreamer
 
     def load() -> dict[str, Any]:
@@ -143,18 +161,20 @@ def runai_case(path: str) -> Case:
             streamer.stream_file(path, owned=True)
             return dict(streamer.get_tensors())
 
-    return Case("runai-model-streamer", load, path)
+    return load, path
 
 
-# Peers selectable with --peers; each builder imports its library, so a missing one raises.
-PEERS: dict[str, Callable[[str], Case]] = {
-    "safetensors": safetensors_case,
-    "torch": torch_bin_case,
-    "fastsafetensors": fastsafetensors_case,
-    "runai": runai_case,
+WARPLOAD = {
+    "warpload": Loader("warpload", warpload_owned),
+    "warpload-zero-copy": Loader("warpload zero-copy, all pages touched", warpload_zero_copy),
 }
-PEER_LABELS = {"safetensors": SAFETENSORS_COPY, "torch": "torch.load(mmap) + copy",
-               "fastsafetensors": "fastsafetensors (nogds)", "runai": "runai-model-streamer"}
+# Selectable with --peers. Every case ends with tensors that own their memory, except zero-copy.
+PEERS = {
+    "safetensors": Loader(SAFETENSORS_COPY, safetensors_copy),
+    "torch": Loader("torch.load(mmap) + copy", torch_bin_copy),
+    "fastsafetensors": Loader("fastsafetensors (nogds)", fastsafetensors_owned),
+    "runai": Loader("runai-model-streamer", runai_owned),
+}
 
 
 def ensure_torch_bin(path: str) -> str:
@@ -234,15 +254,14 @@ def measure(cases: Sequence[Case], cache: str, repeat: int, notes: list[str],
     return timings
 
 
-def build_peer_cases(path: str, peers: Sequence[str]) -> tuple[list[Case], list[Timing]]:
-    """The peers' cases, and a skipped row per state for each peer that cannot run here."""
+def build_cases(path: str, loaders: Sequence[Loader], caches: Sequence[str]) -> tuple[list[Case], list[Timing]]:
+    """The loaders' cases, and a skipped row per cache state for each one that cannot run here."""
     cases, skipped = [], []
-    for peer in peers:
+    for loader in loaders:
         try:
-            cases.append(PEERS[peer](path))
+            cases.append(loader.case(path))
         except Exception as err:  # ImportError for an absent peer, any error while preparing it
-            reason = f"{type(err).__name__}: {err}"
-            skipped += [Timing(PEER_LABELS[peer], cache, skipped=reason) for cache in CACHE_STATES]
+            skipped += [Timing(loader.label, cache, skipped=f"{type(err).__name__}: {err}") for cache in caches]
     return cases, skipped
 
 
@@ -260,12 +279,12 @@ def run_benchmark(path: str, *, repeat: int = 5, caches: Sequence[str] = CACHE_S
     notes: list[str] = []
     timings = measure(memory_cases(nbytes), NO_CACHE, repeat, notes, progress)
     gc.collect()
-    peer_cases, skipped = build_peer_cases(path, peers)
-    file_cases = [Case(READ_LIMIT, lambda: sequential_read(path), path), *warpload_cases(path), *peer_cases]
+    loaders = [*WARPLOAD.values(), *(PEERS[peer] for peer in peers)]
+    cases, skipped = build_cases(path, loaders, caches)
+    cases.insert(0, read_limit_case(path))
     for cache in caches:
-        timings += measure(file_cases, cache, repeat, notes, progress)
-    timings += [t for t in skipped if t.cache in caches]
-    return Report(path, nbytes, repeat, timings, notes, machine_info(), package_versions())
+        timings += measure(cases, cache, repeat, notes, progress)
+    return Report(path, nbytes, repeat, timings + skipped, notes, machine_info(), package_versions())
 
 
 # ---------------------------------------------------------------- what it ran on
@@ -324,7 +343,7 @@ def package_versions() -> dict[str, str]:
 
 # ---------------------------------------------------------------- how it is shown
 
-COLUMNS = ("case", "cache", "median s", "min s", "GB/s", "vs safetensors+copy", "of seq. read")
+COLUMNS = ("case", "cache", "median s", "min s", "GB/s", "vs safetensors+copy", "vs seq. read")
 CACHE_ORDER = (NO_CACHE, *CACHE_STATES)
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from . import constants
 from .dtypes import DTYPES, element_count, torch_dtype
-from .plan import LoadPlan, PlannedTensor
+from .plan import LoadPlan
 
 if TYPE_CHECKING:
     import torch
@@ -26,31 +26,56 @@ def open_files(paths: Sequence[str]) -> list:
 
 
 def tensor_view(buffer: Any, offset: int, dtype: str, shape: tuple[int, ...]) -> "torch.Tensor":
-    """A tensor over buffer[offset:], keeping buffer alive; it owns no copy of the bytes."""
+    """A contiguous tensor over buffer[offset:], keeping buffer alive; it owns no copy of the bytes."""
     import torch
 
     torch_type = torch_dtype(dtype)
-    if dtype == "F4":
-        # torch packs two F4 values per byte; the header shape counts logical values (formats.md 1.4).
-        shape = shape[:-1] + (shape[-1] // 2,)
+    shape = torch_shape(dtype, shape)
     count = element_count(shape)
     if count == 0:
         return torch.empty(shape, dtype=torch_type)
     return torch.frombuffer(buffer, dtype=torch_type, count=count, offset=offset).view(shape)
 
 
+def wrap_tensors(plan: LoadPlan, storage_views: Sequence["torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    """Each planned tensor as a view of its storage; tensors of one storage share it, as torch.load gives."""
+    tensors = {}
+    for planned in plan.tensors:
+        record = planned.record
+        storage = storage_views[planned.storage]
+        if record.is_storage_view:
+            stride = record.stride if record.stride is not None else contiguous_stride(record.shape)
+            tensors[record.name] = storage.as_strided(record.shape, stride, record.storage_offset)
+        else:
+            tensors[record.name] = storage.view(torch_shape(record.dtype, record.shape))
+    return tensors
+
+
+def torch_shape(dtype: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a tensor: F4 packs two values per byte, and headers count logical values
+    (formats.md 1.4), so the last dimension halves."""
+    return shape[:-1] + (shape[-1] // 2,) if dtype == "F4" else shape
+
+
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, step = [], 1
+    for dim in reversed(shape):
+        stride.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(stride))
+
+
 def plan_table(plan: LoadPlan, dst_address: int) -> array:
     """The engine's int64 row table: file, src offset, src bytes, src dtype, dst address, dst dtype."""
     file_index = {path: i for i, path in enumerate(plan.paths)}
     table = array("q")
-    for tensor in plan.tensors:
-        record = tensor.record
-        if tensor.converts:
-            src_code, dst_code = DTYPES[record.dtype].engine_code, DTYPES[tensor.dtype].engine_code
+    for storage in plan.storages:
+        if storage.converts:
+            src_code, dst_code = DTYPES[storage.source_dtype].engine_code, DTYPES[storage.dtype].engine_code
         else:
             src_code = dst_code = 0
-        table.extend((file_index[record.path], record.offset, record.nbytes, src_code,
-                      dst_address + tensor.dst_offset, dst_code))
+        table.extend((file_index[storage.path], storage.offset, storage.nbytes, src_code,
+                      dst_address + storage.dst_offset, dst_code))
     return table
 
 
@@ -97,14 +122,14 @@ def materialize(plan: LoadPlan, device: Any = "cpu",
                 files: Optional[Sequence[Any]] = None) -> dict[str, "torch.Tensor"]:
     """Loads every tensor of the plan into memory it owns (one buffer), then onto device."""
     buffer = execute_while_importing_torch(plan, files)
-    tensors = {t.record.name: tensor_view(buffer, t.dst_offset, t.dtype, t.record.shape) for t in plan.tensors}
-    return move_to_device(tensors, device)
+    storages = [tensor_view(buffer, s.dst_offset, s.dtype, (s.numel,)) for s in plan.storages]
+    return move_to_device(wrap_tensors(plan, storages), device)
 
 
-def zero_copy_views(planned: Sequence[PlannedTensor], files: Mapping[str, Any]) -> dict[str, "torch.Tensor"]:
+def zero_copy_views(plan: LoadPlan, files: Mapping[str, Any]) -> dict[str, "torch.Tensor"]:
     """Tensors that view the mapped files directly: no copy, pages are read when first touched."""
-    return {t.record.name: tensor_view(files[t.record.path], t.record.offset, t.record.dtype, t.record.shape)
-            for t in planned}
+    storages = [tensor_view(files[s.path], s.offset, s.source_dtype, (s.numel,)) for s in plan.storages]
+    return wrap_tensors(plan, storages)
 
 
 def move_to_device(tensors: dict[str, "torch.Tensor"], device: Any) -> dict[str, "torch.Tensor"]:

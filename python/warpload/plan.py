@@ -1,17 +1,24 @@
-"""Plain records that cross stage boundaries: what a tensor is and where its bytes are (no I/O here)."""
+"""Plain records that cross stage boundaries: what a tensor is, where its bytes are, where they go (no I/O here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .constants import TENSOR_ALIGNMENT
-from .dtypes import CONVERSION_TARGETS, DTYPES, FLOAT_SOURCES, element_count
+from .dtypes import CONVERSION_TARGETS, DTYPES, FLOAT_SOURCES
 from .errors import UnsupportedDtypeError
 
 
 @dataclass(frozen=True)
 class TensorRecord:
-    """One tensor as a reader found it: its bytes are [offset, offset + nbytes) of path."""
+    """One tensor as a reader found it.
+
+    Its storage is bytes [offset, offset + nbytes) of path, in `dtype`. Contiguous tensors
+    (safetensors, TF) leave stride None and storage_offset 0, and their storage is exactly their
+    bytes. Tensors that view a larger storage (PyTorch .bin: slices, tied weights, transposes)
+    give the storage's whole range plus torch-style stride and storage_offset, in elements;
+    records with the same storage range share one storage when loaded.
+    """
 
     name: str
     dtype: str  # safetensors dtype name
@@ -19,27 +26,51 @@ class TensorRecord:
     path: str
     offset: int
     nbytes: int
+    stride: Optional[tuple[int, ...]] = None
+    storage_offset: int = 0
+
+    @property
+    def is_storage_view(self) -> bool:
+        return self.stride is not None or self.storage_offset != 0
 
 
 @dataclass(frozen=True)
-class PlannedTensor:
-    """A record, the dtype it is delivered in, and where it goes in the destination buffer."""
+class PlannedStorage:
+    """A byte range to read, the dtype it is delivered in, and its place in the destination buffer."""
 
-    record: TensorRecord
+    path: str
+    offset: int
+    nbytes: int
+    source_dtype: str
     dtype: str
     dst_offset: int
     dst_nbytes: int
 
     @property
     def converts(self) -> bool:
-        return self.dtype != self.record.dtype
+        return self.dtype != self.source_dtype
+
+    @property
+    def numel(self) -> int:
+        return self.nbytes * 8 // DTYPES[self.source_dtype].bits
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    record: TensorRecord
+    storage: int  # index into LoadPlan.storages
+
+    @property
+    def name(self) -> str:
+        return self.record.name
 
 
 @dataclass(frozen=True)
 class LoadPlan:
-    tensors: tuple[PlannedTensor, ...]
-    paths: tuple[str, ...]  # files in the order rows refer to them
-    total_nbytes: int        # size of the destination buffer
+    tensors: tuple[PlannedTensor, ...]  # in (file, offset) order
+    storages: tuple[PlannedStorage, ...]
+    paths: tuple[str, ...]              # files in the order the engine's rows refer to them
+    total_nbytes: int                   # size of the destination buffer
 
 
 def target_dtype(source: str, requested: Optional[str]) -> str:
@@ -59,16 +90,22 @@ def target_dtype(source: str, requested: Optional[str]) -> str:
 
 
 def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> LoadPlan:
-    """Lays the records out, in file order, in one destination buffer, each tensor 64-byte aligned."""
+    """Lays the records' storages out, in file order, in one destination buffer, 64-byte aligned."""
     file_index: dict[str, int] = {}
     for record in records:
         file_index.setdefault(record.path, len(file_index))
     order = sorted(records, key=lambda r: (file_index[r.path], r.offset))
-    planned = []
+    storages: list[PlannedStorage] = []
+    storage_index: dict[tuple, int] = {}
+    tensors = []
     cursor = 0
     for record in order:
         out = target_dtype(record.dtype, dtype)
-        nbytes = record.nbytes if out == record.dtype else element_count(record.shape) * DTYPES[out].bits // 8
-        planned.append(PlannedTensor(record, out, cursor, nbytes))
-        cursor += -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
-    return LoadPlan(tuple(planned), tuple(file_index), cursor)
+        key = (record.path, record.offset, record.nbytes, record.dtype)
+        if key not in storage_index:
+            nbytes = record.nbytes * DTYPES[out].bits // DTYPES[record.dtype].bits
+            storage_index[key] = len(storages)
+            storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, cursor, nbytes))
+            cursor += -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+        tensors.append(PlannedTensor(record, storage_index[key]))
+    return LoadPlan(tuple(tensors), tuple(storages), tuple(file_index), cursor)

@@ -43,9 +43,9 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
     header = read_header(path)
     plan = plan_load(header.records, _requested_dtype(dtype))
     if zero_copy:
-        if not _is_cpu(device) or any(t.converts for t in plan.tensors):
+        if not _is_cpu(device) or any(s.converts for s in plan.storages):
             raise ValueError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
-        return engine.zero_copy_views(plan.tensors, {path: engine.core().File(path)})
+        return engine.zero_copy_views(plan, {path: engine.core().File(path)})
     return engine.materialize(plan, device)
 
 
@@ -126,7 +126,7 @@ class SafeSlice:
     def __getitem__(self, index: Any) -> "torch.Tensor":
         import torch
 
-        view = engine.zero_copy_views([plan_load([self._record]).tensors[0]], {self._record.path: self._file})
+        view = engine.zero_copy_views(plan_load([self._record]), {self._record.path: self._file})
         selected = view[self._record.name][index]
         # A copy, so the result owns its memory: only the touched pages of the mapping are read.
         owned = selected.clone(memory_format=torch.contiguous_format)

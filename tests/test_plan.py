@@ -1,0 +1,45 @@
+"""Load plans: storages shared by several tensors (strided views, tied weights) load once and stay shared."""
+from __future__ import annotations
+
+import torch
+
+from warpload import engine
+from warpload.plan import TensorRecord, plan_load
+
+from conftest import same_bits
+
+
+def test_views_of_one_storage_share_it_and_match_torch(tmp_path):
+    base = torch.arange(24, dtype=torch.float32)
+    path = tmp_path / "storage.bin"
+    path.write_bytes(b"\x00" * 16 + base.numpy().tobytes())
+    common = dict(dtype="F32", path=str(path), offset=16, nbytes=96)
+    records = [
+        TensorRecord("matrix", shape=(4, 6), **common),
+        TensorRecord("transposed", shape=(6, 4), stride=(1, 6), **common),
+        TensorRecord("row2", shape=(6,), stride=(1,), storage_offset=12, **common),
+        TensorRecord("tied", shape=(4, 6), stride=(6, 1), **common),
+    ]
+    plan = plan_load(records)
+    assert len(plan.storages) == 1
+    for dtype in (None, "BF16"):
+        plan = plan_load(records, dtype)
+        loaded = engine.materialize(plan)
+        expected = base.to(torch.bfloat16) if dtype else base
+        assert same_bits(loaded["matrix"], expected.view(4, 6))
+        assert same_bits(loaded["transposed"].contiguous(), expected.view(4, 6).t().contiguous())
+        assert loaded["transposed"].stride() == (1, 6)
+        assert same_bits(loaded["row2"], expected[12:18])
+        storages = {loaded[name].untyped_storage().data_ptr() for name in loaded}
+        assert len(storages) == 1
+    loaded["matrix"][0, 0] = 100.0
+    assert loaded["tied"][0, 0] == 100.0, "tied tensors alias one storage, as torch.load returns them"
+
+
+def test_storages_are_laid_out_in_file_order_and_aligned(tmp_path):
+    path = str(tmp_path / "f")
+    records = [TensorRecord("b", "U8", (3,), path, 100, 3), TensorRecord("a", "F32", (2,), path, 8, 8)]
+    plan = plan_load(records)
+    assert [t.name for t in plan.tensors] == ["a", "b"]
+    assert [s.dst_offset % 64 for s in plan.storages] == [0, 0]
+    assert plan.total_nbytes == 128
