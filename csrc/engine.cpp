@@ -55,19 +55,39 @@ void validate(const std::vector<std::shared_ptr<MappedFile>>& files, const std::
     }
 }
 
-std::vector<bool> choose_pread(const std::vector<std::shared_ptr<MappedFile>>& files,
-                               const std::vector<CopyOp>& ops, ReadMethod method) {
-    std::vector<bool> use_pread(files.size(), method == ReadMethod::Pread);
-    if (method != ReadMethod::Auto) return use_pread;
-    // Residency is measured over the span of the file the plan reads, not the whole file.
-    std::vector<uint64_t> lo(files.size(), UINT64_MAX), hi(files.size(), 0);
+struct FileSpan {
+    uint64_t begin = UINT64_MAX;
+    uint64_t end = 0;
+    bool empty() const { return end <= begin; }
+};
+
+// The range of each file the plan reads.
+std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops) {
+    std::vector<FileSpan> spans(num_files);
     for (const CopyOp& op : ops) {
         if (op.src_nbytes == 0) continue;
-        lo[op.file] = std::min(lo[op.file], op.src_offset);
-        hi[op.file] = std::max(hi[op.file], op.src_offset + op.src_nbytes);
+        spans[op.file].begin = std::min(spans[op.file].begin, op.src_offset);
+        spans[op.file].end = std::max(spans[op.file].end, op.src_offset + op.src_nbytes);
     }
+    return spans;
+}
+
+// Decides per file how its bytes are read, and gives the kernel the matching hint.
+std::vector<bool> choose_pread(const std::vector<std::shared_ptr<MappedFile>>& files,
+                               const std::vector<FileSpan>& spans, ReadMethod method) {
+    std::vector<bool> use_pread(files.size(), method == ReadMethod::Pread);
     for (size_t f = 0; f < files.size(); ++f) {
-        if (hi[f] > lo[f]) use_pread[f] = files[f]->resident_fraction(lo[f], hi[f] - lo[f]) < kWarmFraction;
+        const FileSpan& span = spans[f];
+        if (span.empty()) continue;
+        uint64_t length = span.end - span.begin;
+        bool cold = files[f]->resident_fraction(span.begin, length) < kWarmFraction;
+        if (method == ReadMethod::Auto) use_pread[f] = cold;
+        if (!cold) continue;
+        if (use_pread[f]) {
+            files[f]->advise_sequential_reads(span.begin, length);
+        } else {
+            files[f]->advise_mapping_willneed(span.begin, length);
+        }
     }
     return use_pread;
 }
@@ -118,7 +138,7 @@ void copy_chunk(const MappedFile& file, const Chunk& chunk, std::vector<uint8_t>
 void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
                   const ExecuteOptions& options) {
     validate(files, ops);
-    std::vector<bool> use_pread = choose_pread(files, ops, options.method);
+    std::vector<bool> use_pread = choose_pread(files, spans_of(files.size(), ops), options.method);
     for (const CopyOp& op : ops) {
         uint64_t dst_nbytes = op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);
         if (dst_nbytes >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes);

@@ -94,12 +94,15 @@ void MappedFile::read_into(void* dst, uint64_t offset, uint64_t nbytes) const {
     }
 }
 
-void MappedFile::advise_sequential(uint64_t offset, uint64_t nbytes) const {
+void MappedFile::advise_sequential_reads(uint64_t offset, uint64_t nbytes) const {
     ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(nbytes), POSIX_FADV_SEQUENTIAL);
 }
 
-void MappedFile::advise_willneed(uint64_t offset, uint64_t nbytes) const {
-    ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(nbytes), POSIX_FADV_WILLNEED);
+void MappedFile::advise_mapping_willneed(uint64_t offset, uint64_t nbytes) const {
+    if (data_ == nullptr || nbytes == 0) return;
+    const size_t page = page_size();
+    uint64_t begin = offset / page * page;
+    ::madvise(data_ + begin, offset + nbytes - begin, MADV_WILLNEED);
 }
 
 void evict_from_page_cache(const std::string& path) {

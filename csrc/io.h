@@ -29,9 +29,11 @@ class MappedFile {
     double resident_fraction(uint64_t offset, uint64_t nbytes) const;
     // Reads exactly nbytes at offset into dst with pread, retrying short reads and EINTR.
     void read_into(void* dst, uint64_t offset, uint64_t nbytes) const;
-    // madvise / posix_fadvise hints; failures are ignored (they are only hints).
-    void advise_sequential(uint64_t offset, uint64_t nbytes) const;
-    void advise_willneed(uint64_t offset, uint64_t nbytes) const;
+    // Hints for a range about to be read; failures are ignored (they are only hints).
+    // For pread: posix_fadvise(SEQUENTIAL) doubles the kernel's readahead window.
+    void advise_sequential_reads(uint64_t offset, uint64_t nbytes) const;
+    // For copies from the mapping: madvise(WILLNEED) starts reading the range in the background.
+    void advise_mapping_willneed(uint64_t offset, uint64_t nbytes) const;
 
    private:
     std::string path_;
