@@ -65,30 +65,37 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-def plan_table(plan: LoadPlan, dst_address: int) -> array:
-    """The engine's int64 row table: file, src offset, src bytes, src dtype, dst address, dst dtype."""
+def plan_table(plan: LoadPlan, dst_addresses: Sequence[int]) -> array:
+    """The engine's int64 row table: file, src offset, src bytes, src dtype, dst address, dst dtype.
+
+    dst_addresses[i] is where storage i goes: inside one buffer, or into memory the caller owns
+    (a model's parameters), which must hold the storage in its planned dtype.
+    """
     file_index = {path: i for i, path in enumerate(plan.paths)}
     table = array("q")
-    for storage in plan.storages:
+    for storage, dst_address in zip(plan.storages, dst_addresses):
         if storage.converts:
             src_code, dst_code = DTYPES[storage.source_dtype].engine_code, DTYPES[storage.dtype].engine_code
         else:
             src_code = dst_code = 0
-        table.extend((file_index[storage.path], storage.offset, storage.nbytes, src_code,
-                      dst_address + storage.dst_offset, dst_code))
+        table.extend((file_index[storage.path], storage.offset, storage.nbytes, src_code, dst_address, dst_code))
     return table
 
 
-def execute(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:
-    """Runs a plan into a fresh huge-page buffer, in parallel with the GIL released; returns the buffer.
+def run_table(plan: LoadPlan, dst_addresses: Sequence[int], files: Optional[Sequence[Any]] = None) -> None:
+    """Copies every storage of the plan to its address, in parallel with the GIL released.
 
     Raises CheckpointError for a plan that reads outside its files, EngineIOError for a failed read.
     """
-    _core = core()
     if files is None:
         files = open_files(plan.paths)
-    buffer = _core.HostBuffer(plan.total_nbytes)
-    _core.execute(list(files), plan_table(plan, buffer.address), constants.read_method(), constants.num_threads())
+    core().execute(list(files), plan_table(plan, dst_addresses), constants.read_method(), constants.num_threads())
+
+
+def execute(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:
+    """Runs a plan into a fresh huge-page buffer (laid out by the plan) and returns the buffer."""
+    buffer = core().HostBuffer(plan.total_nbytes)
+    run_table(plan, [buffer.address + storage.dst_offset for storage in plan.storages], files)
     return buffer
 
 
