@@ -5,9 +5,22 @@ import os
 
 SAFETENSORS_WEIGHTS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+PYTORCH_WEIGHTS_NAME = "pytorch_model.bin"
+PYTORCH_INDEX_NAME = "pytorch_model.bin.index.json"
+
+# What load_checkpoint looks for in a folder, best first: transformers prefers safetensors to .bin.
+CHECKPOINT_NAMES = (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME)
 
 # safetensors/src/tensor.rs MAX_HEADER_SIZE: headers above 100 MB are refused.
 SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
+
+# PyTorch .bin: the pickle is the header. A state dict costs ~100 bytes of pickle per tensor
+# (517 KB for 5000 tensors), so 256 MiB is far above any real checkpoint while keeping a hostile
+# file from making the unpickler build gigabytes of objects. The zip central directory gets the
+# same bound. MARK nesting of a state dict is 3; 100 leaves room for nested training state.
+TORCH_MAX_PICKLE_BYTES = 256 * 2**20
+ZIP_MAX_CENTRAL_DIRECTORY_BYTES = 256 * 2**20
+TORCH_MAX_PICKLE_NESTING = 100
 
 # Owned tensors start on 64-byte boundaries inside their buffer: a cache line, and enough for
 # any SIMD load torch issues.
@@ -15,6 +28,8 @@ TENSOR_ALIGNMENT = 64
 
 ENV_NUM_THREADS = "WARPLOAD_NUM_THREADS"
 ENV_READ_METHOD = "WARPLOAD_READ_METHOD"
+# auto (default), 1 or 0: transparent huge pages for load destinations (warpload/system.py).
+ENV_HUGE_PAGES = "WARPLOAD_HUGE_PAGES"
 # Read by csrc/convert.cpp once per process: forces the scalar conversion kernels (for tests
 # that hold the SIMD and scalar paths to the same bits).
 ENV_DISABLE_SIMD = "WARPLOAD_DISABLE_SIMD"

@@ -27,7 +27,12 @@ class HeaderError(CheckpointError):
 
 
 class UnsupportedFormatError(CheckpointError):
-    """A file is not in any checkpoint format warpload reads."""
+    """A file is not in any checkpoint format warpload reads, or holds something its reader cannot return."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled checkpoint asks for more than a weights-only load allows (torch.load(weights_only=True)'s
+    allow-list): an unknown global, a call to one, a forbidden opcode. Nothing from the pickle was run."""
 
 
 class UnsupportedDtypeError(WarploadError, TypeError):

@@ -6,12 +6,12 @@ import os
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import engine
-from .constants import SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
-from .dtypes import dtype_name
+from .constants import CHECKPOINT_NAMES
+from .dtypes import DTYPES, dtype_name
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError
 from .formats import detect_format
 from .formats.safetensors import read_header
-from .plan import TensorRecord, plan_load
+from .plan import LoadPlan, TensorRecord, plan_load
 
 if TYPE_CHECKING:
     import torch
@@ -43,10 +43,14 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
     header = read_header(path)
     plan = plan_load(header.records, _requested_dtype(dtype))
     if zero_copy:
-        if not _is_cpu(device) or any(s.converts for s in plan.storages):
-            raise ValueError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
+        _check_zero_copy(plan, device)
         return engine.zero_copy_views(plan, {path: engine.core().File(path)})
     return engine.materialize(plan, device)
+
+
+def _check_zero_copy(plan: LoadPlan, device: DeviceLike) -> None:
+    if not _is_cpu(device) or any(s.converts for s in plan.storages):
+        raise ValueError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
 
 
 def _existing_file(filename: PathLike) -> str:
@@ -133,15 +137,46 @@ class SafeSlice:
         return owned if _is_cpu(self._device) else owned.to(self._device)
 
 
-def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None) -> dict[str, "torch.Tensor"]:
+def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
+                    zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
 
-    All files are planned together and read in one parallel engine call; tensors come in
-    (shard, offset) order. Formats are recognised by content. Raises CheckpointNotFoundError when nothing loadable is there, CheckpointError for
-    corrupt or inconsistent files.
+    Formats are recognised by content: safetensors, PyTorch .bin (zip, and the legacy pre-1.6 format,
+    read through a weights-only unpickler that never runs code from the file). In a folder,
+    safetensors is preferred to .bin, and an index to a single file. All files are planned together
+    and read in one parallel engine call. Tensors come in the order the files list them (safetensors:
+    by offset; .bin: the pickled state dict's order, as torch.load gives), shard after shard; tensors
+    that share a .bin storage (tied weights, views) share it here too. `dtype` converts
+    floating-point tensors. With `zero_copy=True` (CPU only, no `dtype`) tensors view the
+    memory-mapped files instead of owning a copy; storages that are not aligned to their element
+    size (legacy .bin) are copied.
+
+    Raises CheckpointNotFoundError when nothing loadable is there, CheckpointError for corrupt or
+    inconsistent files (UnsafeCheckpointError for a pickle that asks to run code).
     """
     records = _checkpoint_records(os.fspath(path))
-    return engine.materialize(plan_load(records, _requested_dtype(dtype)), device)
+    plan = plan_load(records, _requested_dtype(dtype))
+    if zero_copy:
+        _check_zero_copy(plan, device)
+        tensors = _mapped_tensors(plan)
+    else:
+        tensors = engine.materialize(plan, device)
+    return {record.name: tensors[record.name] for record in records}
+
+
+def _mapped_tensors(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
+    """Views of the mapped files for storages aligned to their element size; copies of the others."""
+    files = {path: engine.core().File(path) for path in plan.paths}
+    aligned, unaligned = [], []
+    for planned in plan.tensors:
+        storage = plan.storages[planned.storage]
+        itemsize = max(DTYPES[storage.source_dtype].bits // 8, 1)
+        (aligned if storage.offset % itemsize == 0 else unaligned).append(planned.record)
+    tensors = engine.zero_copy_views(plan_load(aligned), files)
+    if unaligned:
+        copies = plan_load(unaligned)
+        tensors.update(engine.materialize(copies, files=[files[path] for path in copies.paths]))
+    return tensors
 
 
 def _checkpoint_records(path: str) -> list[TensorRecord]:
@@ -155,16 +190,19 @@ def _checkpoint_records(path: str) -> list[TensorRecord]:
 
 
 def _weights_in_folder(folder: str) -> str:
-    for name in (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME):
+    """The checkpoint in a folder: a Hugging Face name (CHECKPOINT_NAMES, best first), else the only
+    `*.index.json`, else the only `*.safetensors`."""
+    for name in CHECKPOINT_NAMES:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
             return candidate
-    singles = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
-    if len(singles) == 1:
-        return os.path.join(folder, singles[0])
-    found = ", ".join(sorted(os.listdir(folder))) or "nothing"
+    names = sorted(os.listdir(folder))
+    for suffix in (".index.json", ".safetensors"):
+        matches = [name for name in names if name.endswith(suffix)]
+        if len(matches) == 1:
+            return os.path.join(folder, matches[0])
     raise CheckpointNotFoundError(
-        f"{folder}: no {SAFETENSORS_INDEX_NAME} or {SAFETENSORS_WEIGHTS_NAME} (found: {found}); "
+        f"{folder}: no {', '.join(CHECKPOINT_NAMES)} (found: {', '.join(names) or 'nothing'}); "
         "pass the path of the weights file itself"
     )
 
