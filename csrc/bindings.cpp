@@ -93,12 +93,12 @@ PYBIND11_MODULE(_core, m) {
                                    {static_cast<py::ssize_t>(file.size())}, {1}, /*readonly=*/false);
         });
 
-    py::class_<HugePageBuffer, std::shared_ptr<HugePageBuffer>>(m, "HostBuffer", py::buffer_protocol())
-        .def(py::init<size_t>(), py::arg("nbytes"))
-        .def_property_readonly("size", &HugePageBuffer::size)
+    py::class_<HostBuffer, std::shared_ptr<HostBuffer>>(m, "HostBuffer", py::buffer_protocol())
+        .def(py::init<size_t, bool>(), py::arg("nbytes"), py::arg("huge_pages") = false)
+        .def_property_readonly("size", &HostBuffer::size)
         .def_property_readonly("address",
-                               [](const HugePageBuffer& buf) { return reinterpret_cast<uintptr_t>(buf.data()); })
-        .def_buffer([](HugePageBuffer& buf) {
+                               [](const HostBuffer& buf) { return reinterpret_cast<uintptr_t>(buf.data()); })
+        .def_buffer([](HostBuffer& buf) {
             uint8_t* data = buf.data() != nullptr ? buf.data() : &empty_buffer_byte;
             return py::buffer_info(data, 1, py::format_descriptor<uint8_t>::format(), 1,
                                    {static_cast<py::ssize_t>(buf.size())}, {1}, /*readonly=*/false);
@@ -107,18 +107,20 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "execute",
         [](const std::vector<std::shared_ptr<MappedFile>>& files, const py::buffer& table, int method,
-           size_t num_threads, size_t chunk_bytes) {
+           size_t num_threads, size_t chunk_bytes, bool huge_pages, bool populate) {
             if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
             std::vector<CopyOp> ops = decode_plan(table);
             ExecuteOptions options;
             options.method = static_cast<ReadMethod>(method);
             options.num_threads = num_threads;
             if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
+            options.huge_pages = huge_pages;
+            options.populate = populate;
             py::gil_scoped_release release;
             execute_plan(files, ops, options);
         },
         py::arg("files"), py::arg("table"), py::arg("method") = 0, py::arg("num_threads") = 0,
-        py::arg("chunk_bytes") = 0,
+        py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false, py::arg("populate") = true,
         "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_address, dst_dtype).");
 
     m.def(

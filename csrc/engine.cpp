@@ -14,8 +14,8 @@ namespace warpload {
 
 namespace {
 
-// Below this a file is treated as cold: reading it through the mapping would page-fault on
-// nearly every 64 KiB of source, and pread lets the kernel read ahead in large requests.
+// Below this a file is treated as cold: converting from the mapping would page-fault on nearly
+// every 64 KiB of source, and pread lets the kernel read ahead in large requests.
 constexpr double kWarmFraction = 0.9;
 // Destinations smaller than this gain nothing from huge-page advice.
 constexpr uint64_t kHugePageAdviceMin = uint64_t(4) << 20;
@@ -72,35 +72,43 @@ std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops)
     return spans;
 }
 
+// How each file's bytes are read, decided once per plan.
+struct FileReadMode {
+    bool convert_via_pread = false;  // conversions: pread into a bounce buffer, else the mapping
+    bool copy_via_pread = true;      // plain copies: pread into the destination, else memcpy
+};
+
 // Decides per file how its bytes are read, and gives the kernel the matching hint.
-std::vector<bool> choose_pread(const std::vector<std::shared_ptr<MappedFile>>& files,
-                               const std::vector<FileSpan>& spans, ReadMethod method) {
-    std::vector<bool> use_pread(files.size(), method == ReadMethod::Pread);
+std::vector<FileReadMode> choose_read_modes(const std::vector<std::shared_ptr<MappedFile>>& files,
+                                            const std::vector<FileSpan>& spans, ReadMethod method) {
+    std::vector<FileReadMode> modes(files.size());
     for (size_t f = 0; f < files.size(); ++f) {
         const FileSpan& span = spans[f];
         if (span.empty()) continue;
         uint64_t length = span.end - span.begin;
+        FileReadMode& mode = modes[f];
         bool cold = files[f]->resident_fraction(span.begin, length) < kWarmFraction;
-        if (method == ReadMethod::Auto) use_pread[f] = cold;
+        mode.copy_via_pread = method != ReadMethod::Mmap;
+        mode.convert_via_pread = method == ReadMethod::Pread || (method == ReadMethod::Auto && cold);
         if (!cold) continue;
-        if (use_pread[f]) {
-            files[f]->advise_sequential_reads(span.begin, length);
-        } else {
-            files[f]->advise_mapping_willneed(span.begin, length);
-        }
+        if (mode.copy_via_pread || mode.convert_via_pread) files[f]->advise_sequential_reads(span.begin, length);
+        if (!mode.copy_via_pread || !mode.convert_via_pread) files[f]->advise_mapping_willneed(span.begin, length);
     }
-    return use_pread;
+    return modes;
 }
 
-std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<bool>& use_pread, size_t chunk_bytes) {
+std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<FileReadMode>& modes,
+                         size_t chunk_bytes) {
     std::vector<Chunk> chunks;
     chunks.reserve(ops.size());
     for (const CopyOp& op : ops) {
         if (op.src_nbytes == 0) continue;
         // Chunks end on element boundaries so each one converts independently.
         uint64_t step = std::max<uint64_t>(chunk_bytes / 8 * 8, 8);
+        const FileReadMode& mode = modes[op.file];
+        bool use_pread = op.src_dtype == op.dst_dtype ? mode.copy_via_pread : mode.convert_via_pread;
         for (uint64_t begin = 0; begin < op.src_nbytes; begin += step) {
-            chunks.push_back({&op, begin, std::min(step, op.src_nbytes - begin), use_pread[op.file]});
+            chunks.push_back({&op, begin, std::min(step, op.src_nbytes - begin), use_pread});
         }
     }
     // Order by (file, offset) so threads taking chunks in turn read each file front to back.
@@ -111,11 +119,12 @@ std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<bool>
     return chunks;
 }
 
-void copy_chunk(const MappedFile& file, const Chunk& chunk, std::vector<uint8_t>& bounce) {
+void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, std::vector<uint8_t>& bounce) {
     const CopyOp& op = *chunk.op;
     const uint64_t offset = op.src_offset + chunk.src_begin;
     const size_t src_size = itemsize(op.src_dtype);
     uint8_t* dst = op.dst + chunk.src_begin / src_size * itemsize(op.dst_dtype);
+    if (populate) populate_for_write(dst, chunk.src_len / src_size * itemsize(op.dst_dtype));
     if (op.src_dtype == op.dst_dtype) {
         if (chunk.use_pread) {
             file.read_into(dst, offset, chunk.src_len);
@@ -138,19 +147,21 @@ void copy_chunk(const MappedFile& file, const Chunk& chunk, std::vector<uint8_t>
 void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
                   const ExecuteOptions& options) {
     validate(files, ops);
-    std::vector<bool> use_pread = choose_pread(files, spans_of(files.size(), ops), options.method);
-    for (const CopyOp& op : ops) {
-        uint64_t dst_nbytes = op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);
-        if (dst_nbytes >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes);
+    std::vector<FileReadMode> modes = choose_read_modes(files, spans_of(files.size(), ops), options.method);
+    if (options.huge_pages) {
+        for (const CopyOp& op : ops) {
+            uint64_t dst_nbytes = op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);
+            if (dst_nbytes >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes);
+        }
     }
-    std::vector<Chunk> chunks = split(ops, use_pread, options.chunk_bytes);
+    std::vector<Chunk> chunks = split(ops, modes, options.chunk_bytes);
 
     static std::mutex one_plan_at_a_time;
     std::lock_guard<std::mutex> lock(one_plan_at_a_time);
     ThreadPool& pool = shared_pool(options.num_threads);
     std::vector<std::vector<uint8_t>> bounce(pool.size());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
-        copy_chunk(*files[chunks[i].op->file], chunks[i], bounce[worker]);
+        copy_chunk(*files[chunks[i].op->file], chunks[i], options.populate, bounce[worker]);
     });
 }
 

@@ -115,17 +115,18 @@ void evict_from_page_cache(const std::string& path) {
     if (rc != 0) throw IOError(describe_errno(path + ": posix_fadvise(DONTNEED) failed", rc), rc);
 }
 
-HugePageBuffer::HugePageBuffer(size_t nbytes) : size_(nbytes) {
+HostBuffer::HostBuffer(size_t nbytes, bool huge_pages) : size_(nbytes) {
     if (nbytes == 0) return;
-    // Over-allocate by one huge page so the returned region can start 2 MiB-aligned, which is
-    // what lets the kernel back it with huge pages from the first byte.
-    mapped_ = nbytes + kHugePage;
+    // With huge pages, over-allocate by one huge page so the region can start 2 MiB-aligned,
+    // which is what lets the kernel back it with huge pages from the first byte.
+    const size_t slack = huge_pages ? kHugePage : 0;
+    mapped_ = nbytes + slack;
     void* raw = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) {
         throw IOError(describe_errno("cannot allocate " + std::to_string(nbytes) + " bytes", errno), errno);
     }
     auto base = reinterpret_cast<uintptr_t>(raw);
-    uintptr_t aligned = (base + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+    uintptr_t aligned = huge_pages ? (base + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1) : base;
     size_t head = aligned - base;
     if (head > 0) ::munmap(raw, head);
     // Trim the unused tail (whole pages) so only the requested size stays mapped.
@@ -133,10 +134,10 @@ HugePageBuffer::HugePageBuffer(size_t nbytes) : size_(nbytes) {
     if (mapped_ - head > keep) ::munmap(reinterpret_cast<void*>(aligned + keep), mapped_ - head - keep);
     mapped_ = keep;
     data_ = reinterpret_cast<uint8_t*>(aligned);
-    ::madvise(data_, mapped_, MADV_HUGEPAGE);
+    ::madvise(data_, mapped_, huge_pages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 }
 
-HugePageBuffer::~HugePageBuffer() {
+HostBuffer::~HostBuffer() {
     if (data_ != nullptr) ::munmap(data_, mapped_);
 }
 
@@ -145,6 +146,19 @@ void advise_hugepages(void* ptr, size_t nbytes) {
     uintptr_t first = (begin + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
     uintptr_t last = (begin + nbytes) & ~(uintptr_t(kHugePage) - 1);
     if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+}
+
+void populate_for_write(void* ptr, size_t nbytes) {
+#ifdef MADV_POPULATE_WRITE
+    if (nbytes == 0) return;
+    const uintptr_t page = page_size();
+    auto begin = reinterpret_cast<uintptr_t>(ptr) & ~(page - 1);
+    uintptr_t end = reinterpret_cast<uintptr_t>(ptr) + nbytes;
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#else
+    (void)ptr;
+    (void)nbytes;
+#endif
 }
 
 }  // namespace warpload

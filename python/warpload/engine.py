@@ -6,7 +6,7 @@ import threading
 from array import array
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from . import constants
+from . import constants, system
 from .dtypes import DTYPES, element_count, torch_dtype
 from .plan import LoadPlan
 
@@ -89,12 +89,13 @@ def run_table(plan: LoadPlan, dst_addresses: Sequence[int], files: Optional[Sequ
     """
     if files is None:
         files = open_files(plan.paths)
-    core().execute(list(files), plan_table(plan, dst_addresses), constants.read_method(), constants.num_threads())
+    core().execute(list(files), plan_table(plan, dst_addresses), constants.read_method(), constants.num_threads(),
+                   huge_pages=system.use_huge_pages())
 
 
 def execute(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:
     """Runs a plan into a fresh huge-page buffer (laid out by the plan) and returns the buffer."""
-    buffer = core().HostBuffer(plan.total_nbytes)
+    buffer = core().HostBuffer(plan.total_nbytes, system.use_huge_pages())
     run_table(plan, [buffer.address + storage.dst_offset for storage in plan.storages], files)
     return buffer
 
