@@ -12,6 +12,8 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any, Callable, Optional, Sequence
 
+from .constants import ENV_NUM_THREADS, ENV_READ_METHOD
+
 CACHE_STATES = ("warm", "cold")
 # Memory-only cases do not read the file, so the page cache does not apply to them.
 NO_CACHE = "-"
@@ -49,11 +51,24 @@ class Timing:
         return statistics.median(self.seconds)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How often each case runs, how long to idle before each run, where progress lines go."""
+
+    repeat: int = 5
+    # Idle seconds before each timed run. With free page reporting (virtio-balloon), memory free for
+    # 2 s (PAGE_REPORTING_DELAY, mm/page_reporting.c) goes back to the host and costs host faults when
+    # touched again, as a fresh process's first load pays; without a pause a run reuses what the
+    # previous one freed. Measured here: 1.4 GB warm warpload load 0.15-0.26 s without, 1.39 s with 3 s.
+    settle_s: float = 0.0
+    progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+
+
 @dataclass
 class Report:
     path: str
     nbytes: int
-    repeat: int
+    settings: Settings
     timings: list[Timing]
     notes: list[str]
     machine: dict[str, str]
@@ -193,7 +208,7 @@ def ensure_torch_bin(path: str) -> str:
 
 
 def memory_cases(nbytes: int) -> list[Case]:
-    """memcpy of nbytes into touched memory and into fresh memory (first-touch page faults included)."""
+    """memcpy of nbytes into touched memory, and into fresh 4 KiB or huge pages (first-touch faults paid)."""
     import torch
 
     source = torch.ones(nbytes, dtype=torch.uint8)
@@ -201,7 +216,19 @@ def memory_cases(nbytes: int) -> list[Case]:
     return [
         Case("limit: memcpy into touched memory", lambda: target.copy_(source), None),
         Case("limit: memcpy into fresh memory", lambda: source.clone(), None),
+        Case("limit: memcpy into fresh huge pages", lambda: copy_into_huge_pages(source), None),
     ]
+
+
+def copy_into_huge_pages(source: Any) -> Any:
+    """A copy in a fresh MADV_HUGEPAGE mapping: what warpload's own buffers ask the kernel for."""
+    import mmap
+
+    import torch
+
+    region = mmap.mmap(-1, source.numel())
+    region.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(region, dtype=torch.uint8).copy_(source)
 
 
 # ---------------------------------------------------------------- how it is measured
@@ -234,12 +261,11 @@ def time_once(case: Case) -> float:
     return seconds
 
 
-def measure(cases: Sequence[Case], cache: str, repeat: int, notes: list[str],
-            progress: Callable[[str], None]) -> list[Timing]:
+def measure(cases: Sequence[Case], cache: str, settings: Settings, notes: list[str]) -> list[Timing]:
     """Runs every case `repeat` times, cases interleaved so slow drift spreads over all of them."""
     timings = [Timing(case.name, cache) for case in cases]
-    for round_index in range(repeat):
-        progress(f"{cache}: repetition {round_index + 1}/{repeat}")
+    for round_index in range(settings.repeat):
+        settings.progress(f"{cache}: repetition {round_index + 1}/{settings.repeat}")
         for case, timing in zip(cases, timings):
             if timing.skipped:
                 continue
@@ -247,6 +273,7 @@ def measure(cases: Sequence[Case], cache: str, repeat: int, notes: list[str],
                 note = set_cache_state(case.source, cache)
                 if note and note not in notes:
                     notes.append(note)
+            time.sleep(settings.settle_s)
             try:
                 timing.seconds.append(time_once(case))
             except Exception as err:  # reported in the table, not hidden
@@ -265,9 +292,8 @@ def build_cases(path: str, loaders: Sequence[Loader], caches: Sequence[str]) -> 
     return cases, skipped
 
 
-def run_benchmark(path: str, *, repeat: int = 5, caches: Sequence[str] = CACHE_STATES,
-                  peers: Sequence[str] = tuple(PEERS),
-                  progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Report:
+def run_benchmark(path: str, *, caches: Sequence[str] = CACHE_STATES, peers: Sequence[str] = tuple(PEERS),
+                  settings: Settings = Settings()) -> Report:
     """Measures every case on `path` in each cache state; returns timings with machine and versions.
 
     Raises ValueError for an unknown cache state or peer, FileNotFoundError if `path` is missing.
@@ -277,14 +303,14 @@ def run_benchmark(path: str, *, repeat: int = 5, caches: Sequence[str] = CACHE_S
         raise ValueError(f"unknown cache state or peer {unknown}: caches are {CACHE_STATES}, peers {tuple(PEERS)}")
     nbytes = os.path.getsize(path)
     notes: list[str] = []
-    timings = measure(memory_cases(nbytes), NO_CACHE, repeat, notes, progress)
+    timings = measure(memory_cases(nbytes), NO_CACHE, settings, notes)
     gc.collect()
     loaders = [*WARPLOAD.values(), *(PEERS[peer] for peer in peers)]
     cases, skipped = build_cases(path, loaders, caches)
     cases.insert(0, read_limit_case(path))
     for cache in caches:
-        timings += measure(cases, cache, repeat, notes, progress)
-    return Report(path, nbytes, repeat, timings + skipped, notes, machine_info(), package_versions())
+        timings += measure(cases, cache, settings, notes)
+    return Report(path, nbytes, settings, timings + skipped, notes, machine_info(), package_versions())
 
 
 # ---------------------------------------------------------------- what it ran on
@@ -296,8 +322,10 @@ def machine_info() -> dict[str, str]:
         "ram": f"{_meminfo_gib('MemTotal'):.1f} GiB",
         "kernel": platform.release(),
         "transparent huge pages": _bracketed("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "free page reporting": _free_page_reporting(),
         "python": platform.python_version(),
-        "WARPLOAD_READ_METHOD": os.environ.get("WARPLOAD_READ_METHOD", "auto (unset)"),
+        ENV_READ_METHOD: os.environ.get(ENV_READ_METHOD, "unset (auto)"),
+        ENV_NUM_THREADS: os.environ.get(ENV_NUM_THREADS, "unset (one per core)"),
         "date": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }
 
@@ -329,6 +357,21 @@ def _bracketed(sys_path: str) -> str:
     except OSError:
         return "unknown"
     return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
+
+
+def _free_page_reporting() -> str:
+    """Whether a virtio-balloon device offers VIRTIO_BALLOON_F_REPORTING (feature bit 5, virtio 1.2 5.5.3)."""
+    devices = "/sys/bus/virtio/devices"
+    try:
+        for device in os.listdir(devices) if os.path.isdir(devices) else []:
+            if os.path.basename(os.path.realpath(os.path.join(devices, device, "driver"))) != "virtio_balloon":
+                continue
+            with open(os.path.join(devices, device, "features"), encoding="ascii") as handle:
+                if handle.read()[5:6] == "1":
+                    return "on (virtio-balloon)"
+    except OSError as err:
+        return f"unknown ({err.strerror})"
+    return "off"
 
 
 def package_versions() -> dict[str, str]:
@@ -373,11 +416,14 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
 def format_report(report: Report, *, markdown: bool = False) -> str:
     """The run's file, machine and versions, the table, then skip reasons and cache notes."""
     header = [
-        f"file: {report.path} ({report.nbytes / 1e9:.2f} GB), {report.repeat} repetitions",
+        f"file: {report.path} ({report.nbytes / 1e9:.2f} GB), {report.settings.repeat} repetitions, "
+        f"{report.settings.settle_s:g} s idle before each",
         "machine: " + ", ".join(f"{k} {v}" for k, v in report.machine.items()),
         "versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
     ]
-    footer = [f"skipped: {t.case} ({t.cache}): {t.skipped}" for t in ordered(report.timings) if t.skipped]
+    footer = ["vs safetensors+copy: its median time over this one's (>1x is faster); "
+              "vs seq. read: this speed as a share of the sequential read's in the same cache state"]
+    footer += [f"skipped: {t.case} ({t.cache}): {t.skipped}" for t in ordered(report.timings) if t.skipped]
     footer += [f"note: {note}" for note in report.notes]
     rows = table_rows(report)
     if markdown:

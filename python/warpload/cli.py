@@ -24,10 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def comma_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    """An argparse type for 'a,b,c' whose items must be among choices; '' is the empty list."""
+def comma_list(choices: Sequence[str], *, allow_empty: bool = False) -> Callable[[str], list[str]]:
+    """An argparse type for 'a,b,c' whose items must be among choices; '' is [] if allow_empty."""
     def parse(text: str) -> list[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items and not allow_empty:
+            raise argparse.ArgumentTypeError(f"name at least one of {','.join(choices)}")
         unknown = [item for item in items if item not in choices]
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {','.join(choices)}")
@@ -56,8 +58,11 @@ def add_bench_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeat", type=positive_int, default=5, help="repetitions per case; the median is shown")
     parser.add_argument("--cache", type=comma_list(CACHE_STATES), default=list(CACHE_STATES),
                         help="page-cache states to measure, comma-separated (default: warm,cold)")
-    parser.add_argument("--peers", type=comma_list(tuple(PEERS)), default=list(PEERS),
+    parser.add_argument("--peers", type=comma_list(tuple(PEERS), allow_empty=True), default=list(PEERS),
                         help=f"other loaders to time, comma-separated, '' for none (default: {','.join(PEERS)})")
+    parser.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+                        help="idle time before each run, so freed memory is returned to a VM's host "
+                             "as before a fresh process's first load (default 0)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for RESULTS.md")
     parser.set_defaults(command=bench)
 
@@ -69,7 +74,8 @@ def bench(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         print(f"warpload bench: {path}: no such file", file=sys.stderr)
         return 2
-    report = harness.run_benchmark(path, repeat=args.repeat, caches=args.cache, peers=args.peers)
+    settings = harness.Settings(repeat=args.repeat, settle_s=args.settle)
+    report = harness.run_benchmark(path, caches=args.cache, peers=args.peers, settings=settings)
     print(harness.format_report(report, markdown=args.markdown))
     return 0
 
