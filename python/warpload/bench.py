@@ -12,7 +12,8 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any, Callable, Optional, Sequence
 
-from .constants import ENV_NUM_THREADS, ENV_READ_METHOD
+from . import system
+from .constants import ENV_HUGE_PAGES, ENV_NUM_THREADS, ENV_READ_METHOD
 
 CACHE_STATES = ("warm", "cold")
 # Memory-only cases do not read the file, so the page cache does not apply to them.
@@ -200,10 +201,10 @@ def ensure_torch_bin(path: str) -> str:
     import torch
     from safetensors.torch import load_file
 
-    from .synthetic import _write_atomically
+    from .synthetic import write_atomically
 
     # Cloned so each tensor has its own storage, as in a pytorch_model.bin saved by transformers.
-    _write_atomically(bin_path, lambda tmp: torch.save(owned_copies(load_file(path)), tmp))
+    write_atomically(bin_path, lambda tmp: torch.save(owned_copies(load_file(path)), tmp))
     return bin_path
 
 
@@ -322,10 +323,12 @@ def machine_info() -> dict[str, str]:
         "ram": f"{_meminfo_gib('MemTotal'):.1f} GiB",
         "kernel": platform.release(),
         "transparent huge pages": _bracketed("/sys/kernel/mm/transparent_hugepage/enabled"),
-        "free page reporting": _free_page_reporting(),
+        "free page reporting": ("on (virtio-balloon)" if system.free_page_reporting() else "off"),
         "python": platform.python_version(),
         ENV_READ_METHOD: os.environ.get(ENV_READ_METHOD, "unset (auto)"),
         ENV_NUM_THREADS: os.environ.get(ENV_NUM_THREADS, "unset (one per core)"),
+        ENV_HUGE_PAGES: os.environ.get(ENV_HUGE_PAGES, "unset (auto)")
+        + f", huge pages {'on' if system.use_huge_pages() else 'off'}",
         "date": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }
 
@@ -357,21 +360,6 @@ def _bracketed(sys_path: str) -> str:
     except OSError:
         return "unknown"
     return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
-
-
-def _free_page_reporting() -> str:
-    """Whether a virtio-balloon device offers VIRTIO_BALLOON_F_REPORTING (feature bit 5, virtio 1.2 5.5.3)."""
-    devices = "/sys/bus/virtio/devices"
-    try:
-        for device in os.listdir(devices) if os.path.isdir(devices) else []:
-            if os.path.basename(os.path.realpath(os.path.join(devices, device, "driver"))) != "virtio_balloon":
-                continue
-            with open(os.path.join(devices, device, "features"), encoding="ascii") as handle:
-                if handle.read()[5:6] == "1":
-                    return "on (virtio-balloon)"
-    except OSError as err:
-        return f"unknown ({err.strerror})"
-    return "off"
 
 
 def package_versions() -> dict[str, str]:

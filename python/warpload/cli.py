@@ -84,8 +84,7 @@ def synthetic_checkpoint(name: str) -> str:
     """The cached synthetic checkpoint's path, saying so on stderr when it must be generated first."""
     from . import synthetic
 
-    # Mirrors default_checkpoint's layout only to decide whether to announce the wait.
-    if not os.path.isfile(os.path.join(synthetic.cache_dir(), f"synthetic-{name}", "model.safetensors")):
+    if not os.path.isfile(synthetic.checkpoint_path(name)):
         print(f"generating the synthetic {name} checkpoint ({SYNTHETIC_SIZES[name]}, random weights) "
               f"under {synthetic.cache_dir()}; this happens once", file=sys.stderr)
     return synthetic.default_checkpoint(name)

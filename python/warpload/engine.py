@@ -130,20 +130,17 @@ def materialize(plan: LoadPlan, device: Any = "cpu",
                 files: Optional[Sequence[Any]] = None) -> dict[str, "torch.Tensor"]:
     """Loads every tensor of the plan into memory it owns (one buffer), then onto device."""
     buffer = execute_while_importing_torch(plan, files)
+    import torch
+
     storages = [tensor_view(buffer, s.dst_offset, s.dtype, (s.numel,)) for s in plan.storages]
-    return move_to_device(wrap_tensors(plan, storages), device)
+    target = torch.device(device)
+    if target.type != "cpu":
+        # Storages move, then views are rebuilt on the device, so tied tensors stay tied there.
+        storages = [storage.to(target) for storage in storages]
+    return wrap_tensors(plan, storages)
 
 
 def zero_copy_views(plan: LoadPlan, files: Mapping[str, Any]) -> dict[str, "torch.Tensor"]:
     """Tensors that view the mapped files directly: no copy, pages are read when first touched."""
     storages = [tensor_view(files[s.path], s.offset, s.source_dtype, (s.numel,)) for s in plan.storages]
     return wrap_tensors(plan, storages)
-
-
-def move_to_device(tensors: dict[str, "torch.Tensor"], device: Any) -> dict[str, "torch.Tensor"]:
-    import torch
-
-    target = torch.device(device)
-    if target.type == "cpu":
-        return tensors
-    return {name: tensor.to(target) for name, tensor in tensors.items()}

@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -69,9 +69,9 @@ def write_gpt2_checkpoint(folder: str, shape: GPT2Shape = GPT2_SMALL, seed: int 
 
     os.makedirs(folder, exist_ok=True)
     weights = os.path.join(folder, "model.safetensors")
-    _write_atomically(weights, lambda tmp: save_file(gpt2_state_dict(shape, seed=seed), tmp, metadata={"format": "pt"}))
+    write_atomically(weights, lambda tmp: save_file(gpt2_state_dict(shape, seed=seed), tmp, metadata={"format": "pt"}))
     config = json.dumps(gpt2_config(shape), indent=2)
-    _write_atomically(os.path.join(folder, "config.json"), lambda tmp: _write_text(tmp, config))
+    write_atomically(os.path.join(folder, "config.json"), lambda tmp: _write_text(tmp, config))
     return weights
 
 
@@ -80,7 +80,8 @@ def _write_text(path: str, text: str) -> None:
         handle.write(text)
 
 
-def _write_atomically(path: str, write) -> None:
+def write_atomically(path: str, write: "Callable[[str], object]") -> None:
+    """Calls write(temporary path) next to path, then renames: a killed process leaves no half file."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
@@ -100,10 +101,14 @@ def cache_dir() -> str:
     return os.path.join(base, "warpload")
 
 
+def checkpoint_path(name: str) -> str:
+    """Where the synthetic checkpoint `name` (gpt2 or gpt2-medium) is cached, written or not."""
+    return os.path.join(cache_dir(), f"synthetic-{name}", "model.safetensors")
+
+
 def default_checkpoint(name: str = "gpt2") -> str:
     """Path of the cached synthetic checkpoint `name` (gpt2 or gpt2-medium), written on first use."""
-    folder = os.path.join(cache_dir(), f"synthetic-{name}")
-    weights = os.path.join(folder, "model.safetensors")
+    weights = checkpoint_path(name)
     if not os.path.isfile(weights):
-        write_gpt2_checkpoint(folder, SHAPES[name])
+        write_gpt2_checkpoint(os.path.dirname(weights), SHAPES[name])
     return weights
