@@ -18,8 +18,9 @@ using namespace warpload;
 
 namespace {
 
-// Columns of one row of the int64 plan table built by python/warpload/engine.py.
-constexpr size_t kPlanColumns = 6;
+// Columns of one row of the int64 plan table built by python/warpload/engine.py: file,
+// src_offset, src_nbytes, src_dtype, dst_address, dst_dtype, transpose_rows, transpose_cols.
+constexpr size_t kPlanColumns = 8;
 
 std::vector<CopyOp> decode_plan(const py::buffer& table) {
     py::buffer_info info = table.request();
@@ -27,11 +28,13 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
     if (info.itemsize != 8 || (info.format != "q" && info.format != "l")) {
         throw std::invalid_argument("plan table must be a buffer of int64");
     }
-    if (info.size % kPlanColumns != 0) throw std::invalid_argument("plan table length is not a multiple of 6");
+    if (info.size % kPlanColumns != 0) throw std::invalid_argument("plan table length is not a multiple of 8");
     const auto* row = static_cast<const int64_t*>(info.ptr);
     std::vector<CopyOp> ops(static_cast<size_t>(info.size) / kPlanColumns);
     for (auto& op : ops) {
-        if (row[0] < 0 || row[1] < 0 || row[2] < 0) throw CheckpointError("negative value in plan table");
+        if (row[0] < 0 || row[1] < 0 || row[2] < 0 || row[6] < 0 || row[7] < 0) {
+            throw CheckpointError("negative value in plan table");
+        }
         if (!is_known_dtype(static_cast<int32_t>(row[3])) || !is_known_dtype(static_cast<int32_t>(row[5]))) {
             throw CheckpointError("unknown dtype code in plan table");
         }
@@ -41,6 +44,8 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
         op.src_dtype = static_cast<DType>(row[3]);
         op.dst = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(row[4]));
         op.dst_dtype = static_cast<DType>(row[5]);
+        op.rows = static_cast<uint64_t>(row[6]);
+        op.cols = static_cast<uint64_t>(row[7]);
         row += kPlanColumns;
     }
     return ops;
@@ -121,7 +126,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("files"), py::arg("table"), py::arg("method") = 0, py::arg("num_threads") = 0,
         py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false, py::arg("populate") = true,
-        "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_address, dst_dtype).");
+        "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_address, dst_dtype, "
+        "transpose_rows, transpose_cols; 0, 0 for a plain copy).");
 
     m.def(
         "convert_buffer",

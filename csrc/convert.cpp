@@ -345,6 +345,9 @@ std::string dtype_name(DType dtype) {
         case DType::BF16: return "BF16";
         case DType::F8_E4M3: return "F8_E4M3";
         case DType::F8_E5M2: return "F8_E5M2";
+        case DType::Raw16: return "Raw16";
+        case DType::Raw32: return "Raw32";
+        case DType::Raw64: return "Raw64";
     }
     return "dtype code " + std::to_string(static_cast<int>(dtype));
 }

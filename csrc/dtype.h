@@ -15,18 +15,26 @@ enum class DType : int32_t {
     BF16 = 4,
     F8_E4M3 = 5,  // float8_e4m3fn
     F8_E5M2 = 6,
+    // Raw elements of 2, 4 and 8 bytes: copied bit-exact like Raw, but with an element size, so
+    // a transposing copy moves whole elements.
+    Raw16 = 7,
+    Raw32 = 8,
+    Raw64 = 9,
 };
 
 inline size_t itemsize(DType dtype) {
     switch (dtype) {
-        case DType::F64: return 8;
-        case DType::F32: return 4;
+        case DType::F64:
+        case DType::Raw64: return 8;
+        case DType::F32:
+        case DType::Raw32: return 4;
         case DType::F16:
-        case DType::BF16: return 2;
+        case DType::BF16:
+        case DType::Raw16: return 2;
         default: return 1;
     }
 }
 
-inline bool is_known_dtype(int32_t code) { return code >= 0 && code <= 6; }
+inline bool is_known_dtype(int32_t code) { return code >= 0 && code <= 9; }
 
 }  // namespace warpload

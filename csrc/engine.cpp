@@ -52,6 +52,14 @@ void validate(const std::vector<std::shared_ptr<MappedFile>>& files, const std::
                                   std::to_string(static_cast<int>(op.dst_dtype)));
         }
         if (op.src_nbytes > 0 && op.dst == nullptr) throw CheckpointError(where + ": null destination");
+        if (op.rows > 0 || op.cols > 0) {
+            uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
+            if (op.rows == 0 || op.cols == 0 || op.cols > elements / op.rows || op.rows * op.cols != elements) {
+                throw CheckpointError(file.path() + ": " + where + " transposes a " + std::to_string(op.rows) + " x " +
+                                      std::to_string(op.cols) + " matrix but copies " + std::to_string(elements) +
+                                      " elements");
+            }
+        }
     }
 }
 
@@ -103,8 +111,13 @@ std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<FileR
     chunks.reserve(ops.size());
     for (const CopyOp& op : ops) {
         if (op.src_nbytes == 0) continue;
-        // Chunks end on element boundaries so each one converts independently.
+        // Chunks end on element boundaries so each one converts independently; transposed
+        // copies split on whole source rows.
         uint64_t step = std::max<uint64_t>(chunk_bytes / 8 * 8, 8);
+        if (op.rows > 0) {
+            uint64_t row_bytes = op.cols * itemsize(op.src_dtype);
+            step = std::max<uint64_t>(step / row_bytes, 1) * row_bytes;
+        }
         const FileReadMode& mode = modes[op.file];
         bool use_pread = op.src_dtype == op.dst_dtype ? mode.copy_via_pread : mode.convert_via_pread;
         for (uint64_t begin = 0; begin < op.src_nbytes; begin += step) {
@@ -119,8 +132,63 @@ std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<FileR
     return chunks;
 }
 
-void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, std::vector<uint8_t>& bounce) {
+// Per-thread scratch space, grown on demand and reused across chunks.
+struct Scratch {
+    std::vector<uint8_t> read;       // pread target for conversions and transposes
+    std::vector<uint8_t> converted;  // converted rows awaiting transposition
+};
+
+const uint8_t* chunk_source(const MappedFile& file, uint64_t offset, uint64_t length, bool use_pread,
+                            std::vector<uint8_t>& buffer) {
+    if (!use_pread) return file.data() + offset;
+    if (buffer.size() < length) buffer.resize(length);
+    file.read_into(buffer.data(), offset, length);
+    return buffer.data();
+}
+
+template <typename Element>
+void transpose_rows(const uint8_t* src, uint64_t row_begin, uint64_t row_count, uint64_t rows, uint64_t cols,
+                    uint8_t* dst) {
+    // 32 x 32 tiles keep both the rows read and the columns written in L1.
+    constexpr uint64_t kTile = 32;
+    for (uint64_t r0 = 0; r0 < row_count; r0 += kTile) {
+        uint64_t r1 = std::min(r0 + kTile, row_count);
+        for (uint64_t c0 = 0; c0 < cols; c0 += kTile) {
+            uint64_t c1 = std::min(c0 + kTile, cols);
+            for (uint64_t r = r0; r < r1; ++r) {
+                for (uint64_t c = c0; c < c1; ++c) {
+                    Element value;
+                    std::memcpy(&value, src + (r * cols + c) * sizeof(Element), sizeof(Element));
+                    std::memcpy(dst + (c * rows + row_begin + r) * sizeof(Element), &value, sizeof(Element));
+                }
+            }
+        }
+    }
+}
+
+void copy_transposed_chunk(const MappedFile& file, const Chunk& chunk, Scratch& scratch) {
     const CopyOp& op = *chunk.op;
+    const uint64_t row_bytes = op.cols * itemsize(op.src_dtype);
+    const uint64_t row_begin = chunk.src_begin / row_bytes;
+    const uint64_t row_count = chunk.src_len / row_bytes;
+    const uint8_t* src = chunk_source(file, op.src_offset + chunk.src_begin, chunk.src_len, chunk.use_pread, scratch.read);
+    if (op.src_dtype != op.dst_dtype) {
+        size_t count = static_cast<size_t>(row_count * op.cols);
+        if (scratch.converted.size() < count * itemsize(op.dst_dtype)) scratch.converted.resize(count * itemsize(op.dst_dtype));
+        convert(src, op.src_dtype, scratch.converted.data(), op.dst_dtype, count);
+        src = scratch.converted.data();
+    }
+    switch (itemsize(op.dst_dtype)) {
+        case 8: transpose_rows<uint64_t>(src, row_begin, row_count, op.rows, op.cols, op.dst); break;
+        case 4: transpose_rows<uint32_t>(src, row_begin, row_count, op.rows, op.cols, op.dst); break;
+        case 2: transpose_rows<uint16_t>(src, row_begin, row_count, op.rows, op.cols, op.dst); break;
+        default: transpose_rows<uint8_t>(src, row_begin, row_count, op.rows, op.cols, op.dst); break;
+    }
+}
+
+void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, Scratch& scratch) {
+    const CopyOp& op = *chunk.op;
+    if (op.rows > 0) return copy_transposed_chunk(file, chunk, scratch);
     const uint64_t offset = op.src_offset + chunk.src_begin;
     const size_t src_size = itemsize(op.src_dtype);
     uint8_t* dst = op.dst + chunk.src_begin / src_size * itemsize(op.dst_dtype);
@@ -133,12 +201,7 @@ void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, std::
         }
         return;
     }
-    const uint8_t* src = file.data() + offset;
-    if (chunk.use_pread) {
-        if (bounce.size() < chunk.src_len) bounce.resize(chunk.src_len);
-        file.read_into(bounce.data(), offset, chunk.src_len);
-        src = bounce.data();
-    }
+    const uint8_t* src = chunk_source(file, offset, chunk.src_len, chunk.use_pread, scratch.read);
     convert(src, op.src_dtype, dst, op.dst_dtype, chunk.src_len / src_size);
 }
 
@@ -159,9 +222,9 @@ void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const s
     static std::mutex one_plan_at_a_time;
     std::lock_guard<std::mutex> lock(one_plan_at_a_time);
     ThreadPool& pool = shared_pool(options.num_threads);
-    std::vector<std::vector<uint8_t>> bounce(pool.size());
+    std::vector<Scratch> scratch(pool.size());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
-        copy_chunk(*files[chunks[i].op->file], chunks[i], options.populate, bounce[worker]);
+        copy_chunk(*files[chunks[i].op->file], chunks[i], options.populate, scratch[worker]);
     });
 }
 

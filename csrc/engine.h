@@ -13,6 +13,9 @@ namespace warpload {
 
 // One planned copy: src_nbytes of files[file] at src_offset, in src_dtype, written to dst as
 // dst_dtype (src_nbytes / itemsize(src) * itemsize(dst) bytes). Equal dtypes copy raw bytes.
+// With rows > 0 the source is a row-major rows x cols matrix and dst receives its transpose
+// (cols x rows), as TF -> PyTorch weight mapping needs; the transposition happens per chunk of
+// source rows, in parallel, with no full-size temporary.
 struct CopyOp {
     uint32_t file;
     uint64_t src_offset;
@@ -20,6 +23,8 @@ struct CopyOp {
     DType src_dtype;
     uint8_t* dst;
     DType dst_dtype;
+    uint64_t rows = 0;
+    uint64_t cols = 0;
 };
 
 // How bytes leave the file. Auto reads plain copies with pread straight into the destination

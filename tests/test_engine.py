@@ -48,7 +48,8 @@ def test_cold_file_is_read_correctly_after_eviction(mixed_file):
 
 
 def _run(files, rows):
-    table = array("q", [value for row in rows for value in row])
+    """Runs plan rows; 6-column rows are plain copies (no transposition)."""
+    table = array("q", [value for row in rows for value in (tuple(row) + (0, 0))[:8]])
     core().execute(files, table)
 
 
@@ -72,8 +73,10 @@ def test_plan_with_offset_overflow_is_refused(tmp_path):
     ((1, 0, 8, 0, 1, 0), "file index 1"),
     ((0, 0, 3, 2, 1, 2), "whole number of elements"),
     ((0, 0, 8, 0, 0, 0), "null destination"),
-    ((0, 0, 8, 9, 1, 0), "unknown dtype"),
+    ((0, 0, 8, 10, 1, 0), "unknown dtype"),
     ((0, -1, 8, 0, 1, 0), "negative"),
+    ((0, 0, 8, 0, 1, 0, 3, 3), "transposes a 3 x 3 matrix but copies 8 elements"),
+    ((0, 0, 8, 0, 1, 0, 0, 8), "transposes a 0 x 8"),
     ((0, 0, 8, 0, 1, 6), "no conversion"),
 ])
 def test_malformed_plan_rows_are_refused_before_any_copy(tmp_path, row, message):

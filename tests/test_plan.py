@@ -1,12 +1,13 @@
 """Load plans: storages shared by several tensors (strided views, tied weights) load once and stay shared."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from warpload import engine
 from warpload.plan import TensorRecord, plan_load
 
-from conftest import same_bits
+from conftest import random_tensor, same_bits
 
 
 def test_views_of_one_storage_share_it_and_match_torch(tmp_path):
@@ -43,3 +44,29 @@ def test_storages_are_laid_out_in_file_order_and_aligned(tmp_path):
     assert [t.name for t in plan.tensors] == ["a", "b"]
     assert [s.dst_offset % 64 for s in plan.storages] == [0, 0]
     assert plan.total_nbytes == 128
+
+
+@pytest.mark.parametrize("source", ["F32", "BF16", "U8", "F64"])
+@pytest.mark.parametrize("target", [None, "F16"])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 5), (70, 33), (1, 3000), (2049, 7)])
+def test_transposed_records_match_tensor_t(tmp_path, monkeypatch, source, target, rows, cols):
+    from warpload.dtypes import torch_dtype
+
+    monkeypatch.setenv("WARPLOAD_NUM_THREADS", "3")
+    stored = random_tensor((rows, cols), torch_dtype(source), seed=rows * cols)
+    if stored.is_floating_point():
+        stored = torch.nan_to_num(stored)
+    path = tmp_path / "matrix.bin"
+    path.write_bytes(b"\x01" * 5 + stored.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    record = TensorRecord("w", source, (cols, rows), str(path), 5, stored.numel() * stored.element_size(),
+                          transpose=True)
+    loaded = engine.materialize(plan_load([record], target))["w"]
+    expected = stored.t().contiguous()
+    if target and stored.is_floating_point():
+        expected = expected.to(torch_dtype(target))
+    assert same_bits(loaded, expected)
+
+
+def test_only_plain_matrices_can_be_transposed():
+    with pytest.raises(ValueError, match="2-D"):
+        TensorRecord("w", "F32", (2, 3, 4), "f", 0, 96, transpose=True)

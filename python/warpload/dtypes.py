@@ -47,6 +47,16 @@ DTYPES = {
     )
 }
 
+# csrc/dtype.h raw codes by element width: bit-exact copies that still know their element size.
+_RAW_CODES = {8: 0, 16: 7, 32: 8, 64: 9}
+
+
+def copy_code(name: str) -> int:
+    """The engine code for copying `name` unchanged: its own code, else a raw code of its width."""
+    info = DTYPES[name]
+    return info.engine_code or _RAW_CODES.get(info.bits, 0)
+
+
 # Targets of `dtype=`: the engine converts every float source it knows into these.
 CONVERSION_TARGETS = ("F64", "F32", "F16", "BF16")
 FLOAT_SOURCES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")

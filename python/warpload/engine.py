@@ -7,7 +7,7 @@ from array import array
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from . import constants, system
-from .dtypes import DTYPES, element_count, torch_dtype
+from .dtypes import DTYPES, copy_code, element_count, torch_dtype
 from .plan import LoadPlan
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def plan_table(plan: LoadPlan, dst_addresses: Sequence[int]) -> array:
-    """The engine's int64 row table: file, src offset, src bytes, src dtype, dst address, dst dtype.
+    """The engine's int64 row table: file, src offset, src bytes, src dtype, dst address, dst dtype,
+    and the (rows, cols) of a matrix to transpose while copying, (0, 0) for a plain copy.
 
     dst_addresses[i] is where storage i goes: inside one buffer, or into memory the caller owns
     (a model's parameters), which must hold the storage in its planned dtype.
@@ -77,8 +78,10 @@ def plan_table(plan: LoadPlan, dst_addresses: Sequence[int]) -> array:
         if storage.converts:
             src_code, dst_code = DTYPES[storage.source_dtype].engine_code, DTYPES[storage.dtype].engine_code
         else:
-            src_code = dst_code = 0
-        table.extend((file_index[storage.path], storage.offset, storage.nbytes, src_code, dst_address, dst_code))
+            src_code = dst_code = copy_code(storage.source_dtype)
+        rows, cols = storage.transposed_from or (0, 0)
+        table.extend((file_index[storage.path], storage.offset, storage.nbytes, src_code, dst_address, dst_code,
+                      rows, cols))
     return table
 
 

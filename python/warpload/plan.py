@@ -17,7 +17,9 @@ class TensorRecord:
     (safetensors, TF) leave stride None and storage_offset 0, and their storage is exactly their
     bytes. Tensors that view a larger storage (PyTorch .bin: slices, tied weights, transposes)
     give the storage's whole range plus torch-style stride and storage_offset, in elements;
-    records with the same storage range share one storage when loaded.
+    records with the same storage range share one storage when loaded. A transposed record
+    (TF kernels mapped to PyTorch) stores the row-major (shape[1], shape[0]) matrix whose
+    transpose is the tensor: the engine transposes while copying.
     """
 
     name: str
@@ -28,6 +30,12 @@ class TensorRecord:
     nbytes: int
     stride: Optional[tuple[int, ...]] = None
     storage_offset: int = 0
+    transpose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.transpose and (len(self.shape) != 2 or self.is_storage_view):
+            raise ValueError(f"{self.name}: only plain 2-D tensors can be transposed while loading, "
+                             f"not shape {self.shape} with stride {self.stride}")
 
     @property
     def is_storage_view(self) -> bool:
@@ -45,6 +53,7 @@ class PlannedStorage:
     dtype: str
     dst_offset: int
     dst_nbytes: int
+    transposed_from: Optional[tuple[int, int]] = None  # (rows, cols) of the stored matrix
 
     @property
     def converts(self) -> bool:
@@ -101,11 +110,13 @@ def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> L
     cursor = 0
     for record in order:
         out = target_dtype(record.dtype, dtype)
-        key = (record.path, record.offset, record.nbytes, record.dtype)
+        key = (record.path, record.offset, record.nbytes, record.dtype, record.transpose)
         if key not in storage_index:
             nbytes = record.nbytes * DTYPES[out].bits // DTYPES[record.dtype].bits
+            stored = (record.shape[1], record.shape[0]) if record.transpose else None
             storage_index[key] = len(storages)
-            storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, cursor, nbytes))
+            storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, cursor, nbytes,
+                                           stored))
             cursor += -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
         tensors.append(PlannedTensor(record, storage_index[key]))
     return LoadPlan(tuple(tensors), tuple(storages), tuple(file_index), cursor)
