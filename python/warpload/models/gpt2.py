@@ -1,0 +1,115 @@
+"""GPT-2 (GPT2Model, GPT2LMHeadModel): transformers' module tree and key names, SDPA attention, a KV cache."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .attention import KVCache, attend, causal_mask
+from .config import GPT2Config, PretrainedConfig
+from .modeling import (ACTIVATIONS, BaseModelOutput, Conv1D, PreTrainedCausalLM, PreTrainedModel, decoding_positions,
+                       embedding)
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.layer_idx = layer_idx
+        self.scaling = self.head_dim ** -0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scaling /= float(layer_idx + 1)
+        self.c_attn = Conv1D(3 * self.embed_dim, self.embed_dim)
+        self.c_proj = Conv1D(self.embed_dim, self.embed_dim)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor],
+                cache: Optional[KVCache]) -> torch.Tensor:
+        query, key, value = self.c_attn(hidden_states).split(self.embed_dim, dim=2)
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        return self.resid_dropout(self.c_proj(attend(query, key, value, mask, self.scaling)))
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, intermediate_size: int, config: GPT2Config) -> None:
+        super().__init__()
+        self.c_fc = Conv1D(intermediate_size, config.hidden_size)
+        self.c_proj = Conv1D(config.hidden_size, intermediate_size)
+        self.act = ACTIVATIONS[config.activation_function]()
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.ln_1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+        self.attn = GPT2Attention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+        self.mlp = GPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden_size, config)
+
+    def forward(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor],
+                cache: Optional[KVCache]) -> torch.Tensor:
+        hidden_states = self.attn(self.ln_1(hidden_states), mask, cache) + hidden_states
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GPT2PreTrainedModel(PreTrainedModel):
+    config_class = GPT2Config
+    base_model_prefix = "transformer"
+    # transformers 5 builds its masks instead of loading the old `attn.bias` buffers.
+    keys_to_ignore_on_load_unexpected = ("attn.bias", "crossattention.bias")
+
+    @classmethod
+    def unsupported_features(cls, config: PretrainedConfig) -> list[str]:
+        problems = []
+        if config.add_cross_attention:
+            problems.append("add_cross_attention=True")
+        if config.activation_function not in ACTIVATIONS:
+            problems.append(f"activation_function={config.activation_function!r}")
+        return problems
+
+
+class GPT2Model(GPT2PreTrainedModel):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.embed_dim = config.hidden_size
+        self.wte = embedding(config.vocab_size, self.embed_dim)
+        self.wpe = embedding(config.max_position_embeddings, self.embed_dim)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
+                use_cache: Optional[bool] = None) -> BaseModelOutput:
+        """Hidden states after the final layer norm (arguments as PreTrainedCausalLM.forward)."""
+        cache, past_length, position_ids = decoding_positions(self.config, input_ids, position_ids, past_key_values,
+                                                              use_cache)
+        hidden_states = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        mask = causal_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], past_length, None, input_ids.device)
+        for block in self.h:
+            hidden_states = block(hidden_states, mask, cache)
+        return BaseModelOutput(self.ln_f(hidden_states), cache)
+
+
+class GPT2LMHeadModel(GPT2PreTrainedModel, PreTrainedCausalLM):
+    tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -1,0 +1,212 @@
+"""The Llama family: Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Qwen3 (q/k norms) as small deltas."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .attention import KVCache, attend, causal_mask
+from .config import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+from .modeling import (ACTIVATIONS, BaseModelOutput, PreTrainedCausalLM, PreTrainedModel, decoding_positions,
+                       embedding)
+from .rope import ROPE_TYPES, RotaryEmbedding, apply_rotary
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """What distinguishes one family's attention layer from Llama's."""
+
+    qkv_bias: bool
+    o_bias: bool
+    qk_norm: bool
+    sliding_window: Optional[int]
+
+
+class RMSNorm(nn.Module):
+    """transformers' LlamaRMSNorm: normalise in float32, scale in the input dtype."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act_fn = ACTIVATIONS[config.hidden_act]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query attention with rotary positions; `layout` adds the family's biases, norms and window."""
+
+    def __init__(self, config: PretrainedConfig, layer_idx: int, layout: AttentionLayout) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim ** -0.5
+        self.sliding_window = layout.sliding_window
+        hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=layout.qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=layout.qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=layout.qkv_bias)
+        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=layout.o_bias)
+        if layout.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                mask: Optional[torch.Tensor], cache: Optional[KVCache]) -> torch.Tensor:
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape)
+        key = self.k_proj(hidden_states).view(shape)
+        if hasattr(self, "q_norm"):
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query, key = apply_rotary(query, key, *position_embeddings)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        return self.o_proj(attend(query, key, value, mask, self.scaling))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: PretrainedConfig, layer_idx: int, layout: AttentionLayout) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx, layout)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                mask: Optional[torch.Tensor], cache: Optional[KVCache]) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings,
+                                                       mask, cache)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class LlamaPreTrainedModel(PreTrainedModel):
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+
+    @classmethod
+    def unsupported_features(cls, config: PretrainedConfig) -> list[str]:
+        problems = []
+        if config.hidden_act not in ACTIVATIONS:
+            problems.append(f"hidden_act={config.hidden_act!r}")
+        rope_type = config.rope_parameters.get("rope_type")
+        if rope_type not in ROPE_TYPES:
+            problems.append(f"rope_type={rope_type!r}")
+        layer_types = set(getattr(config, "layer_types", None) or ())
+        if layer_types - {"full_attention", "sliding_attention"}:
+            problems.append(f"layer_types={sorted(layer_types)}")
+        return problems
+
+
+class LlamaModel(LlamaPreTrainedModel):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config, i, self.attention_layout(config, i))
+                                     for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+    @staticmethod
+    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
+        bias = config.attention_bias
+        return AttentionLayout(qkv_bias=bias, o_bias=bias, qk_norm=False, sliding_window=None)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
+                use_cache: Optional[bool] = None) -> BaseModelOutput:
+        """Hidden states after the final norm (arguments as PreTrainedCausalLM.forward)."""
+        cache, past_length, position_ids = decoding_positions(self.config, input_ids, position_ids, past_key_values,
+                                                              use_cache)
+        hidden_states = self.embed_tokens(input_ids)
+        masks = {
+            window: causal_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], past_length, window,
+                                input_ids.device)
+            for window in {layer.self_attn.sliding_window for layer in self.layers}
+        }
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_embeddings, masks[layer.self_attn.sliding_window], cache)
+        return BaseModelOutput(self.norm(hidden_states), cache)
+
+
+class LlamaForCausalLM(LlamaPreTrainedModel, PreTrainedCausalLM):
+    tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    base_model_class: type[LlamaModel] = LlamaModel
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+
+def _layer_window(config: PretrainedConfig, layer_idx: int) -> Optional[int]:
+    # Qwen2/Qwen3 slide only on layers marked "sliding_attention" (set when use_sliding_window is on).
+    return config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
+
+
+class MistralModel(LlamaModel):
+    config_class = MistralConfig
+
+    @staticmethod
+    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
+        return AttentionLayout(qkv_bias=False, o_bias=False, qk_norm=False, sliding_window=config.sliding_window)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    config_class = MistralConfig
+    base_model_class = MistralModel
+
+
+class Qwen2Model(LlamaModel):
+    config_class = Qwen2Config
+
+    @staticmethod
+    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
+        return AttentionLayout(qkv_bias=True, o_bias=False, qk_norm=False,
+                               sliding_window=_layer_window(config, layer_idx))
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    config_class = Qwen2Config
+    base_model_class = Qwen2Model
+
+
+class Qwen3Model(LlamaModel):
+    config_class = Qwen3Config
+
+    @staticmethod
+    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
+        bias = config.attention_bias
+        return AttentionLayout(qkv_bias=bias, o_bias=bias, qk_norm=True,
+                               sliding_window=_layer_window(config, layer_idx))
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    config_class = Qwen3Config
+    base_model_class = Qwen3Model

@@ -1,0 +1,113 @@
+"""The transformers backend: transformers' own class for any architecture, built on meta, filled by the engine."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from .config import GENERATION_CONFIG_NAME, PretrainedConfig
+from .load_state import LoadingInfo, Source, match_keys, place
+
+INSTALL_HINT = "install it with `pip install transformers` (version 5 or newer)"
+
+
+def is_available() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
+def load_config(location: Optional[str], config: Any, subfolder: str, kwargs: dict[str, Any],
+                trust_remote_code: Optional[bool]) -> tuple[Any, dict[str, Any]]:
+    """transformers' config and the keywords left for the model constructor, as transformers splits them.
+
+    A warpload config is converted field by field; a transformers config is copied; otherwise
+    config.json is read by transformers.AutoConfig with the keyword overrides.
+    """
+    import transformers
+
+    if isinstance(config, transformers.PretrainedConfig):
+        return copy.deepcopy(config), dict(kwargs)
+    if isinstance(config, PretrainedConfig):
+        return transformers.AutoConfig.for_model(**config.to_dict()), dict(kwargs)
+    source, subfolder = (config, "") if config is not None else (location, subfolder)
+    return transformers.AutoConfig.from_pretrained(source, subfolder=subfolder, return_unused_kwargs=True,
+                                                   trust_remote_code=trust_remote_code, **kwargs)
+
+
+def build_on_meta(config: Any, dtype: torch.dtype, model_args: tuple, model_kwargs: dict[str, Any],
+                  class_name: Optional[str], trust_remote_code: Optional[bool]) -> nn.Module:
+    """transformers' class (by `class_name`, else its causal LM for the config) with every tensor on meta."""
+    import transformers
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            if class_name is not None:
+                return getattr(transformers, class_name)(config, *model_args, **model_kwargs)
+            return transformers.AutoModelForCausalLM.from_config(config, *model_args, dtype=dtype,
+                                                                 trust_remote_code=trust_remote_code, **model_kwargs)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def checkpoint_renamer(model: nn.Module) -> Callable[[str], str]:
+    """transformers' own renames of legacy checkpoint names (LayerNorm.gamma -> .weight and the like).
+
+    Raises NotImplementedError for architectures whose checkpoints need tensor conversions
+    (fused experts, split projections): warpload places tensors as they are stored.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    mapping = get_model_conversion_mapping(model)
+    renamings = [entry for entry in mapping if isinstance(entry, WeightRenaming)]
+    converters = [entry for entry in mapping if isinstance(entry, WeightConverter)]
+
+    def rename(name: str) -> str:
+        key, pattern = rename_source_key(name, renamings, converters)
+        if pattern is not None:
+            raise NotImplementedError(
+                f"{type(model).__name__} converts checkpoint tensor {name!r} on load ({pattern}); warpload does not "
+                "reproduce transformers' tensor conversions yet: load it with transformers.AutoModelForCausalLM")
+        return key
+
+    return rename
+
+
+def load(model: nn.Module, sources: dict[str, Source], dtype: torch.dtype, name: Optional[str],
+         ignore_mismatched_sizes: bool) -> LoadingInfo:
+    """Fills a meta-built transformers model through the engine, then lets transformers finish it."""
+    shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    assignments, info = match_keys(sources, shapes, model.base_model_prefix, checkpoint_renamer(model))
+    for tensor in place(model, sources, assignments, (), dtype):
+        # transformers initialises every tensor without this flag when it finalises the model.
+        tensor._is_hf_initialized = True
+    return _finalize(model, info, name, ignore_mismatched_sizes)
+
+
+def _finalize(model: nn.Module, info: LoadingInfo, name: Optional[str], ignore_mismatched_sizes: bool) -> LoadingInfo:
+    """transformers' own last steps: missing weights and non-persistent buffers (rotary frequencies)
+    materialised and initialised, tying, ignore lists, the load report; raises its RuntimeError for
+    mismatched shapes unless ignore_mismatched_sizes."""
+    from transformers.modeling_utils import LoadStateDictConfig
+    from transformers.utils.loading_report import LoadStateDictInfo
+
+    hf_info = LoadStateDictInfo(missing_keys=info.missing_keys, unexpected_keys=info.unexpected_keys,
+                                mismatched_keys=info.mismatched_keys, error_msgs=info.error_msgs,
+                                conversion_errors={}, skipped_pp_keys=set())
+    load_config = LoadStateDictConfig(pretrained_model_name_or_path=name, device_map={"": "cpu"},
+                                      ignore_mismatched_sizes=ignore_mismatched_sizes)
+    hf_info = type(model)._finalize_model_loading(model, load_config, hf_info)
+    return LoadingInfo(hf_info.missing_keys, hf_info.unexpected_keys, hf_info.mismatched_keys, hf_info.error_msgs)
+
+
+def load_generation_config(model: nn.Module, folder: Optional[str]) -> None:
+    """Replaces the model's derived generation config by the folder's generation_config.json, if any."""
+    import transformers
+
+    if folder is not None and os.path.isfile(os.path.join(folder, GENERATION_CONFIG_NAME)):
+        model.generation_config = transformers.GenerationConfig.from_pretrained(folder)

@@ -1,0 +1,356 @@
+"""from_pretrained: options -> config -> weight files -> plan -> parameters, for built-in and transformers classes."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from .constants import PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+from .dtypes import DTYPES, FLOAT_SOURCES
+from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
+from .plan import TensorRecord
+# The record readers, imported here only, under local names (tensors.py may rename them).
+from .tensors import _checkpoint_records as read_records
+from .tensors import _sharded_records as read_shard_index
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.config import PretrainedConfig
+    from .models.load_state import Source
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "warpload", "transformers")
+
+# transformers options that only steer Hub downloads; for a local folder transformers ignores them too.
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "resume_download",
+               "use_auth_token", "mirror", "_fast_init", "code_revision", "_commit_hash", "weights_only",
+               "disable_mmap", "offload_state_dict")
+# transformers options warpload does not implement: passing one with a value raises NotImplementedError.
+UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size", "distributed_config", "device_mesh",
+                       "key_mapping", "adapter_kwargs", "adapter_name", "max_memory", "offload_folder",
+                       "offload_buffers", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
+                       "fusion_config")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+# transformers 4.x's TensorFlow weight files, named in the error for a folder that has only those.
+TF_WEIGHTS_NAMES = ("tf_model.h5", "model.ckpt.index")
+
+
+class ArchitectureNotSupportedError(WarploadError, ValueError):
+    """The checkpoint's architecture has no built-in class (or uses features it lacks) and transformers cannot help."""
+
+
+@dataclass(frozen=True)
+class LoadTimings:
+    """Seconds from_pretrained spent finding files, planning (config, headers, meta model, keys) and reading."""
+
+    resolve_s: float
+    plan_s: float
+    read_s: float
+
+
+def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathLike[str]"]], *model_args: Any,
+                    model_class: Optional[type] = None, config: Any = None,
+                    state_dict: Optional[dict[str, "torch.Tensor"]] = None, dtype: Any = None, torch_dtype: Any = None,
+                    device_map: Any = None, output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
+                    low_cpu_mem_usage: Optional[bool] = None, use_safetensors: Optional[bool] = None,
+                    variant: Optional[str] = None, subfolder: str = "", generation_config: Any = None,
+                    attn_implementation: Optional[str] = None, trust_remote_code: Optional[bool] = None,
+                    backend: str = "auto", from_tf: bool = False, from_flax: bool = False, **kwargs: Any) -> Any:
+    """Loads a causal LM from a local checkpoint like transformers 5's from_pretrained.
+
+    The model is built on the meta device; every parameter is then allocated once, in its final
+    dtype, and the engine copies (and converts) the checkpoint's bytes straight into it: no
+    intermediate state dict, peak memory near the model's size. `low_cpu_mem_usage` is accepted
+    and changes nothing: loading is always low-memory.
+
+    backend="auto" uses the built-in class for the config's model_type (GPT-2, Llama, Mistral,
+    Qwen2, Qwen3; `model_class` when called as Class.from_pretrained) unless the config or an
+    option needs transformers; then transformers' own class is built on meta and filled the same
+    way. "warpload" and "transformers" force one.
+
+    Options, as transformers defines them: config (object, or a folder / config.json path),
+    state_dict (instead of weight files; no name then), dtype / torch_dtype ("auto", the default,
+    takes the config's dtype, else the checkpoint's), device_map ("cpu", a device, an index, or
+    {"": device}), output_loading_info (returns (model, info): missing, unexpected and mismatched
+    key sets and error messages), ignore_mismatched_sizes, use_safetensors, variant, subfolder,
+    generation_config, attn_implementation, trust_remote_code (transformers backend), and config
+    overrides as keywords (n_layer=2, rope_theta=...). Hub download options are accepted and
+    ignored for local folders. `model.load_timings` holds the call's LoadTimings.
+
+    Raises CheckpointNotFoundError (an OSError) when no weights or config are found,
+    ArchitectureNotSupportedError (a ValueError) when neither warpload nor transformers has the
+    class, ShapeMismatchError (a RuntimeError) for mis-shaped tensors, TypeError for unknown
+    keywords, ValueError for invalid values, NotImplementedError for what warpload does not
+    implement (TF and Flax checkpoints, quantization, GGUF, tensor parallelism, multi-device maps).
+    """
+    started = time.perf_counter()
+    _reject_unsupported(kwargs, from_tf, from_flax)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    for option in HUB_OPTIONS:
+        kwargs.pop(option, None)
+    location = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
+    if state_dict is not None and location is not None:
+        raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
+                         "Use one of the two loading strategies.")
+    device = _target_device(device_map)
+    weights = None if state_dict is not None else resolve_weight_files(
+        location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors)
+    resolved = time.perf_counter()
+
+    model_config, model_kwargs = _load_config(location, config, subfolder, kwargs, model_class)
+    builtin, reasons = _builtin_choice(model_config, model_class, attn_implementation)
+    use_transformers = _use_transformers(backend, reasons)
+    sources: dict[str, Source] = (dict(state_dict) if state_dict is not None
+                                  else {record.name: record for record in _weight_records(weights)})
+    class_name = (model_class or builtin or type(model_config)).__name__
+    torch_type = resolve_dtype(dtype if dtype is not None else torch_dtype, model_config, weights, sources, class_name)
+    folder = os.path.join(location, subfolder) if location is not None and os.path.isdir(location) else None
+    if use_transformers:
+        model, info, planned = _load_with_transformers(
+            location, config, subfolder, kwargs, model_class, model_args, sources, torch_type, attn_implementation,
+            trust_remote_code, ignore_mismatched_sizes, folder)
+    else:
+        model, info, planned = _load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
+                                             ignore_mismatched_sizes, folder)
+    if generation_config is not None:
+        model.generation_config = generation_config
+    if device.type != "cpu":
+        model.to(device)
+    model.config.dtype = torch_type
+    model.config.name_or_path = location or ""
+    model.eval()
+    model.load_timings = LoadTimings(resolved - started, planned - resolved, time.perf_counter() - planned)
+    return (model, info.to_dict()) if output_loading_info else model
+
+
+def _reject_unsupported(kwargs: dict[str, Any], from_tf: bool, from_flax: bool) -> None:
+    if from_tf:
+        raise NotImplementedError("from_tf=True: warpload cannot read TensorFlow checkpoints yet; load them with "
+                                  "transformers 4.x (from_tf=True, with TensorFlow) or convert them to safetensors")
+    if from_flax:
+        raise NotImplementedError("from_flax=True: warpload cannot read Flax checkpoints; convert them to "
+                                  "safetensors first")
+    for option in UNSUPPORTED_OPTIONS:
+        value = kwargs.pop(option, None)
+        if value not in (None, False, {}):
+            raise NotImplementedError(f"{option}= is not implemented by warpload; call "
+                                      "transformers.AutoModelForCausalLM.from_pretrained for it")
+
+
+def _target_device(device_map: Any) -> "torch.device":
+    """The one device a device_map names (transformers' accepted forms); several devices are not supported."""
+    import torch
+
+    if device_map is None:
+        return torch.device("cpu")
+    if isinstance(device_map, dict):
+        devices = {str(device) for device in device_map.values()}
+        if len(devices) != 1 or "disk" in devices:
+            raise NotImplementedError(f"device_map={device_map!r} spreads the model over {sorted(devices)}; "
+                                      "warpload places a model on one device: pass {'': device}")
+        device_map = next(iter(device_map.values()))
+    if isinstance(device_map, str) and device_map in DEVICE_MAP_STRATEGIES:
+        raise NotImplementedError(f"device_map={device_map!r} needs an automatic placement plan, which warpload "
+                                  "does not compute; pass one device such as 'cpu' or 'cuda:0'")
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        if device_map < 0:
+            raise ValueError("You can't pass device_map as a negative int. If you want to put the model on the cpu, "
+                             "pass device_map = 'cpu'")
+        return torch.device("cuda", device_map)
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device_map={device_map!r}: when passing device_map as a string, the value needs to be a "
+                         "device name (e.g. cpu, cuda:0)") from err
+
+
+def _add_variant(name: str, variant: Optional[str]) -> str:
+    """model.safetensors -> model.fp16.safetensors, model.safetensors.index.json -> model.safetensors.index.fp16.json"""
+    if not variant:
+        return name
+    stem, _, extension = name.rpartition(".")
+    return f"{stem}.{variant}.{extension}"
+
+
+def resolve_weight_files(location: Optional[str], *, subfolder: str = "", variant: Optional[str] = None,
+                         use_safetensors: Optional[bool] = None) -> str:
+    """The weights file or shard index transformers would load from a local folder (or the file given).
+
+    Order: model.safetensors, its index, then (unless use_safetensors=True) pytorch_model.bin and
+    its index, each with `variant` inserted. Raises CheckpointNotFoundError with transformers'
+    messages when none exists, or when the location is not on this machine.
+    """
+    if location is None:
+        raise ValueError("pass a checkpoint folder, or state_dict= together with config=")
+    if os.path.isfile(location):
+        return location
+    if not os.path.isdir(location):
+        raise CheckpointNotFoundError(
+            f"{location} is not a local folder or file; warpload loads local checkpoints only: download it first "
+            "(e.g. `huggingface-cli download <repo> --local-dir <folder>`) and pass the folder")
+    folder = os.path.join(location, subfolder)
+    candidates = [SAFETENSORS_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME] if use_safetensors is not False else []
+    if not use_safetensors:
+        candidates += [PYTORCH_WEIGHTS_NAME, PYTORCH_INDEX_NAME]
+    for candidate in candidates:
+        path = os.path.join(folder, _add_variant(candidate, variant))
+        if os.path.isfile(path):
+            return path
+    safetensors_name = _add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
+    if use_safetensors:
+        raise CheckpointNotFoundError(f"Error no file named {safetensors_name} found in directory {location}.")
+    tf_files = [name for name in TF_WEIGHTS_NAMES if os.path.isfile(os.path.join(folder, name))]
+    hint = f" It has TensorFlow weights ({', '.join(tf_files)}), which warpload cannot read yet." if tf_files else ""
+    bin_name = _add_variant(PYTORCH_WEIGHTS_NAME, variant)
+    raise CheckpointNotFoundError(
+        f"Error no file named {safetensors_name}, or {bin_name}, found in directory {location}.{hint}")
+
+
+def _weight_records(weights: str) -> list[TensorRecord]:
+    # read_records knows `*.index.json`; variant indexes are named model.safetensors.index.fp16.json.
+    if re.search(r"\.index\.[^./]+\.json$", weights):
+        return read_shard_index(weights)
+    return read_records(weights)
+
+
+def _load_config(location: Optional[str], config: Any, subfolder: str, kwargs: dict[str, Any],
+                 model_class: Optional[type]) -> tuple["PretrainedConfig", dict[str, Any]]:
+    """The warpload config and the keywords left for the model constructor (transformers' split).
+
+    A config object is deep-copied and every keyword goes to the constructor; otherwise keywords
+    naming config fields override them. A transformers config object is converted field by field.
+    """
+    from .models.config import AutoConfig, PretrainedConfig
+
+    if isinstance(config, PretrainedConfig):
+        return copy.deepcopy(config), dict(kwargs)
+    if config is not None and hasattr(config, "to_dict") and hasattr(config, "model_type"):
+        return AutoConfig.for_model(**config.to_dict()), dict(kwargs)
+    source = config if config is not None else location
+    if source is None:
+        raise ValueError("state_dict= needs config= (a config object, or the path of a folder or config.json)")
+    if config is None and os.path.isfile(source):
+        raise ValueError(f"{source} is a weights file: pass config= (a config object, or a folder or config.json "
+                         "path) with it")
+    reader = model_class.config_class if model_class is not None else AutoConfig
+    return reader.from_pretrained(source, subfolder=subfolder if config is None else "", return_unused_kwargs=True,
+                                  **kwargs)
+
+
+def _builtin_choice(config: "PretrainedConfig", model_class: Optional[type],
+                    attn_implementation: Optional[str]) -> tuple[Optional[type], list[str]]:
+    """The built-in class for the config and the reasons it cannot serve this call (empty when it can)."""
+    from .models.auto import CAUSAL_LM_CLASSES
+
+    cls = model_class if model_class is not None else CAUSAL_LM_CLASSES.get(config.model_type)
+    if cls is None or not isinstance(config, cls.config_class):
+        return None, [f"model_type {config.model_type!r} has no built-in implementation"]
+    reasons = cls.unsupported_features(config)
+    if attn_implementation not in (None, "sdpa"):
+        reasons.append(f"attn_implementation={attn_implementation!r} (the built-in models use SDPA)")
+    return cls, reasons
+
+
+def _use_transformers(backend: str, reasons: list[str]) -> bool:
+    from .models import transformers_backend
+    from .models.auto import ARCHITECTURES
+
+    available = transformers_backend.is_available()
+    if backend == "transformers" and not available:
+        raise ImportError(f"backend='transformers' needs transformers: {transformers_backend.INSTALL_HINT}")
+    if backend == "transformers" or (backend == "auto" and reasons and available):
+        return True
+    if reasons:
+        hint = ("pass backend='transformers' to use transformers' class" if available
+                else f"{transformers_backend.INSTALL_HINT} to load it with transformers' class")
+        raise ArchitectureNotSupportedError(
+            f"warpload's built-in models cannot load this checkpoint: {'; '.join(reasons)}. Built-in architectures: "
+            f"{', '.join(sorted(ARCHITECTURES))}. To load others, {hint}.")
+    return False
+
+
+def resolve_dtype(requested: Any, config: "PretrainedConfig", weights: Optional[str], sources: dict[str, "Source"],
+                  class_name: str) -> "torch.dtype":
+    """transformers 5's dtype rule: "auto" (the default) is the config's dtype, else the shard index's
+    metadata dtype, else the first floating-point tensor's; strings name torch dtypes."""
+    import torch
+
+    if requested is None or requested == "auto":
+        requested = getattr(config, "dtype", None) or _index_dtype(weights) or _first_float_dtype(sources)
+    if isinstance(requested, str) and isinstance(getattr(torch, requested.removeprefix("torch."), None), torch.dtype):
+        requested = getattr(torch, requested.removeprefix("torch."))
+    if not isinstance(requested, torch.dtype):
+        raise ValueError(f"`dtype` can be one of: `torch.dtype`, `'auto'` or a string of a valid `torch.dtype`, "
+                         f"but received {requested}")
+    if not requested.is_floating_point:
+        raise ValueError(f"Can't instantiate {class_name} model under dtype={requested} since it is not a floating "
+                         "point dtype")
+    return requested
+
+
+def _index_dtype(weights: Optional[str]) -> Optional[str]:
+    if weights is None or not weights.endswith(".json"):
+        return None
+    try:
+        with open(weights, encoding="utf-8") as handle:
+            metadata = json.load(handle).get("metadata") or {}
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{weights}: not a valid shard index ({err!r})", path=weights) from err
+    return metadata.get("dtype")
+
+
+def _first_float_dtype(sources: dict[str, "Source"]) -> Any:
+    for source in sources.values():
+        if isinstance(source, TensorRecord):
+            if source.dtype in FLOAT_SOURCES:
+                return DTYPES[source.dtype].torch_name
+        elif source.is_floating_point():
+            return source.dtype
+    return "float32"
+
+
+def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, model_kwargs: dict[str, Any],
+                  sources: dict[str, "Source"], dtype: "torch.dtype", ignore_mismatched_sizes: bool,
+                  folder: Optional[str]) -> tuple[Any, Any, float]:
+    import torch
+
+    from .models.config import GenerationConfig
+    from .models.load_state import load_builtin
+
+    with torch.device("meta"):
+        model = cls(config, *model_args, **model_kwargs)
+    planned = time.perf_counter()
+    info = load_builtin(model, sources, dtype, ignore_mismatched_sizes)
+    report = info.report()
+    if report:
+        logger.warning("%s load report from %s:\n%s", cls.__name__, folder or "the given state_dict", report)
+    if folder is not None and hasattr(model, "generation_config"):
+        model.generation_config = GenerationConfig.from_pretrained(folder) or model.generation_config
+    return model, info, planned
+
+
+def _load_with_transformers(location: Optional[str], config: Any, subfolder: str, kwargs: dict[str, Any],
+                            model_class: Optional[type], model_args: tuple, sources: dict[str, "Source"],
+                            dtype: "torch.dtype", attn_implementation: Optional[str],
+                            trust_remote_code: Optional[bool], ignore_mismatched_sizes: bool,
+                            folder: Optional[str]) -> tuple[Any, Any, float]:
+    from .models import transformers_backend
+
+    hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, trust_remote_code)
+    if attn_implementation is not None:
+        hf_config._attn_implementation = attn_implementation
+    model = transformers_backend.build_on_meta(hf_config, dtype, model_args, model_kwargs,
+                                               model_class.__name__ if model_class is not None else None,
+                                               trust_remote_code)
+    planned = time.perf_counter()
+    info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes)
+    transformers_backend.load_generation_config(model, folder)
+    return model, info, planned
