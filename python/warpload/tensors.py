@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from . import engine
 from .constants import CHECKPOINT_NAMES
 from .dtypes import DTYPES, dtype_name
-from .errors import CheckpointError, CheckpointNotFoundError, HeaderError
+from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from .formats import detect_format
 from .formats.safetensors import read_header
 from .plan import LoadPlan, TensorRecord, plan_load
@@ -138,7 +138,7 @@ class SafeSlice:
 
 
 def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
-                    zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
+                    zero_copy: bool = False, from_tf: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
 
     Formats are recognised by content: safetensors, PyTorch .bin (zip, and the legacy pre-1.6 format,
@@ -151,9 +151,21 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
     memory-mapped files instead of owning a copy; storages that are not aligned to their element
     size (legacy .bin) are copied.
 
+    With `from_tf=True` the checkpoint is TensorFlow's (Keras h5 and its shards, TF-format safetensors,
+    TF1 GPT-2 and TF2 object-based bundles) and comes back under PyTorch names, laid out as PyTorch
+    wants (tf_checkpoint.py); TensorFlow is not needed, h5 files need h5py. A TF-format safetensors
+    file loaded without from_tf gives its tensors as stored.
+
     Raises CheckpointNotFoundError when nothing loadable is there, CheckpointError for corrupt or
     inconsistent files (UnsafeCheckpointError for a pickle that asks to run code).
     """
+    if from_tf:
+        from .tf_checkpoint import load_tf_checkpoint
+
+        if zero_copy:
+            raise ValueError("zero_copy=True cannot be combined with from_tf=True: TF tensors are re-laid out "
+                             "(transposed, reshaped) while they are read")
+        return load_tf_checkpoint(os.fspath(path), device, dtype=_requested_dtype(dtype))
     records = _checkpoint_records(os.fspath(path))
     plan = plan_load(records, _requested_dtype(dtype))
     if zero_copy:
@@ -186,7 +198,16 @@ def _checkpoint_records(path: str) -> list[TensorRecord]:
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if path.endswith(".index.json"):
         return _sharded_records(path)
-    return list(detect_format(path).read(path).records)
+    try:
+        fmt = detect_format(path)
+    except UnsupportedFormatError:
+        from .tf_checkpoint import is_tf_checkpoint
+
+        if is_tf_checkpoint(path):
+            raise UnsupportedFormatError(f"{path}: a TensorFlow checkpoint: pass from_tf=True to load it with "
+                                         "PyTorch names", path=path) from None
+        raise
+    return list(fmt.read(path).records)
 
 
 def _weights_in_folder(folder: str) -> str:
@@ -201,9 +222,13 @@ def _weights_in_folder(folder: str) -> str:
         matches = [name for name in names if name.endswith(suffix)]
         if len(matches) == 1:
             return os.path.join(folder, matches[0])
+    from .tf_checkpoint import tf_weights_in_folder
+
+    tf_weights = tf_weights_in_folder(folder)
+    hint = (f"; it holds TensorFlow weights ({os.path.basename(tf_weights)}): pass from_tf=True" if tf_weights
+            else "; pass the path of the weights file itself")
     raise CheckpointNotFoundError(
-        f"{folder}: no {', '.join(CHECKPOINT_NAMES)} (found: {', '.join(names) or 'nothing'}); "
-        "pass the path of the weights file itself"
+        f"{folder}: no {', '.join(CHECKPOINT_NAMES)} (found: {', '.join(names) or 'nothing'}){hint}"
     )
 
 

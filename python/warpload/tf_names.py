@@ -71,7 +71,8 @@ def convert_tf_weight_name_to_pt_weight_name(tf_name: str, start_prefix_to_remov
         transpose = TransposeType.CONV2D
     elif parts[-1] == "kernel" and rank == 3:
         transpose = TransposeType.CONV1D
-    elif parts[-1] in ("kernel", "pointwise_kernel", "depthwise_kernel") or "emb_projs" in parts or "out_projs" in parts:
+    elif (parts[-1] in ("kernel", "pointwise_kernel", "depthwise_kernel") or "emb_projs" in parts
+          or "out_projs" in parts):
         transpose = TransposeType.SIMPLE
     else:
         transpose = TransposeType.NO
