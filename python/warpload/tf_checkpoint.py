@@ -180,7 +180,14 @@ def is_tf_checkpoint(path: str) -> bool:
         return os.path.basename(path).startswith(TF_H5_WEIGHTS_NAME)
     if not os.path.isfile(path):
         return os.path.isfile(path + BUNDLE_INDEX_SUFFIX)
-    return keras_h5.is_hdf5(path) or (path.endswith(BUNDLE_INDEX_SUFFIX) and _bundle().is_tensor_bundle(path))
+    if keras_h5.is_hdf5(path):
+        return True
+    if not path.endswith(BUNDLE_INDEX_SUFFIX):
+        return False
+    try:
+        return _bundle().is_tensor_bundle(path)
+    except UnsupportedFormatError:  # no bundle reader in this build: the name is all there is to go by
+        return True
 
 
 def read_tf_checkpoint(path: str) -> TFCheckpoint:
