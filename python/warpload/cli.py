@@ -21,9 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="warpload", description="Load Hugging Face checkpoints as fast as the hardware allows.")
     subcommands = parser.add_subparsers(metavar="COMMAND", required=True)
     add_bench_parser(subcommands)
-    from . import generate_cli
+    from . import generate_cli, inspect_cli
 
     generate_cli.add_parser(subcommands)
+    inspect_cli.add_parser(subcommands)
     return parser
 
 
