@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from conftest import FIXTURES, same_bits
 from warpload import load_checkpoint
 from warpload.errors import CheckpointNotFoundError, UnsupportedFormatError
+from warpload.tf_checkpoint import read_tf_checkpoint
 from warpload.tf_names import (Layout, TransposeType, convert_tf_weight_name_to_pt_weight_name, gpt2_tf1_name,
                                object_keys_to_runtime_names, start_prefix_to_remove, tf_layout)
 
@@ -194,3 +195,13 @@ def test_tf_only_folders_say_to_pass_from_tf(folder, names):
 def test_zero_copy_is_refused_with_from_tf():
     with pytest.raises(ValueError, match="zero_copy"):
         load_checkpoint(TF / "tf_gpt2_safetensors", from_tf=True, zero_copy=True)
+
+
+@needs_h5py
+def test_a_base_model_target_drops_the_main_layer_prefix_as_transformers_does():
+    # GPT2Model.from_pretrained(h5, from_tf=True): no PyTorch name starts with `transformer`, so it is removed
+    # (load_tf2_state_dict_in_pytorch_model's start_prefix_to_remove), and biases take the model's shapes.
+    reference = load_file(H5_REFERENCE)
+    base_shapes = {name.removeprefix("transformer."): tuple(tensor.shape) for name, tensor in reference.items()}
+    mapped = read_tf_checkpoint(str(TF / "tf_gpt2_h5")).mapped(base_shapes, "transformer")
+    assert {item.name: item.shape for item in mapped} == base_shapes
