@@ -94,16 +94,18 @@ void bind_tfbundle(py::module_& m) {
         "unknown_rank, shard_id, offset, size, masked crc32c, slices, offset of the entry in the .index)).");
     m.def(
         "tf_bundle_strings",
-        [](const py::bytes& data, uint64_t count, const std::string& path, const py::bytes& key, uint64_t offset) {
+        [](const py::bytes& data, uint64_t count, uint32_t masked_crc, const std::string& path, const py::bytes& key,
+           uint64_t offset) {
             std::string_view view(data);
-            std::vector<std::string> strings = tfbundle::decode_strings(
-                reinterpret_cast<const uint8_t*>(view.data()), view.size(), count, path, std::string(key), offset);
+            std::vector<std::string> strings = tfbundle::decode_strings(reinterpret_cast<const uint8_t*>(view.data()),
+                                                                        view.size(), count, masked_crc, path,
+                                                                        std::string(key), offset);
             py::list out;
             for (const std::string& s : strings) out.append(py::bytes(s));
             return out;
         },
-        py::arg("data"), py::arg("count"), py::arg("path"), py::arg("key"), py::arg("offset"),
-        "Decodes a stored DT_STRING tensor of count elements; path, key and offset label errors.");
+        py::arg("data"), py::arg("count"), py::arg("masked_crc"), py::arg("path"), py::arg("key"), py::arg("offset"),
+        "Decodes a stored DT_STRING tensor of count elements, checking its CRCs; path, key and offset label errors.");
     m.def(
         "tf_bundle_first_bad_checksum",
         [](const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<std::tuple<uint32_t, uint64_t, uint64_t, uint32_t>>& rows,

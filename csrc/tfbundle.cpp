@@ -407,8 +407,8 @@ Index read_index(const std::string& path) {
     return parse_index(path, file.data(), static_cast<size_t>(file.size()));
 }
 
-std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64_t count, const std::string& where,
-                                        const std::string& key, uint64_t base) {
+std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64_t count, uint32_t masked_crc,
+                                        const std::string& where, const std::string& key, uint64_t base) {
     // Every length takes at least one byte, which bounds count before anything is allocated.
     if (count > size) {
         throw BundleError(where, key, base,
@@ -420,7 +420,8 @@ std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64
     uint32_t crc = 0;
     for (uint64_t& length : lengths) {
         length = cursor.varint64("string length");
-        // tensor_bundle.cc WriteStringTensor: the CRC covers each length as uint32 LE, or uint64 LE above 2^32-1.
+        // tensor_bundle.cc WriteStringTensor: the CRCs cover each length as uint32 LE, or uint64 LE
+        // above 2^32-1, not the varint bytes.
         if (length <= 0xffffffffull) {
             uint32_t small = static_cast<uint32_t>(length);
             crc = crc32c_extend(crc, reinterpret_cast<const uint8_t*>(&small), 4);
@@ -428,19 +429,29 @@ std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64
             crc = crc32c_extend(crc, reinterpret_cast<const uint8_t*>(&length), 8);
         }
     }
+    const uint8_t* stored_bytes = cursor.pos();
     uint32_t stored = crc32c_unmask(cursor.fixed32("string lengths checksum"));
-    if (count > 0 && stored != crc) {
+    if (stored != crc) {
         cursor.fail("string lengths checksum mismatch (stored " + std::to_string(stored) + ", computed " +
-                    std::to_string(crc) + ")");
+                    std::to_string(crc) + "): the data shard is corrupt");
     }
+    // The entry's crc32c continues over the 4 stored checksum bytes and then every string's bytes.
+    crc = crc32c_extend(crc, stored_bytes, 4);
     std::vector<std::string> strings;
     strings.reserve(count);
     for (uint64_t length : lengths) {
         Cursor bytes = cursor.sub(length, "string");
+        crc = crc32c_extend(crc, bytes.pos(), length);
         strings.emplace_back(reinterpret_cast<const char*>(bytes.pos()), length);
     }
     if (!cursor.done()) {
         cursor.fail(std::to_string(cursor.left()) + " bytes follow the last string; the entry's size is wrong");
+    }
+    if (crc != crc32c_unmask(masked_crc)) {
+        throw BundleError(where, key, base,
+                          "string tensor does not match its crc32c in the .index (stored " +
+                              std::to_string(crc32c_unmask(masked_crc)) + ", computed " + std::to_string(crc) +
+                              "): the data shard is corrupt");
     }
     return strings;
 }

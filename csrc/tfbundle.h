@@ -66,9 +66,10 @@ Index read_index(const std::string& path);
 Index parse_index(const std::string& path, const uint8_t* data, size_t size);
 
 // Decodes a DT_STRING tensor's stored bytes (formats.md 3.5): count varint lengths, a masked CRC of
-// the lengths, then the strings. `where`/`key`/`base` only label errors.
-std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64_t count, const std::string& where,
-                                        const std::string& key, uint64_t base);
+// the lengths, then the strings; both that CRC and the entry's masked_crc (which covers the lengths,
+// that CRC and the strings) are checked. `where`/`key`/`base` only label errors.
+std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64_t count, uint32_t masked_crc,
+                                        const std::string& where, const std::string& key, uint64_t base);
 
 // One tensor whose stored bytes must match a masked crc32c.
 struct ChecksumJob {
