@@ -45,3 +45,7 @@ class CheckpointNotFoundError(WarploadError, FileNotFoundError):
 
 class EngineIOError(WarploadError, OSError):
     """The operating system failed a read, open or allocation (raised by the C++ engine)."""
+
+
+class TensorBundleError(CheckpointError):
+    """A TensorFlow tensor bundle (.index SSTable, its entries or its data shards) is corrupt or inconsistent."""

@@ -10,6 +10,8 @@ from .constants import CHECKPOINT_NAMES
 from .dtypes import DTYPES, dtype_name
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from .formats import detect_format
+from .formats.registry import format_for_path
+from .formats.tf_bundle import bundle_in_folder
 from .formats.safetensors import read_header
 from .plan import LoadPlan, TensorRecord, plan_load
 
@@ -194,7 +196,7 @@ def _mapped_tensors(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
 def _checkpoint_records(path: str) -> list[TensorRecord]:
     if os.path.isdir(path):
         path = _weights_in_folder(path)
-    elif not os.path.exists(path):
+    elif not os.path.exists(path) and format_for_path(path) is None:
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if path.endswith(".index.json"):
         return _sharded_records(path)
@@ -222,6 +224,9 @@ def _weights_in_folder(folder: str) -> str:
         matches = [name for name in names if name.endswith(suffix)]
         if len(matches) == 1:
             return os.path.join(folder, matches[0])
+    bundle = bundle_in_folder(folder)  # TensorFlow: the prefix named by `checkpoint`, or the only *.index
+    if bundle is not None:
+        return bundle
     from .tf_checkpoint import tf_weights_in_folder
 
     tf_weights = tf_weights_in_folder(folder)

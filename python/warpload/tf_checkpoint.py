@@ -20,7 +20,7 @@ from .constants import (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, TF1_CH
                         TF_CHECKPOINT_STATE_NAME, TF_H5_INDEX_NAME, TF_H5_WEIGHTS_NAME)
 from .dtypes import dtype_name, torch_dtype
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
-from .formats import keras_h5
+from .formats import keras_h5, tf_bundle
 from .formats.keras_h5 import H5Dataset
 from .plan import TensorRecord
 
@@ -35,9 +35,7 @@ TF2_OBJECT = "tf2-object"        # object-based keys: tf.train.Checkpoint, Keras
 
 # GPT-2's main layer: the default base-model prefix when no target model is given.
 DEFAULT_BASE_MODEL_PREFIX = "transformer"
-BUNDLE_INDEX_SUFFIX = ".index"
 BUNDLE_DATA_NAME = re.compile(r"\.data-\d{5}-of-\d{5}$")
-BUNDLE_READER_HINT = "reading TensorFlow tensor bundles needs warpload's bundle reader (warpload.formats.tf_bundle)"
 
 StoredTensor = Union[TensorRecord, H5Dataset]
 Source = Union[TensorRecord, "torch.Tensor"]
@@ -137,22 +135,8 @@ def tf_weights_in_folder(folder: str) -> Optional[str]:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
             return candidate
-    prefix = _checkpoint_state_prefix(folder)
-    if prefix is not None and os.path.isfile(prefix + BUNDLE_INDEX_SUFFIX):
-        return prefix + BUNDLE_INDEX_SUFFIX
-    return None
-
-
-def _checkpoint_state_prefix(folder: str) -> Optional[str]:
-    """The bundle prefix in a TF `checkpoint` file (a CheckpointState text proto: model_checkpoint_path: "ckpt-1")."""
-    state = os.path.join(folder, TF_CHECKPOINT_STATE_NAME)
-    if not os.path.isfile(state):
-        return None
-    with open(state, encoding="utf-8", errors="replace") as handle:
-        match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', handle.read(), re.MULTILINE)
-    if match is None:
-        return None
-    return os.path.join(folder, match.group(1))
+    prefix = tf_bundle.bundle_in_folder(folder)
+    return None if prefix is None else prefix + tf_bundle.INDEX_SUFFIX
 
 
 def is_tf_safetensors(path: str) -> bool:
@@ -178,16 +162,9 @@ def is_tf_checkpoint(path: str) -> bool:
     """Whether a file is a TF-only checkpoint warpload maps: Keras h5 (or its index) or a bundle index."""
     if path.endswith(".index.json"):
         return os.path.basename(path).startswith(TF_H5_WEIGHTS_NAME)
-    if not os.path.isfile(path):
-        return os.path.isfile(path + BUNDLE_INDEX_SUFFIX)
-    if keras_h5.is_hdf5(path):
+    if tf_bundle.is_tensor_bundle(path):
         return True
-    if not path.endswith(BUNDLE_INDEX_SUFFIX):
-        return False
-    try:
-        return _bundle().is_tensor_bundle(path)
-    except UnsupportedFormatError:  # no bundle reader in this build: the name is all there is to go by
-        return True
+    return os.path.isfile(path) and keras_h5.is_hdf5(path)
 
 
 def read_tf_checkpoint(path: str) -> TFCheckpoint:
@@ -214,15 +191,16 @@ def read_tf_checkpoint(path: str) -> TFCheckpoint:
         if os.path.basename(path).startswith(TF_H5_WEIGHTS_NAME):
             return _read_h5_shards(path)
         return _read_tf_safetensors(path)
+    data_file = BUNDLE_DATA_NAME.search(path)
+    if data_file is not None:
+        path = path[:data_file.start()]
+    if tf_bundle.is_tensor_bundle(path):
+        return _read_bundle(path)
     if not os.path.exists(path):
-        if os.path.isfile(path + BUNDLE_INDEX_SUFFIX):
-            return _read_bundle(path + BUNDLE_INDEX_SUFFIX)
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if keras_h5.is_hdf5(path):
         contents = keras_h5.read_keras_h5(path)
         return TFCheckpoint(path, KERAS_STRIPPED if contents.stripped else KERAS, contents.tensors)
-    if path.endswith(BUNDLE_INDEX_SUFFIX) or BUNDLE_DATA_NAME.search(path):
-        return _read_bundle(path)
     return _read_tf_safetensors(path)
 
 
@@ -261,18 +239,9 @@ def _read_h5_shards(index_path: str) -> TFCheckpoint:
     return TFCheckpoint(index_path, KERAS_STRIPPED, tuple(tensors))
 
 
-def _bundle() -> Any:
-    try:
-        from .formats import tf_bundle
-    except ImportError as err:
-        raise UnsupportedFormatError(f"{BUNDLE_READER_HINT}, which this build lacks") from err
-    return tf_bundle
-
-
 def _read_bundle(path: str) -> TFCheckpoint:
-    bundle = _bundle()
-    prefix = bundle.bundle_prefix(path)
-    records = tuple(bundle.read_tensor_bundle(prefix))
+    prefix = tf_bundle.bundle_prefix(path)
+    records = tuple(tf_bundle.read_tensor_bundle(prefix))
     naming = TF2_OBJECT if tf_names.is_object_based([record.name for record in records]) else TF1
     if naming == TF1 and not any(tf_names.gpt2_tf1_name(record.name) for record in records):
         raise UnsupportedFormatError(

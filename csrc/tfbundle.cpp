@@ -1,0 +1,484 @@
+// tfbundle.cpp — parses TF tensor bundle .index files (a LevelDB-style SSTable of BundleEntryProto) with every read bounds-checked.
+#include "tfbundle.h"
+
+#include <atomic>
+#include <cstring>
+
+#include "crc32c.h"
+#include "thread_pool.h"
+
+namespace warpload {
+namespace tfbundle {
+
+namespace {
+
+// tsl/lib/io/format.h: footer = two BlockHandles padded to 40 bytes + 8-byte magic.
+constexpr size_t kFooterSize = 48;
+constexpr uint64_t kTableMagic = 0xdb4775248b80fb57ull;
+// A stored block is followed by a 1-byte compression type and a fixed32 masked CRC.
+constexpr size_t kBlockTrailerSize = 5;
+constexpr uint8_t kNoCompression = 0;
+constexpr uint8_t kSnappyCompression = 1;
+
+uint32_t load_fixed32(const uint8_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;  // little-endian hosts only, like the rest of the core
+}
+
+uint64_t load_fixed64(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+}
+
+// A bounded byte range of the .index file; every read checks the end and reports file offsets.
+class Cursor {
+   public:
+    // Offsets in messages are base + (position - origin): origin is byte `base` of the file.
+    Cursor(const std::string& path, const std::string& key, const uint8_t* origin, const uint8_t* begin,
+           const uint8_t* end, uint64_t base = 0)
+        : path_(path), key_(key), origin_(origin), base_(base), pos_(begin), end_(end) {}
+
+    bool done() const { return pos_ >= end_; }
+    size_t left() const { return static_cast<size_t>(end_ - pos_); }
+    uint64_t offset() const { return base_ + static_cast<uint64_t>(pos_ - origin_); }
+    const uint8_t* pos() const { return pos_; }
+
+    [[noreturn]] void fail(const std::string& what) const { throw BundleError(path_, key_, offset(), what); }
+
+    uint64_t varint64(const char* what) {
+        uint64_t result = 0;
+        for (int shift = 0; shift <= 63; shift += 7) {
+            if (pos_ >= end_) fail(std::string("truncated varint (") + what + ")");
+            uint8_t byte = *pos_++;
+            result |= static_cast<uint64_t>(byte & 0x7f) << shift;
+            if ((byte & 0x80) == 0) return result;
+        }
+        fail(std::string("varint longer than 10 bytes (") + what + ")");
+    }
+
+    uint32_t varint32(const char* what) {
+        const uint8_t* start = pos_;
+        uint64_t value = varint64(what);
+        if (pos_ - start > 5 || value > 0xffffffffull) {
+            pos_ = start;
+            fail(std::string("varint32 out of range (") + what + ")");
+        }
+        return static_cast<uint32_t>(value);
+    }
+
+    uint32_t fixed32(const char* what) {
+        if (left() < 4) fail(std::string("truncated fixed32 (") + what + ")");
+        uint32_t v = load_fixed32(pos_);
+        pos_ += 4;
+        return v;
+    }
+
+    Cursor sub(uint64_t n, const char* what) {
+        if (n > left()) {
+            fail(std::string(what) + " of " + std::to_string(n) + " bytes runs past its end (" +
+                 std::to_string(left()) + " bytes left)");
+        }
+        Cursor inner(path_, key_, origin_, pos_, pos_ + n, base_);
+        pos_ += n;
+        return inner;
+    }
+
+    void skip_field(uint32_t wire_type, uint32_t field) {
+        switch (wire_type) {
+            case 0: varint64("unknown field"); return;
+            case 1: sub(8, "fixed64 field"); return;
+            case 2: sub(varint64("field length"), "length-delimited field"); return;
+            case 5: sub(4, "fixed32 field"); return;
+            default:
+                fail("field " + std::to_string(field) + " has wire type " + std::to_string(wire_type) +
+                     ", which protobuf does not allow here");
+        }
+    }
+
+    void expect_wire(uint32_t wire_type, uint32_t expected, uint32_t field, const char* message) {
+        if (wire_type != expected) {
+            fail(std::string(message) + " field " + std::to_string(field) + " has wire type " +
+                 std::to_string(wire_type) + ", expected " + std::to_string(expected));
+        }
+    }
+
+    // proto3 int32 and enums are sign-extended int64 varints on the wire.
+    int32_t int32_field(const char* what) { return static_cast<int32_t>(static_cast<int64_t>(varint64(what))); }
+    int64_t int64_field(const char* what) { return static_cast<int64_t>(varint64(what)); }
+
+   private:
+    const std::string& path_;
+    const std::string& key_;
+    const uint8_t* origin_;
+    uint64_t base_;
+    const uint8_t* pos_;
+    const uint8_t* end_;
+};
+
+struct BlockHandle {
+    uint64_t offset;
+    uint64_t size;
+};
+
+BlockHandle read_handle(Cursor& cursor, const char* what) {
+    BlockHandle handle;
+    handle.offset = cursor.varint64(what);
+    handle.size = cursor.varint64(what);
+    return handle;
+}
+
+void parse_version(Cursor cursor, Header& header) {
+    while (!cursor.done()) {
+        uint64_t tag = cursor.varint64("VersionDef tag");
+        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
+        if (field == 1 && wire == 0) {
+            header.producer = cursor.int32_field("VersionDef.producer");
+        } else if (field == 2 && wire == 0) {
+            header.min_consumer = cursor.int32_field("VersionDef.min_consumer");
+        } else if (field == 3 && wire == 0) {
+            header.bad_consumers.push_back(cursor.int32_field("VersionDef.bad_consumers"));
+        } else if (field == 3 && wire == 2) {  // packed
+            Cursor packed = cursor.sub(cursor.varint64("bad_consumers length"), "packed bad_consumers");
+            while (!packed.done()) header.bad_consumers.push_back(packed.int32_field("VersionDef.bad_consumers"));
+        } else {
+            cursor.skip_field(wire, field);
+        }
+    }
+}
+
+Header parse_header(Cursor cursor) {
+    Header header;
+    while (!cursor.done()) {
+        uint64_t tag = cursor.varint64("BundleHeaderProto tag");
+        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
+        if (field == 1) {
+            cursor.expect_wire(wire, 0, field, "BundleHeaderProto");
+            header.num_shards = cursor.int32_field("num_shards");
+        } else if (field == 2) {
+            cursor.expect_wire(wire, 0, field, "BundleHeaderProto");
+            header.endianness = cursor.int32_field("endianness");
+        } else if (field == 3) {
+            cursor.expect_wire(wire, 2, field, "BundleHeaderProto");
+            parse_version(cursor.sub(cursor.varint64("VersionDef length"), "VersionDef"), header);
+        } else {
+            cursor.skip_field(wire, field);
+        }
+    }
+    return header;
+}
+
+void parse_shape(Cursor cursor, Entry& entry) {
+    while (!cursor.done()) {
+        uint64_t tag = cursor.varint64("TensorShapeProto tag");
+        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
+        if (field == 2) {
+            cursor.expect_wire(wire, 2, field, "TensorShapeProto");
+            Cursor dim = cursor.sub(cursor.varint64("Dim length"), "TensorShapeProto.Dim");
+            int64_t size = 0;
+            while (!dim.done()) {
+                uint64_t dim_tag = dim.varint64("Dim tag");
+                uint32_t dim_field = static_cast<uint32_t>(dim_tag >> 3), dim_wire = static_cast<uint32_t>(dim_tag & 7);
+                if (dim_field == 1) {
+                    dim.expect_wire(dim_wire, 0, dim_field, "TensorShapeProto.Dim");
+                    size = dim.int64_field("Dim.size");
+                } else {
+                    dim.skip_field(dim_wire, dim_field);
+                }
+            }
+            entry.shape.push_back(size);
+        } else if (field == 3) {
+            cursor.expect_wire(wire, 0, field, "TensorShapeProto");
+            entry.unknown_rank = cursor.varint64("unknown_rank") != 0;
+        } else {
+            cursor.skip_field(wire, field);
+        }
+    }
+}
+
+std::vector<Extent> parse_slice(Cursor cursor) {
+    std::vector<Extent> extents;
+    while (!cursor.done()) {
+        uint64_t tag = cursor.varint64("TensorSliceProto tag");
+        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
+        if (field != 1) {
+            cursor.skip_field(wire, field);
+            continue;
+        }
+        cursor.expect_wire(wire, 2, field, "TensorSliceProto");
+        Cursor extent = cursor.sub(cursor.varint64("Extent length"), "TensorSliceProto.Extent");
+        Extent value{0, -1};
+        while (!extent.done()) {
+            uint64_t ext_tag = extent.varint64("Extent tag");
+            uint32_t ext_field = static_cast<uint32_t>(ext_tag >> 3), ext_wire = static_cast<uint32_t>(ext_tag & 7);
+            if (ext_field == 1 || ext_field == 2) {
+                extent.expect_wire(ext_wire, 0, ext_field, "TensorSliceProto.Extent");
+                (ext_field == 1 ? value.first : value.second) = extent.int64_field("Extent");
+            } else {
+                extent.skip_field(ext_wire, ext_field);
+            }
+        }
+        extents.push_back(value);
+    }
+    return extents;
+}
+
+void parse_entry(Cursor cursor, Entry& entry) {
+    while (!cursor.done()) {
+        uint64_t tag = cursor.varint64("BundleEntryProto tag");
+        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
+        switch (field) {
+            case 1:
+                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
+                entry.dtype = cursor.int32_field("dtype");
+                break;
+            case 2:
+                cursor.expect_wire(wire, 2, field, "BundleEntryProto");
+                parse_shape(cursor.sub(cursor.varint64("shape length"), "TensorShapeProto"), entry);
+                break;
+            case 3:
+                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
+                entry.shard_id = cursor.int32_field("shard_id");
+                break;
+            case 4:
+                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
+                entry.offset = cursor.int64_field("offset");
+                break;
+            case 5:
+                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
+                entry.size = cursor.int64_field("size");
+                break;
+            case 6:
+                cursor.expect_wire(wire, 5, field, "BundleEntryProto");
+                entry.crc32c = cursor.fixed32("crc32c");
+                break;
+            case 7:
+                cursor.expect_wire(wire, 2, field, "BundleEntryProto");
+                entry.slices.push_back(parse_slice(cursor.sub(cursor.varint64("slice length"), "TensorSliceProto")));
+                break;
+            default:
+                cursor.skip_field(wire, field);
+        }
+    }
+}
+
+// Reads one stored block: checks that it and its trailer lie before the footer, that its masked
+// CRC matches (TF always verifies, format.cc) and that it is uncompressed.
+Cursor read_block(const std::string& path, const std::string& key, const uint8_t* data, size_t size,
+                  const BlockHandle& handle, const char* what) {
+    const uint64_t limit = size - kFooterSize;
+    if (handle.offset > limit || handle.size > limit - handle.offset ||
+        kBlockTrailerSize > limit - handle.offset - handle.size) {
+        throw BundleError(path, key, handle.offset,
+                          std::string(what) + " of " + std::to_string(handle.size) + " bytes at offset " +
+                              std::to_string(handle.offset) + " (plus its 5-byte trailer) runs past the table's end at " +
+                              std::to_string(limit));
+    }
+    const uint8_t* begin = data + handle.offset;
+    const uint8_t* trailer = begin + handle.size;
+    uint32_t actual = crc32c_extend(crc32c_extend(0, begin, handle.size), trailer, 1);
+    uint32_t stored = crc32c_unmask(load_fixed32(trailer + 1));
+    if (actual != stored) {
+        throw BundleError(path, key, handle.offset,
+                          std::string(what) + " checksum mismatch (stored crc32c " + std::to_string(stored) +
+                              ", computed " + std::to_string(actual) + "): the .index file is corrupt");
+    }
+    if (trailer[0] == kSnappyCompression) {
+        throw BundleError(path, key, handle.offset,
+                          std::string(what) + " is Snappy-compressed; warpload reads uncompressed bundles, as "
+                                              "TensorFlow's BundleWriter writes them. Re-save the checkpoint with TensorFlow");
+    }
+    if (trailer[0] != kNoCompression) {
+        throw BundleError(path, key, handle.offset,
+                          std::string(what) + " has block type " + std::to_string(trailer[0]) +
+                              " (only 0, none, and 1, Snappy, exist): the .index file is corrupt");
+    }
+    return Cursor(path, key, data, begin, trailer);
+}
+
+// Walks the entries of one block (leveldb block_builder.cc layout), calling visit(key, value).
+template <typename Visit>
+void for_each_in_block(const std::string& path, Cursor block, const char* what, Visit&& visit) {
+    const uint64_t block_offset = block.offset();
+    const size_t size = block.left();
+    if (size < 4) block.fail(std::string(what) + " of " + std::to_string(size) + " bytes cannot hold its restart count");
+    const uint8_t* start = block.pos();
+    uint32_t num_restarts = load_fixed32(start + size - 4);
+    if (num_restarts > (size - 4) / 4) {
+        throw BundleError(path, "", block_offset + size - 4,
+                          std::string(what) + " claims " + std::to_string(num_restarts) + " restart points, but has room for " +
+                              std::to_string((size - 4) / 4));
+    }
+    const size_t data_size = size - 4 * (1 + static_cast<size_t>(num_restarts));
+    Cursor entries = block.sub(data_size, what);
+    std::string key;
+    while (!entries.done()) {
+        const uint64_t entry_offset = entries.offset();
+        uint32_t shared = entries.varint32("key prefix length");
+        uint32_t non_shared = entries.varint32("key suffix length");
+        uint32_t value_size = entries.varint32("value length");
+        if (shared > key.size()) {
+            throw BundleError(path, key, entry_offset,
+                              "bad entry in block: it shares " + std::to_string(shared) +
+                                  " bytes with the previous key, which has " + std::to_string(key.size()));
+        }
+        Cursor delta = entries.sub(non_shared, "key");
+        key.resize(shared);
+        key.append(reinterpret_cast<const char*>(delta.pos()), non_shared);
+        Cursor value = entries.sub(value_size, "value");
+        visit(key, value, entry_offset);
+    }
+}
+
+}  // namespace
+
+BundleError::BundleError(const std::string& path, const std::string& key, uint64_t offset, const std::string& what)
+    : CheckpointError(path + ": " + (key.empty() ? std::string() : "entry '" + printable(key) + "': ") + what +
+                      " (at byte " + std::to_string(offset) + " of the file)"),
+      path_(path),
+      key_(key),
+      offset_(offset) {}
+
+std::string printable(const std::string& key) {
+    static const char hex[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(key.size());
+    for (unsigned char c : key) {
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            out.push_back(static_cast<char>(c));
+        } else {
+            out += "\\x";
+            out.push_back(hex[c >> 4]);
+            out.push_back(hex[c & 15]);
+        }
+    }
+    return out;
+}
+
+Index parse_index(const std::string& path, const uint8_t* data, size_t size) {
+    const std::string no_key;
+    if (size < kFooterSize) {
+        throw BundleError(path, no_key, 0,
+                          "file is too short to be an SSTable (" + std::to_string(size) + " bytes, at least 48)");
+    }
+    if (load_fixed64(data + size - 8) != kTableMagic) {
+        throw BundleError(path, no_key, size - 8, "not an SSTable (bad magic number): not a TensorFlow .index file");
+    }
+    Cursor footer(path, no_key, data, data + size - kFooterSize, data + size - 8);
+    read_handle(footer, "metaindex handle");  // bundles keep no meta blocks
+    BlockHandle index_handle = read_handle(footer, "index handle");
+
+    Index index;
+    bool have_header = false;
+    std::string previous;
+    Cursor index_block = read_block(path, no_key, data, size, index_handle, "index block");
+    for_each_in_block(path, index_block, "index block", [&](const std::string& separator, Cursor value, uint64_t) {
+        BlockHandle handle = read_handle(value, "data block handle");
+        Cursor block = read_block(path, separator, data, size, handle, "data block");
+        for_each_in_block(path, block, "data block", [&](const std::string& key, Cursor entry_value, uint64_t at) {
+            if (!have_header) {
+                // tensor_bundle.cc kHeaderEntryKey: the empty key, first in byte order.
+                if (!key.empty()) {
+                    throw BundleError(path, key, at, "the first entry is not the bundle header (empty key)");
+                }
+                index.header = parse_header(entry_value);
+                have_header = true;
+                return;
+            }
+            if (key <= previous) {
+                throw BundleError(path, key, at, "keys are not in strictly increasing order (previous key '" +
+                                                     printable(previous) + "'): the .index file is corrupt");
+            }
+            previous = key;
+            Entry entry;
+            entry.key = key;
+            entry.value_offset = entry_value.offset();
+            parse_entry(Cursor(path, entry.key, data, entry_value.pos(), entry_value.pos() + entry_value.left()), entry);
+            index.entries.push_back(std::move(entry));
+        });
+    });
+    if (!have_header) throw BundleError(path, no_key, 0, "the table has no entries, not even the bundle header");
+    return index;
+}
+
+Index read_index(const std::string& path) {
+    MappedFile file(path);
+    return parse_index(path, file.data(), static_cast<size_t>(file.size()));
+}
+
+std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64_t count, uint32_t masked_crc,
+                                        const std::string& where, const std::string& key, uint64_t base) {
+    // Every length takes at least one byte, which bounds count before anything is allocated.
+    if (count > size) {
+        throw BundleError(where, key, base,
+                          "string tensor of " + std::to_string(count) + " elements cannot fit in " +
+                              std::to_string(size) + " bytes");
+    }
+    Cursor cursor(where, key, data, data, data + size, base);
+    std::vector<uint64_t> lengths(count);
+    uint32_t crc = 0;
+    for (uint64_t& length : lengths) {
+        length = cursor.varint64("string length");
+        // tensor_bundle.cc WriteStringTensor: the CRCs cover each length as uint32 LE, or uint64 LE
+        // above 2^32-1, not the varint bytes.
+        if (length <= 0xffffffffull) {
+            uint32_t small = static_cast<uint32_t>(length);
+            crc = crc32c_extend(crc, reinterpret_cast<const uint8_t*>(&small), 4);
+        } else {
+            crc = crc32c_extend(crc, reinterpret_cast<const uint8_t*>(&length), 8);
+        }
+    }
+    const uint8_t* stored_bytes = cursor.pos();
+    uint32_t stored = crc32c_unmask(cursor.fixed32("string lengths checksum"));
+    if (stored != crc) {
+        cursor.fail("string lengths checksum mismatch (stored " + std::to_string(stored) + ", computed " +
+                    std::to_string(crc) + "): the data shard is corrupt");
+    }
+    // The entry's crc32c continues over the 4 stored checksum bytes and then every string's bytes.
+    crc = crc32c_extend(crc, stored_bytes, 4);
+    std::vector<std::string> strings;
+    strings.reserve(count);
+    for (uint64_t length : lengths) {
+        Cursor bytes = cursor.sub(length, "string");
+        crc = crc32c_extend(crc, bytes.pos(), length);
+        strings.emplace_back(reinterpret_cast<const char*>(bytes.pos()), length);
+    }
+    if (!cursor.done()) {
+        cursor.fail(std::to_string(cursor.left()) + " bytes follow the last string; the entry's size is wrong");
+    }
+    if (crc != crc32c_unmask(masked_crc)) {
+        throw BundleError(where, key, base,
+                          "string tensor does not match its crc32c in the .index (stored " +
+                              std::to_string(crc32c_unmask(masked_crc)) + ", computed " + std::to_string(crc) +
+                              "): the data shard is corrupt");
+    }
+    return strings;
+}
+
+int64_t first_checksum_mismatch(const std::vector<std::shared_ptr<MappedFile>>& files,
+                                const std::vector<ChecksumJob>& jobs, size_t num_threads) {
+    for (const ChecksumJob& job : jobs) {
+        if (job.file >= files.size() || !files[job.file]) throw CheckpointError("checksum job names an unknown file");
+        const MappedFile& file = *files[job.file];
+        if (job.offset > file.size() || job.nbytes > file.size() - job.offset) {
+            throw BundleError(file.path(), "", job.offset,
+                              "tensor of " + std::to_string(job.nbytes) + " bytes runs past the end of the file (" +
+                                  std::to_string(file.size()) + " bytes)");
+        }
+    }
+    std::atomic<int64_t> first{-1};
+    shared_pool(num_threads).run(jobs.size(), [&](size_t i, size_t) {
+        const ChecksumJob& job = jobs[i];
+        const MappedFile& file = *files[job.file];
+        uint32_t actual = crc32c_extend(0, file.data() + job.offset, job.nbytes);
+        if (actual == crc32c_unmask(job.masked_crc)) return;
+        int64_t seen = first.load();
+        while ((seen < 0 || static_cast<int64_t>(i) < seen) && !first.compare_exchange_weak(seen, static_cast<int64_t>(i))) {
+        }
+    });
+    return first.load();
+}
+
+}  // namespace tfbundle
+}  // namespace warpload
