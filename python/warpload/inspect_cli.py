@@ -10,8 +10,11 @@ from typing import Optional
 
 from .constants import CHECKPOINT_NAMES
 from .dtypes import DTYPES, element_count
-from .errors import WarploadError
+from .errors import UnsupportedDtypeError, UnsupportedFormatError, WarploadError
 from .plan import TensorRecord
+
+
+BUNDLE_KIND = "tf-bundle"
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,20 @@ def inspect_checkpoint(path: str, *, tf_names: bool = False) -> tuple[str, list[
 
     Raises what the readers raise: CheckpointNotFoundError, CheckpointError, ImportError (h5 without h5py).
     """
-    from . import tf_checkpoint
+    from .formats import tf_bundle
+    from .tf_checkpoint import read_tf_checkpoint
 
+    bundle = tf_bundle.is_tensor_bundle(path) or (os.path.isdir(path) and _is_tf(path)
+                                                  and tf_bundle.bundle_in_folder(path) is not None)
+    if bundle and tf_names:
+        return BUNDLE_KIND, _bundle_rows(path)
     if _is_tf(path):
-        checkpoint = tf_checkpoint.read_tf_checkpoint(path)
+        try:
+            checkpoint = read_tf_checkpoint(path)
+        except (UnsupportedFormatError, UnsupportedDtypeError):
+            if not bundle:
+                raise
+            return BUNDLE_KIND, _bundle_rows(path)  # not a model warpload maps: list the entries as stored
         if tf_names:
             return checkpoint.naming, [_stored_row(tensor) for tensor in checkpoint.tensors]
         return checkpoint.naming, [_mapped_row(mapped) for mapped in checkpoint.mapped()]
@@ -88,6 +101,24 @@ def _is_tf(path: str) -> bool:
             return tf_weights_in_folder(path) is not None
         path = _weights_in_folder(path)
     return is_tf_checkpoint(path) or is_tf_safetensors(path)
+
+
+def _bundle_rows(path: str) -> list[TensorRow]:
+    """Every entry of a tensor bundle's index, strings and unsupported dtypes too (the kind goes in the layout
+    column). A partitioned variable is one row: its stored slices have binary keys, not names."""
+    from .formats.tf_bundle import read_bundle_entries
+
+    rows = []
+    for entry in read_bundle_entries(path):
+        if entry.kind == "slice":
+            continue
+        nbytes, offset = entry.nbytes, entry.offset
+        if entry.kind == "sliced":
+            nbytes = element_count(entry.shape) * DTYPES[entry.dtype].bits // 8 if entry.dtype else 0
+            offset = None
+        rows.append(TensorRow(entry.name, entry.dtype or entry.tf_dtype, entry.shape, nbytes, entry.path, offset,
+                              layout=None if entry.kind == "tensor" else entry.kind))
+    return rows
 
 
 def _record_row(record: TensorRecord) -> TensorRow:
