@@ -88,3 +88,23 @@ def test_openai_tf1_checkpoint_loads_into_the_lm_head_model(folder, backend):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
     assert torch.equal(logits(model), reference_logits(TF1_REFERENCE))
+
+
+def test_openai_release_folder_needs_no_config_json():
+    # OpenAI's release ships hparams.json, not config.json; transformers needs the latter.
+    model = AutoModelForCausalLM.from_pretrained(TF / "tf1_gpt2_ckpt", from_tf=True)
+    assert (model.config.vocab_size, model.config.n_positions, model.config.n_layer) == (1000, 128, 2)
+    assert torch.equal(logits(model), reference_logits(TF1_REFERENCE))
+
+
+def test_malformed_hparams_json_is_a_header_error(tmp_path):
+    import shutil
+
+    from warpload.errors import HeaderError
+
+    folder = tmp_path / "release"
+    shutil.copytree(TF / "tf1_gpt2_ckpt", folder)
+    (folder / "hparams.json").chmod(0o644)
+    (folder / "hparams.json").write_text('{"n_vocab": 1000}')
+    with pytest.raises(HeaderError, match="hparams.json"):
+        AutoModelForCausalLM.from_pretrained(folder, from_tf=True)

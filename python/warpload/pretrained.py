@@ -107,6 +107,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     tf_weights = None if weights is None else _tf_checkpoint(weights, from_tf)
     resolved = time.perf_counter()
 
+    if config is None and from_tf and location is not None and os.path.isdir(location):
+        config = _openai_gpt2_config(os.path.join(location, subfolder))
     model_config, model_kwargs = _load_config(location, config, subfolder, kwargs, model_class)
     builtin, reasons = _builtin_choice(model_config, model_class, attn_implementation)
     use_transformers = _use_transformers(backend, reasons)
@@ -239,6 +241,16 @@ def _tf_checkpoint(weights: str, from_tf: bool) -> Optional[TFCheckpoint]:
         raise ValueError(f"We found a TensorFlow checkpoint at {weights}, please set from_tf to True to load from "
                          "this checkpoint.")
     return None
+
+
+def _openai_gpt2_config(folder: str) -> Optional["PretrainedConfig"]:
+    """The GPT-2 config of an OpenAI TF1 release folder (hparams.json, no config.json), else None.
+    transformers needs a config.json here; keyword overrides then go to the model, as with config=."""
+    from .models.config import AutoConfig
+    from .tf_checkpoint import openai_gpt2_config
+
+    fields = openai_gpt2_config(folder)
+    return None if fields is None else AutoConfig.for_model("gpt2", **fields)
 
 
 def _model_sources(sources: Union[dict[str, "Source"], TFCheckpoint], model: Any) -> dict[str, "Source"]:

@@ -126,6 +126,31 @@ def strip_model_name(name: str) -> str:
     return name.split("/", 1)[1]
 
 
+# OpenAI's GPT-2 release: hparams.json beside model.ckpt (openai/gpt-2 src/model.py default_hparams) in
+# GPT2Config's terms; its activation, epsilon and dropout are GPT2Config's defaults.
+OPENAI_HPARAMS_NAME = "hparams.json"
+OPENAI_HPARAMS_TO_GPT2 = {"n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
+                          "n_layer": "n_layer"}
+
+
+def openai_gpt2_config(folder: str) -> Optional[dict[str, int]]:
+    """GPT2Config fields from an OpenAI TF1 release's hparams.json, for a folder that has no config.json;
+    None when the folder has a config.json or no hparams.json. Raises HeaderError for a malformed file."""
+    path = os.path.join(folder, OPENAI_HPARAMS_NAME)
+    if os.path.isfile(os.path.join(folder, "config.json")) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            hparams = json.load(handle)
+        fields = {OPENAI_HPARAMS_TO_GPT2[key]: hparams[key] for key in OPENAI_HPARAMS_TO_GPT2}
+        if not all(isinstance(value, int) and value > 0 for value in fields.values()):
+            raise ValueError("every value must be a positive integer")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise HeaderError(f"{path}: not an OpenAI GPT-2 hparams.json with {', '.join(OPENAI_HPARAMS_TO_GPT2)} "
+                          f"({err!r}); pass config= instead", path=path) from err
+    return fields
+
+
 # --- finding and reading --------------------------------------------------------------------------------------
 
 def tf_weights_in_folder(folder: str) -> Optional[str]:
