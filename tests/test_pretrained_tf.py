@@ -15,8 +15,6 @@ from warpload import AutoModelForCausalLM  # noqa: E402
 TF = FIXTURES / "tf"
 H5_REFERENCE = TF / "pt_gpt2_from_h5"
 TF1_REFERENCE = TF / "pt_gpt2model_from_tf1"
-needs_bundle = pytest.mark.skipif(importlib.util.find_spec("warpload.formats.tf_bundle") is None,
-                                  reason="tensor bundle reader not merged yet")
 needs_h5py = pytest.mark.skipif(importlib.util.find_spec("h5py") is None, reason="h5py is not installed")
 IDS = torch.tensor([[1, 5, 77, 900, 3, 4, 999, 0]])
 
@@ -35,8 +33,8 @@ def logits(model):
 # Folders without config.json (TF bundles as TF writes them) take the reference's config.
 CASES = [pytest.param("tf_gpt2_h5", {}, marks=needs_h5py), pytest.param("tf_gpt2_h5_sharded", {}, marks=needs_h5py),
          pytest.param("tf_gpt2_safetensors", {}),
-         pytest.param("tf2_gpt2_checkpoint", {"config": H5_REFERENCE}, marks=needs_bundle),
-         pytest.param("tf2_gpt2_keras_save_weights", {"config": H5_REFERENCE}, marks=needs_bundle)]
+         pytest.param("tf2_gpt2_checkpoint", {"config": H5_REFERENCE}),
+         pytest.param("tf2_gpt2_keras_save_weights", {"config": H5_REFERENCE})]
 
 
 @pytest.mark.parametrize("backend", ["warpload", "transformers"])
@@ -77,7 +75,6 @@ def test_tf_weights_are_preferred_with_from_tf(tmp_path):
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder)), logits(torch_model.eval()))
 
 
-@needs_bundle
 @pytest.mark.parametrize("folder", ["tf1_gpt2_ckpt", "tf1_gpt2_ckpt_2shards"])
 @pytest.mark.parametrize("backend", ["warpload", "transformers"])
 def test_openai_tf1_checkpoint_loads_into_the_lm_head_model(folder, backend):

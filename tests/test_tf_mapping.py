@@ -17,8 +17,6 @@ from warpload.tf_names import (Layout, TransposeType, convert_tf_weight_name_to_
 TF = FIXTURES / "tf"
 H5_REFERENCE = TF / "pt_gpt2_from_h5" / "model.safetensors"
 TF1_REFERENCE = TF / "pt_gpt2model_from_tf1" / "model.safetensors"
-HAS_BUNDLE_READER = importlib.util.find_spec("warpload.formats.tf_bundle") is not None
-needs_bundle = pytest.mark.skipif(not HAS_BUNDLE_READER, reason="tensor bundle reader not merged yet")
 needs_h5py = pytest.mark.skipif(importlib.util.find_spec("h5py") is None, reason="h5py is not installed")
 
 
@@ -142,11 +140,9 @@ def test_gpt2_tf1_names(tf_name, expected):
 H5_FOLDERS = [pytest.param("tf_gpt2_h5", marks=needs_h5py), pytest.param("tf_gpt2_h5/tf_model.h5", marks=needs_h5py),
               pytest.param("tf_gpt2_h5_sharded", marks=needs_h5py),
               pytest.param("tf_gpt2_h5_sharded/tf_model.h5.index.json", marks=needs_h5py),
-              "tf_gpt2_safetensors", pytest.param("tf2_gpt2_checkpoint", marks=needs_bundle),
-              pytest.param("tf2_gpt2_checkpoint/ckpt-1", marks=needs_bundle),
-              pytest.param("tf2_gpt2_keras_save_weights", marks=needs_bundle)]
-TF1_FOLDERS = [pytest.param(name, marks=needs_bundle) for name in
-               ("tf1_gpt2_ckpt", "tf1_gpt2_ckpt/model.ckpt", "tf1_gpt2_ckpt/model.ckpt.index", "tf1_gpt2_ckpt_2shards")]
+              "tf_gpt2_safetensors", "tf2_gpt2_checkpoint", "tf2_gpt2_checkpoint/ckpt-1",
+              "tf2_gpt2_checkpoint/ckpt-1.data-00000-of-00001", "tf2_gpt2_keras_save_weights"]
+TF1_FOLDERS = ["tf1_gpt2_ckpt", "tf1_gpt2_ckpt/model.ckpt", "tf1_gpt2_ckpt/model.ckpt.index", "tf1_gpt2_ckpt_2shards"]
 
 
 def assert_bit_exact(state, reference):
@@ -191,7 +187,6 @@ def test_h5_only_folders_say_to_pass_from_tf():
         load_checkpoint(TF / "tf_gpt2_h5")
 
 
-@needs_bundle
 def test_bundles_without_from_tf_are_returned_as_stored():
     # A tensor bundle is a general tensor container (tf_bundle.py reads it for any TF program); from_tf=True
     # is what maps a model's variables to PyTorch names.

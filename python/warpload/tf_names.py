@@ -168,22 +168,18 @@ def object_keys_to_runtime_names(keys: Sequence[str]) -> dict[str, str]:
               and key != SAVE_COUNTER_KEY]
     checkpoint_style = SAVE_COUNTER_KEY in keys
     roots = sorted({key.split("/", 1)[0] for key in values})
-    if checkpoint_style:
-        model_roots = [root for root in roots if root in CHECKPOINT_MODEL_ROOTS] or roots
-        keep = model_roots[:1] if len(model_roots) == 1 else []
-        if not keep:
-            raise ValueError(f"the checkpoint holds several objects ({', '.join(roots)}) and none is named "
-                             f"{' or '.join(CHECKPOINT_MODEL_ROOTS)}; cannot tell which one is the model")
+    model_roots = [root for root in roots if root in CHECKPOINT_MODEL_ROOTS] or roots
+    if checkpoint_style and len(model_roots) > 1:
+        raise ValueError(f"the checkpoint holds several objects ({', '.join(roots)}) and none is named "
+                         f"{' or '.join(CHECKPOINT_MODEL_ROOTS)}; cannot tell which one is the model")
     names = {}
     for key in values:
-        path = key[:-len(OBJECT_VALUE_SUFFIX)]
-        components = path.split("/")
-        if checkpoint_style:
-            if components[0] not in keep:
-                continue
-        elif components[0] in KERAS_NON_MODEL_ROOTS:
+        components = key[:-len(OBJECT_VALUE_SUFFIX)].split("/")
+        if checkpoint_style and components[0] not in model_roots:
             continue
-        else:
+        if not checkpoint_style:
+            if components[0] in KERAS_NON_MODEL_ROOTS:
+                continue
             components = ["model", *components]
         merged: list[str] = []
         for component in components:
