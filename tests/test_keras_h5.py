@@ -176,3 +176,44 @@ def test_importing_warpload_and_its_readers_does_not_import_h5py():
             "print('h5py' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_name_lists_split_over_several_attributes_are_joined(tmp_path):
+    # tf_utils.save_attributes_to_hdf5_group splits lists bigger than an object header into name0, name1, ...
+    weights = kernel_and_bias()
+    path = write_keras_h5(tmp_path / "model.h5", weights)
+    with h5py.File(path, "a") as handle:
+        del handle.attrs["layer_names"]
+        handle.attrs["layer_names0"] = [b"dense"]
+        group = handle["dense"]
+        del group.attrs["weight_names"]
+        group.attrs["weight_names0"] = [b"model/dense/kernel:0"]
+        group.attrs["weight_names1"] = [b"model/dense/bias:0"]
+    assert [tensor.name for tensor in read_keras_h5(str(path)).tensors] == ["model/dense/kernel:0",
+                                                                              "model/dense/bias:0"]
+
+
+def rewrite_chunked(source_path, path):
+    """A copy of an h5 file whose every dataset is chunked and gzip-compressed: nothing the engine reads in place."""
+    with h5py.File(source_path, "r") as source, h5py.File(path, "w") as target:
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+
+        def copy(name, item):
+            if isinstance(item, h5py.Group):
+                group = target.require_group(name)
+                for key, value in item.attrs.items():
+                    group.attrs[key] = value
+            else:
+                target.create_dataset(name, data=item[()], chunks=True, compression="gzip")
+
+        source.visititems(copy)
+    return path
+
+
+def test_every_dataset_rewritten_chunked_and_compressed_loads_the_same(tmp_path):
+    path = rewrite_chunked(H5, tmp_path / "tf_model.h5")
+    assert all(isinstance(tensor, H5Dataset) for tensor in read_keras_h5(str(path)).tensors)
+    rewritten, original = load_checkpoint(path, from_tf=True), load_checkpoint(H5, from_tf=True)
+    assert list(rewritten) == list(original)
+    assert all(torch.equal(rewritten[name], original[name]) for name in original)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 
 import pytest
 import torch
@@ -62,8 +64,6 @@ def test_dtype_applies_to_tf_weights():
 
 @needs_h5py
 def test_tf_weights_are_preferred_with_from_tf(tmp_path):
-    import shutil
-
     folder = tmp_path / "both"
     shutil.copytree(TF / "tf_gpt2_h5", folder)
     torch_model = transformers.GPT2LMHeadModel.from_pretrained(H5_REFERENCE)
@@ -95,8 +95,6 @@ def test_openai_release_folder_needs_no_config_json():
 
 
 def test_malformed_hparams_json_is_a_header_error(tmp_path):
-    import shutil
-
     from warpload.errors import HeaderError
 
     folder = tmp_path / "release"
@@ -105,3 +103,33 @@ def test_malformed_hparams_json_is_a_header_error(tmp_path):
     (folder / "hparams.json").write_text('{"n_vocab": 1000}')
     with pytest.raises(HeaderError, match="hparams.json"):
         AutoModelForCausalLM.from_pretrained(folder, from_tf=True)
+
+
+@needs_h5py
+def test_h5_datasets_read_through_h5py_fill_the_model_too(tmp_path):
+    from test_keras_h5 import rewrite_chunked
+
+    folder = tmp_path / "chunked"
+    shutil.copytree(TF / "tf_gpt2_h5", folder)
+    (folder / "tf_model.h5").unlink()
+    rewrite_chunked(TF / "tf_gpt2_h5" / "tf_model.h5", folder / "tf_model.h5")
+    model = AutoModelForCausalLM.from_pretrained(folder, from_tf=True)
+    assert torch.equal(logits(model), reference_logits(H5_REFERENCE))
+
+
+def test_sharded_tf_safetensors_take_the_tf_path(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    shutil.copy(TF / "tf_gpt2_safetensors" / "config.json", folder)
+    tensors = load_file(TF / "tf_gpt2_safetensors" / "model.safetensors")
+    names = sorted(tensors)
+    weight_map = {}
+    for number, part in enumerate((names[:10], names[10:]), start=1):
+        shard = f"model-0000{number}-of-00002.safetensors"
+        save_file({name: tensors[name] for name in part}, folder / shard, metadata={"format": "tf"})
+        weight_map.update(dict.fromkeys(part, shard))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert torch.equal(logits(model), reference_logits(H5_REFERENCE))
