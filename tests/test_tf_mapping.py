@@ -207,3 +207,8 @@ def test_a_base_model_target_drops_the_main_layer_prefix_as_transformers_does():
     base_shapes = {name.removeprefix("transformer."): tuple(tensor.shape) for name, tensor in reference.items()}
     mapped = read_tf_checkpoint(str(TF / "tf_gpt2_h5")).mapped(base_shapes, "transformer")
     assert {item.name: item.shape for item in mapped} == base_shapes
+
+
+def test_tf1_checkpoints_of_other_models_are_refused_by_name():
+    with pytest.raises(UnsupportedFormatError, match="GPT-2"):
+        load_checkpoint(TF / "bundle_many_keys" / "ckpt", from_tf=True)
