@@ -15,17 +15,20 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-from . import tf_names
-from .constants import (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, TF1_CHECKPOINT_INDEX_NAME,
-                        TF_CHECKPOINT_STATE_NAME, TF_H5_INDEX_NAME, TF_H5_WEIGHTS_NAME)
+from . import engine, tf_names
+from .constants import (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, TF1_CHECKPOINT_INDEX_NAME, TF_H5_INDEX_NAME,
+                        TF_H5_WEIGHTS_NAME)
 from .dtypes import dtype_name, torch_dtype
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from .formats import keras_h5, tf_bundle
 from .formats.keras_h5 import H5Dataset
-from .plan import TensorRecord
+from .models.config import CONFIG_NAME
+from .plan import TensorRecord, plan_load, target_dtype
 
 if TYPE_CHECKING:
     import torch
+
+    from .models.load_state import Source
 
 # Naming schemes of the stored names (see tf_names).
 KERAS = "keras"                  # full Keras runtime names: tf_model.h5
@@ -38,7 +41,6 @@ DEFAULT_BASE_MODEL_PREFIX = "transformer"
 BUNDLE_DATA_NAME = re.compile(r"\.data-\d{5}-of-\d{5}$")
 
 StoredTensor = Union[TensorRecord, H5Dataset]
-Source = Union[TensorRecord, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def openai_gpt2_config(folder: str) -> Optional[dict[str, int]]:
     """GPT2Config fields from an OpenAI TF1 release's hparams.json, for a folder that has no config.json;
     None when the folder has a config.json or no hparams.json. Raises HeaderError for a malformed file."""
     path = os.path.join(folder, OPENAI_HPARAMS_NAME)
-    if os.path.isfile(os.path.join(folder, "config.json")) or not os.path.isfile(path):
+    if os.path.isfile(os.path.join(folder, CONFIG_NAME)) or not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as handle:
@@ -209,7 +211,7 @@ def read_tf_checkpoint(path: str) -> TFCheckpoint:
             else:
                 raise CheckpointNotFoundError(
                     f"{path}: no TensorFlow checkpoint ({TF1_CHECKPOINT_INDEX_NAME}, {TF_H5_WEIGHTS_NAME}, "
-                    f"{TF_H5_INDEX_NAME}, a bundle named by a `{TF_CHECKPOINT_STATE_NAME}` file, or TF-format "
+                    f"{TF_H5_INDEX_NAME}, a bundle named by a `{tf_bundle.CHECKPOINT_STATE_NAME}` file, or TF-format "
                     f"{SAFETENSORS_WEIGHTS_NAME}); found: {', '.join(sorted(os.listdir(path))) or 'nothing'}")
         path = found
     if path.endswith(".index.json"):
@@ -301,9 +303,6 @@ def materialise(mapped: MappedTensor) -> "torch.Tensor":
     """A tensor that is not a plain record: read (engine or h5py), permuted and reshaped, owning its memory."""
     import torch
 
-    from . import engine
-    from .plan import plan_load
-
     stored, layout = mapped.stored, mapped.layout
     if isinstance(stored, H5Dataset):
         tensor = torch.from_numpy(keras_h5.read_dataset(stored))
@@ -315,9 +314,9 @@ def materialise(mapped: MappedTensor) -> "torch.Tensor":
 
 
 def tf_sources(checkpoint: TFCheckpoint, target_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
-               base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> dict[str, Source]:
+               base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> dict[str, "Source"]:
     """{PyTorch name: engine record, or tensor when the layout needs materialising}, for from_pretrained."""
-    sources: dict[str, Source] = {}
+    sources: dict[str, "Source"] = {}
     for mapped in checkpoint.mapped(target_shapes, base_model_prefix):
         record = plain_record(mapped)
         sources[mapped.name] = record if record is not None else materialise(mapped)
@@ -327,9 +326,6 @@ def tf_sources(checkpoint: TFCheckpoint, target_shapes: Optional[Mapping[str, tu
 def load_tf_checkpoint(path: str, device: Any = "cpu", *, dtype: Optional[str] = None) -> dict[str, "torch.Tensor"]:
     """load_checkpoint(from_tf=True): a TF checkpoint as a PyTorch-named state dict (GPT-2-style defaults,
     tf_names.default_shape), plain records read in one parallel engine call."""
-    from . import engine
-    from .plan import plan_load, target_dtype
-
     mapped = read_tf_checkpoint(path).mapped()
     records = [record for record in map(plain_record, mapped) if record is not None]
     tensors = engine.materialize(plan_load(records, dtype), device)
