@@ -373,9 +373,9 @@ Index parse_index(const std::string& path, const uint8_t* data, size_t size) {
     bool have_header = false;
     std::string previous;
     Cursor index_block = read_block(path, no_key, data, size, index_handle, "index block");
-    for_each_in_block(path, index_block, "index block", [&](const std::string& separator, Cursor value, uint64_t) {
+    for_each_in_block(path, index_block, "index block", [&](const std::string&, Cursor value, uint64_t) {
         BlockHandle handle = read_handle(value, "data block handle");
-        Cursor block = read_block(path, separator, data, size, handle, "data block");
+        Cursor block = read_block(path, no_key, data, size, handle, "data block");
         for_each_in_block(path, block, "data block", [&](const std::string& key, Cursor entry_value, uint64_t at) {
             if (!have_header) {
                 // tensor_bundle.cc kHeaderEntryKey: the empty key, first in byte order.
