@@ -263,6 +263,24 @@ void parse_entry(Cursor cursor, Entry& entry) {
     }
 }
 
+// tensor_bundle.cc GetValue / BundleReader: a valid shape (no unknown rank, no negative dimension), a
+// shard the header has, a non-negative byte range. Sizes against dtypes and files are checked in Python.
+void check_entry(const std::string& path, const Header& header, const Entry& entry) {
+    auto fail = [&](const std::string& what) { throw BundleError(path, entry.key, entry.value_offset, what); };
+    if (entry.unknown_rank) fail("the shape has unknown rank");
+    for (int64_t dim : entry.shape) {
+        if (dim < 0) fail("the shape has a negative dimension (" + std::to_string(dim) + ")");
+    }
+    const int32_t shards = header.num_shards > 0 ? header.num_shards : 1;
+    if (entry.shard_id < 0 || entry.shard_id >= shards) {
+        fail("it is in data shard " + std::to_string(entry.shard_id) + ", but the bundle has " +
+             std::to_string(header.num_shards));
+    }
+    if (entry.offset < 0 || entry.size < 0) {
+        fail("negative data range (offset " + std::to_string(entry.offset) + ", size " + std::to_string(entry.size) + ")");
+    }
+}
+
 // Reads one stored block: checks that it and its trailer lie before the footer, that its masked
 // CRC matches (TF always verifies, format.cc) and that it is uncompressed.
 Cursor read_block(const std::string& path, const std::string& key, const uint8_t* data, size_t size,
@@ -395,6 +413,7 @@ Index parse_index(const std::string& path, const uint8_t* data, size_t size) {
             entry.key = key;
             entry.value_offset = entry_value.offset();
             parse_entry(Cursor(path, entry.key, data, entry_value.pos(), entry_value.pos() + entry_value.left()), entry);
+            check_entry(path, index.header, entry);
             index.entries.push_back(std::move(entry));
         });
     });

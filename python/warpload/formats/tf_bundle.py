@@ -170,19 +170,8 @@ def _read_index(prefix: str) -> _Index:
                                 path=index_path)
     entries = []
     raw = {}
-    for key, tf_dtype, shape, unknown_rank, shard_id, offset, size, crc, slices, at in rows:
-        name = _name(key)
-        if unknown_rank or any(dim < 0 for dim in shape):
-            raise TensorBundleError(
-                f"{index_path}: entry {name!r} has an invalid shape {shape}{' (unknown rank)' if unknown_rank else ''}",
-                path=index_path, tensor=name, offset=at)
-        if not 0 <= shard_id < max(num_shards, 1):
-            raise TensorBundleError(
-                f"{index_path}: entry {name!r} is in data shard {shard_id}, but the bundle has {num_shards}",
-                path=index_path, tensor=name, offset=at)
-        if offset < 0 or size < 0:
-            raise TensorBundleError(f"{index_path}: entry {name!r} has offset {offset} and size {size}",
-                                    path=index_path, tensor=name, offset=at)
+    paths: dict[int, str] = {}
+    for key, tf_dtype, shape, shard_id, offset, size, crc, slices in rows:  # shapes and ranges checked in C++
         dtype = TF_TO_DTYPE.get(tf_dtype)
         if key.startswith(b"\x00"):
             kind = "slice"
@@ -194,11 +183,12 @@ def _read_index(prefix: str) -> _Index:
             kind = "variant"
         else:
             kind = "tensor" if dtype is not None else "unsupported"
+        path = paths.get(shard_id)
+        if path is None:
+            path = paths[shard_id] = _SHARD_NAME.format(prefix=prefix, shard=shard_id, count=num_shards)
         entry = BundleEntry(
-            name=name, kind=kind, tf_dtype=TF_DTYPE_NAMES.get(tf_dtype, f"DataType {tf_dtype}"), dtype=dtype,
-            shape=tuple(shape), path=_SHARD_NAME.format(prefix=prefix, shard=shard_id, count=num_shards),
-            shard_id=shard_id, offset=offset, nbytes=size, crc32c=crc,
-            slices=tuple(tuple(tuple(extent) for extent in s) for s in slices))
+            _name(key), kind, TF_DTYPE_NAMES.get(tf_dtype) or f"DataType {tf_dtype}", dtype, shape, path, shard_id,
+            offset, size, crc, tuple(tuple(map(tuple, extents)) for extents in slices) if slices else ())
         entries.append(entry)
         raw[key] = entry
     return _Index(prefix, num_shards, tuple(entries), raw)
