@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .. import constants
 from ..dtypes import DTYPES, element_count
 from ..errors import CheckpointNotFoundError, TensorBundleError, UnsupportedDtypeError, UnsupportedFormatError
 from ..plan import TensorRecord
@@ -349,7 +350,7 @@ def _verify_checksums(entries: list[BundleEntry]) -> None:
     file_index = {path: i for i, path in enumerate(paths)}
     files = [_core().File(path) for path in paths]
     jobs = [(file_index[e.path], e.offset, e.nbytes, e.crc32c) for e in entries]
-    bad = _core().tf_bundle_first_bad_checksum(files, jobs)
+    bad = _core().tf_bundle_first_bad_checksum(files, jobs, constants.num_threads())
     if bad >= 0:
         entry = entries[bad]
         raise TensorBundleError(
@@ -372,8 +373,12 @@ def read_string_tensor(prefix: PathLike, name: str) -> list[bytes]:
         raise UnsupportedDtypeError(
             f"{index.prefix}{INDEX_SUFFIX}: {name!r} is a {entry.tf_dtype} tensor, not DT_STRING")
     _ShardSizes(index.prefix + INDEX_SUFFIX).check(entry, name)
+    count = element_count(entry.shape)
+    if count > entry.nbytes:  # each element stores at least a one-byte length
+        raise TensorBundleError(f"{entry.path}: string tensor {name!r} of shape {list(entry.shape)} cannot fit in "
+                                f"{entry.nbytes} bytes", path=entry.path, tensor=name, offset=entry.offset)
     data = _core().File(entry.path).read(entry.offset, entry.nbytes)
-    return _core().tf_bundle_strings(data, element_count(entry.shape), entry.crc32c, entry.path,
+    return _core().tf_bundle_strings(data, count, entry.crc32c, entry.path,
                                      name.encode("utf-8", "surrogateescape"), entry.offset)
 
 
