@@ -16,7 +16,7 @@ from warpload.formats.tf_bundle import read_bundle_entries, read_string_tensor, 
 from warpload.plan import plan_load
 
 from conftest import FIXTURES, same_bits
-from tf_bundle_writer import masked_crc
+from tf_bundle_writer import footer_handles, masked_crc
 
 SOURCE = FIXTURES / "tf" / "bundle_dtypes"
 pytestmark = pytest.mark.skipif(not SOURCE.is_dir(), reason=f"TF fixtures not found at {SOURCE}")
@@ -33,23 +33,8 @@ DATA = _read(SOURCE / "ckpt.data-00000-of-00001") if SOURCE.is_dir() else b""
 
 
 def _block_spans(index: bytes) -> list[tuple[int, int]]:
-    """(offset, size) of the data, metaindex and index blocks of the original file, from its (known good) layout."""
-    entries = read_bundle_entries(SOURCE / "ckpt")
-    assert entries  # the source parses
-    # One data block at 0; metaindex (8 bytes) and the index block follow it; the footer names the last two.
-    footer = index[-48:]
-    values, pos = [], 0
-    for _ in range(4):
-        value = shift = 0
-        while True:
-            byte = footer[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        values.append(value)
-    meta_offset, meta_size, index_offset, index_size = values
+    """(offset, size) of the data, metaindex and index blocks of the original (single data block) file."""
+    meta_offset, meta_size, index_offset, index_size = footer_handles(index)
     return [(0, meta_offset - 5), (meta_offset, meta_size), (index_offset, index_size)]
 
 

@@ -24,7 +24,8 @@ from warpload.formats.tf_bundle import (TF_DTYPE_NAMES, _encode_slice_key, bundl
 from warpload.plan import plan_load
 
 from conftest import FIXTURES, same_bits
-from tf_bundle_writer import DT, entry_proto, header_proto, masked_crc, sstable, varint, write_bundle
+from tf_bundle_writer import (DT, entry_proto, field, footer_handles, header_proto, masked_crc, read_varints, sstable,
+                              varint, write_bundle)
 
 TF = FIXTURES / "tf"
 BUNDLES = {  # fixture folder -> prefix inside it, number of numeric tensors
@@ -314,24 +315,8 @@ def data_block_span(blob: bytes) -> tuple[int, int]:
 
 
 def stored_index_block(blob: bytes) -> bytes:
-    footer = blob[-48:]
-    _, _, index_offset, index_size = read_varints(footer, 4)
+    _, _, index_offset, index_size = footer_handles(blob)
     return blob[index_offset:index_offset + index_size]
-
-
-def read_varints(data: bytes, count: int) -> list[int]:
-    values, pos = [], 0
-    for _ in range(count):
-        value = shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        values.append(value)
-    return values
 
 
 def recrc(blob: bytearray, offset: int, size: int) -> bytearray:
@@ -409,6 +394,7 @@ def test_inconsistent_entries_raise_typed_errors_naming_the_tensor(tmp_path, cas
     (header_proto(endianness=1), "big-endian"),
     (header_proto(min_consumer=5), "needs a reader of version >= 5"),
     (header_proto(bad_consumers=[1]), r"bad: \[1\]"),
+    (field(3, field(1, 1) + field(3, 1)), r"bad: \[1\]"),  # unpacked repeated field, also valid protobuf
 ])
 def test_headers_warpload_cannot_honour_are_refused(tmp_path, header, message):
     prefix = bundle_with_entry(tmp_path, entry_proto(1, [4], size=16, crc=masked_crc(F32_BYTES)), header=header)

@@ -25,6 +25,27 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def read_varints(data: bytes, count: int) -> list[int]:
+    """The first count varints of data (for finding blocks in a table being damaged on purpose)."""
+    values, pos = [], 0
+    for _ in range(count):
+        value = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        values.append(value)
+    return values
+
+
+def footer_handles(table: bytes) -> list[int]:
+    """metaindex offset, metaindex size, index offset, index size."""
+    return read_varints(table[-48:], 4)
+
+
 def masked_crc(data: bytes) -> int:
     crc = _core.crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
@@ -40,7 +61,8 @@ def field(number: int, value) -> bytes:
 def header_proto(num_shards: int = 1, endianness: int = 0, producer: int = 1, min_consumer: int = 0,
                  bad_consumers: Sequence[int] = ()) -> bytes:
     version = (field(1, producer) if producer else b"") + (field(2, min_consumer) if min_consumer else b"")
-    version += b"".join(field(3, v) for v in bad_consumers)
+    if bad_consumers:  # proto3 packs repeated scalars
+        version += field(3, b"".join(varint(v) for v in bad_consumers))
     return ((field(1, num_shards) if num_shards else b"") + (field(2, endianness) if endianness else b"")
             + field(3, version))
 
