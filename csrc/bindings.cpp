@@ -84,14 +84,14 @@ void bind_tfbundle(py::module_& m) {
             py::tuple header = py::make_tuple(h.num_shards, h.endianness, h.producer, h.min_consumer, h.bad_consumers);
             py::list entries;
             for (const tfbundle::Entry& e : index.entries) {
-                entries.append(py::make_tuple(py::bytes(e.key), e.dtype, py::tuple(py::cast(e.shape)), e.unknown_rank,
-                                              e.shard_id, e.offset, e.size, e.crc32c, e.slices, e.value_offset));
+                entries.append(py::make_tuple(py::bytes(e.key), e.dtype, py::tuple(py::cast(e.shape)), e.shard_id,
+                                              e.offset, e.size, e.crc32c, e.slices));
             }
             return py::make_tuple(header, entries);
         },
         py::arg("path"),
         "(header (num_shards, endianness, producer, min_consumer, bad_consumers), entries (key, dtype, shape, "
-        "unknown_rank, shard_id, offset, size, masked crc32c, slices, offset of the entry in the .index)).");
+        "shard_id, offset, size, masked crc32c, slices)); shapes, shards and ranges already checked.");
     m.def(
         "tf_bundle_strings",
         [](const py::bytes& data, uint64_t count, uint32_t masked_crc, const std::string& path, const py::bytes& key,

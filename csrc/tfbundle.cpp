@@ -97,17 +97,6 @@ class Cursor {
         }
     }
 
-    void expect_wire(uint32_t wire_type, uint32_t expected, uint32_t field, const char* message) {
-        if (wire_type != expected) {
-            fail(std::string(message) + " field " + std::to_string(field) + " has wire type " +
-                 std::to_string(wire_type) + ", expected " + std::to_string(expected));
-        }
-    }
-
-    // proto3 int32 and enums are sign-extended int64 varints on the wire.
-    int32_t int32_field(const char* what) { return static_cast<int32_t>(static_cast<int64_t>(varint64(what))); }
-    int64_t int64_field(const char* what) { return static_cast<int64_t>(varint64(what)); }
-
    private:
     const std::string& path_;
     const std::string& key_;
@@ -129,137 +118,144 @@ BlockHandle read_handle(Cursor& cursor, const char* what) {
     return handle;
 }
 
-void parse_version(Cursor cursor, Header& header) {
-    while (!cursor.done()) {
-        uint64_t tag = cursor.varint64("VersionDef tag");
-        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
-        if (field == 1 && wire == 0) {
-            header.producer = cursor.int32_field("VersionDef.producer");
-        } else if (field == 2 && wire == 0) {
-            header.min_consumer = cursor.int32_field("VersionDef.min_consumer");
-        } else if (field == 3 && wire == 0) {
-            header.bad_consumers.push_back(cursor.int32_field("VersionDef.bad_consumers"));
-        } else if (field == 3 && wire == 2) {  // packed
-            Cursor packed = cursor.sub(cursor.varint64("bad_consumers length"), "packed bad_consumers");
-            while (!packed.done()) header.bad_consumers.push_back(packed.int32_field("VersionDef.bad_consumers"));
-        } else {
-            cursor.skip_field(wire, field);
+// One field of a protobuf message; the typed getters check the wire type before reading.
+struct Field {
+    Cursor& cursor;
+    uint32_t number;
+    uint32_t wire;
+    const char* message;
+
+    void expect(uint32_t expected) const {
+        if (wire != expected) {
+            cursor.fail(std::string(message) + " field " + std::to_string(number) + " has wire type " +
+                        std::to_string(wire) + ", expected " + std::to_string(expected));
         }
     }
+    uint64_t varint() const {
+        expect(0);
+        return cursor.varint64(message);
+    }
+    // proto3 int32 and enums are sign-extended int64 varints on the wire.
+    int32_t int32() const { return static_cast<int32_t>(static_cast<int64_t>(varint())); }
+    int64_t int64() const { return static_cast<int64_t>(varint()); }
+    uint32_t fixed32() const {
+        expect(5);
+        return cursor.fixed32(message);
+    }
+    Cursor bytes() const {
+        expect(2);
+        return cursor.sub(cursor.varint64(message), message);
+    }
+};
+
+// Calls visit(field) for each field of a message; fields it returns false for are skipped by wire type,
+// as protobuf skips unknown fields.
+template <typename Visit>
+void for_each_field(Cursor cursor, const char* message, Visit&& visit) {
+    while (!cursor.done()) {
+        uint64_t tag = cursor.varint64(message);
+        Field field{cursor, static_cast<uint32_t>(tag >> 3), static_cast<uint32_t>(tag & 7), message};
+        if (!visit(field)) cursor.skip_field(field.wire, field.number);
+    }
+}
+
+void parse_version(Cursor cursor, Header& header) {
+    for_each_field(cursor, "VersionDef", [&](const Field& f) {
+        if (f.number == 1) {
+            header.producer = f.int32();
+        } else if (f.number == 2) {
+            header.min_consumer = f.int32();
+        } else if (f.number == 3 && f.wire == 2) {  // packed repeated
+            for (Cursor packed = f.bytes(); !packed.done();) {
+                header.bad_consumers.push_back(static_cast<int32_t>(static_cast<int64_t>(packed.varint64(f.message))));
+            }
+        } else if (f.number == 3) {
+            header.bad_consumers.push_back(f.int32());
+        } else {
+            return false;
+        }
+        return true;
+    });
 }
 
 Header parse_header(Cursor cursor) {
     Header header;
-    while (!cursor.done()) {
-        uint64_t tag = cursor.varint64("BundleHeaderProto tag");
-        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
-        if (field == 1) {
-            cursor.expect_wire(wire, 0, field, "BundleHeaderProto");
-            header.num_shards = cursor.int32_field("num_shards");
-        } else if (field == 2) {
-            cursor.expect_wire(wire, 0, field, "BundleHeaderProto");
-            header.endianness = cursor.int32_field("endianness");
-        } else if (field == 3) {
-            cursor.expect_wire(wire, 2, field, "BundleHeaderProto");
-            parse_version(cursor.sub(cursor.varint64("VersionDef length"), "VersionDef"), header);
-        } else {
-            cursor.skip_field(wire, field);
+    for_each_field(cursor, "BundleHeaderProto", [&](const Field& f) {
+        switch (f.number) {
+            case 1: header.num_shards = f.int32(); return true;
+            case 2: header.endianness = f.int32(); return true;
+            case 3: parse_version(f.bytes(), header); return true;
+            default: return false;
         }
-    }
+    });
     return header;
 }
 
 void parse_shape(Cursor cursor, Entry& entry) {
-    while (!cursor.done()) {
-        uint64_t tag = cursor.varint64("TensorShapeProto tag");
-        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
-        if (field == 2) {
-            cursor.expect_wire(wire, 2, field, "TensorShapeProto");
-            Cursor dim = cursor.sub(cursor.varint64("Dim length"), "TensorShapeProto.Dim");
+    for_each_field(cursor, "TensorShapeProto", [&](const Field& f) {
+        if (f.number == 2) {
             int64_t size = 0;
-            while (!dim.done()) {
-                uint64_t dim_tag = dim.varint64("Dim tag");
-                uint32_t dim_field = static_cast<uint32_t>(dim_tag >> 3), dim_wire = static_cast<uint32_t>(dim_tag & 7);
-                if (dim_field == 1) {
-                    dim.expect_wire(dim_wire, 0, dim_field, "TensorShapeProto.Dim");
-                    size = dim.int64_field("Dim.size");
-                } else {
-                    dim.skip_field(dim_wire, dim_field);
-                }
-            }
+            for_each_field(f.bytes(), "TensorShapeProto.Dim", [&](const Field& dim) {
+                if (dim.number != 1) return false;
+                size = dim.int64();
+                return true;
+            });
             entry.shape.push_back(size);
-        } else if (field == 3) {
-            cursor.expect_wire(wire, 0, field, "TensorShapeProto");
-            entry.unknown_rank = cursor.varint64("unknown_rank") != 0;
+        } else if (f.number == 3) {
+            entry.unknown_rank = f.varint() != 0;
         } else {
-            cursor.skip_field(wire, field);
+            return false;
         }
-    }
+        return true;
+    });
 }
 
 std::vector<Extent> parse_slice(Cursor cursor) {
     std::vector<Extent> extents;
-    while (!cursor.done()) {
-        uint64_t tag = cursor.varint64("TensorSliceProto tag");
-        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
-        if (field != 1) {
-            cursor.skip_field(wire, field);
-            continue;
-        }
-        cursor.expect_wire(wire, 2, field, "TensorSliceProto");
-        Cursor extent = cursor.sub(cursor.varint64("Extent length"), "TensorSliceProto.Extent");
-        Extent value{0, -1};
-        while (!extent.done()) {
-            uint64_t ext_tag = extent.varint64("Extent tag");
-            uint32_t ext_field = static_cast<uint32_t>(ext_tag >> 3), ext_wire = static_cast<uint32_t>(ext_tag & 7);
-            if (ext_field == 1 || ext_field == 2) {
-                extent.expect_wire(ext_wire, 0, ext_field, "TensorSliceProto.Extent");
-                (ext_field == 1 ? value.first : value.second) = extent.int64_field("Extent");
-            } else {
-                extent.skip_field(ext_wire, ext_field);
-            }
-        }
-        extents.push_back(value);
-    }
+    for_each_field(cursor, "TensorSliceProto", [&](const Field& f) {
+        if (f.number != 1) return false;
+        Extent extent{0, -1};  // no length: the whole dimension
+        for_each_field(f.bytes(), "TensorSliceProto.Extent", [&](const Field& e) {
+            if (e.number != 1 && e.number != 2) return false;
+            (e.number == 1 ? extent.first : extent.second) = e.int64();
+            return true;
+        });
+        extents.push_back(extent);
+        return true;
+    });
     return extents;
 }
 
 void parse_entry(Cursor cursor, Entry& entry) {
-    while (!cursor.done()) {
-        uint64_t tag = cursor.varint64("BundleEntryProto tag");
-        uint32_t field = static_cast<uint32_t>(tag >> 3), wire = static_cast<uint32_t>(tag & 7);
-        switch (field) {
-            case 1:
-                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
-                entry.dtype = cursor.int32_field("dtype");
-                break;
-            case 2:
-                cursor.expect_wire(wire, 2, field, "BundleEntryProto");
-                parse_shape(cursor.sub(cursor.varint64("shape length"), "TensorShapeProto"), entry);
-                break;
-            case 3:
-                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
-                entry.shard_id = cursor.int32_field("shard_id");
-                break;
-            case 4:
-                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
-                entry.offset = cursor.int64_field("offset");
-                break;
-            case 5:
-                cursor.expect_wire(wire, 0, field, "BundleEntryProto");
-                entry.size = cursor.int64_field("size");
-                break;
-            case 6:
-                cursor.expect_wire(wire, 5, field, "BundleEntryProto");
-                entry.crc32c = cursor.fixed32("crc32c");
-                break;
-            case 7:
-                cursor.expect_wire(wire, 2, field, "BundleEntryProto");
-                entry.slices.push_back(parse_slice(cursor.sub(cursor.varint64("slice length"), "TensorSliceProto")));
-                break;
-            default:
-                cursor.skip_field(wire, field);
+    for_each_field(cursor, "BundleEntryProto", [&](const Field& f) {
+        switch (f.number) {
+            case 1: entry.dtype = f.int32(); return true;
+            case 2: parse_shape(f.bytes(), entry); return true;
+            case 3: entry.shard_id = f.int32(); return true;
+            case 4: entry.offset = f.int64(); return true;
+            case 5: entry.size = f.int64(); return true;
+            case 6: entry.crc32c = f.fixed32(); return true;
+            case 7: entry.slices.push_back(parse_slice(f.bytes())); return true;
+            default: return false;
         }
+    });
+}
+
+// tensor_bundle.cc GetValue / BundleReader: a valid shape (no unknown rank, no negative dimension), a
+// shard the header has, a non-negative byte range. Sizes against dtypes and files are checked in Python.
+void check_entry(const std::string& path, const Header& header, const Entry& entry) {
+    auto fail = [&](const std::string& what) { throw BundleError(path, entry.key, entry.value_offset, what); };
+    if (entry.unknown_rank) fail("the shape has unknown rank");
+    for (int64_t dim : entry.shape) {
+        if (dim < 0) fail("the shape has a negative dimension (" + std::to_string(dim) + ")");
+    }
+    const int32_t shards = header.num_shards > 0 ? header.num_shards : 1;
+    if (entry.shard_id < 0 || entry.shard_id >= shards) {
+        fail("it is in data shard " + std::to_string(entry.shard_id) + ", but the bundle has " +
+             std::to_string(header.num_shards));
+    }
+    if (entry.offset < 0 || entry.size < 0) {
+        fail("negative data range (offset " + std::to_string(entry.offset) + ", size " + std::to_string(entry.size) + ")");
     }
 }
 
@@ -373,9 +369,9 @@ Index parse_index(const std::string& path, const uint8_t* data, size_t size) {
     bool have_header = false;
     std::string previous;
     Cursor index_block = read_block(path, no_key, data, size, index_handle, "index block");
-    for_each_in_block(path, index_block, "index block", [&](const std::string& separator, Cursor value, uint64_t) {
+    for_each_in_block(path, index_block, "index block", [&](const std::string&, Cursor value, uint64_t) {
         BlockHandle handle = read_handle(value, "data block handle");
-        Cursor block = read_block(path, separator, data, size, handle, "data block");
+        Cursor block = read_block(path, no_key, data, size, handle, "data block");
         for_each_in_block(path, block, "data block", [&](const std::string& key, Cursor entry_value, uint64_t at) {
             if (!have_header) {
                 // tensor_bundle.cc kHeaderEntryKey: the empty key, first in byte order.
@@ -395,6 +391,7 @@ Index parse_index(const std::string& path, const uint8_t* data, size_t size) {
             entry.key = key;
             entry.value_offset = entry_value.offset();
             parse_entry(Cursor(path, entry.key, data, entry_value.pos(), entry_value.pos() + entry_value.left()), entry);
+            check_entry(path, index.header, entry);
             index.entries.push_back(std::move(entry));
         });
     });

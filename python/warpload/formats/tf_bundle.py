@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .. import constants
 from ..dtypes import DTYPES, element_count
 from ..errors import CheckpointNotFoundError, TensorBundleError, UnsupportedDtypeError, UnsupportedFormatError
 from ..plan import TensorRecord
@@ -170,19 +171,8 @@ def _read_index(prefix: str) -> _Index:
                                 path=index_path)
     entries = []
     raw = {}
-    for key, tf_dtype, shape, unknown_rank, shard_id, offset, size, crc, slices, at in rows:
-        name = _name(key)
-        if unknown_rank or any(dim < 0 for dim in shape):
-            raise TensorBundleError(
-                f"{index_path}: entry {name!r} has an invalid shape {shape}{' (unknown rank)' if unknown_rank else ''}",
-                path=index_path, tensor=name, offset=at)
-        if not 0 <= shard_id < max(num_shards, 1):
-            raise TensorBundleError(
-                f"{index_path}: entry {name!r} is in data shard {shard_id}, but the bundle has {num_shards}",
-                path=index_path, tensor=name, offset=at)
-        if offset < 0 or size < 0:
-            raise TensorBundleError(f"{index_path}: entry {name!r} has offset {offset} and size {size}",
-                                    path=index_path, tensor=name, offset=at)
+    paths: dict[int, str] = {}
+    for key, tf_dtype, shape, shard_id, offset, size, crc, slices in rows:  # shapes and ranges checked in C++
         dtype = TF_TO_DTYPE.get(tf_dtype)
         if key.startswith(b"\x00"):
             kind = "slice"
@@ -194,11 +184,12 @@ def _read_index(prefix: str) -> _Index:
             kind = "variant"
         else:
             kind = "tensor" if dtype is not None else "unsupported"
+        path = paths.get(shard_id)
+        if path is None:
+            path = paths[shard_id] = _SHARD_NAME.format(prefix=prefix, shard=shard_id, count=num_shards)
         entry = BundleEntry(
-            name=name, kind=kind, tf_dtype=TF_DTYPE_NAMES.get(tf_dtype, f"DataType {tf_dtype}"), dtype=dtype,
-            shape=tuple(shape), path=_SHARD_NAME.format(prefix=prefix, shard=shard_id, count=num_shards),
-            shard_id=shard_id, offset=offset, nbytes=size, crc32c=crc,
-            slices=tuple(tuple(tuple(extent) for extent in s) for s in slices))
+            _name(key), kind, TF_DTYPE_NAMES.get(tf_dtype) or f"DataType {tf_dtype}", dtype, shape, path, shard_id,
+            offset, size, crc, tuple(tuple(map(tuple, extents)) for extents in slices) if slices else ())
         entries.append(entry)
         raw[key] = entry
     return _Index(prefix, num_shards, tuple(entries), raw)
@@ -359,7 +350,7 @@ def _verify_checksums(entries: list[BundleEntry]) -> None:
     file_index = {path: i for i, path in enumerate(paths)}
     files = [_core().File(path) for path in paths]
     jobs = [(file_index[e.path], e.offset, e.nbytes, e.crc32c) for e in entries]
-    bad = _core().tf_bundle_first_bad_checksum(files, jobs)
+    bad = _core().tf_bundle_first_bad_checksum(files, jobs, constants.num_threads())
     if bad >= 0:
         entry = entries[bad]
         raise TensorBundleError(
@@ -382,8 +373,12 @@ def read_string_tensor(prefix: PathLike, name: str) -> list[bytes]:
         raise UnsupportedDtypeError(
             f"{index.prefix}{INDEX_SUFFIX}: {name!r} is a {entry.tf_dtype} tensor, not DT_STRING")
     _ShardSizes(index.prefix + INDEX_SUFFIX).check(entry, name)
+    count = element_count(entry.shape)
+    if count > entry.nbytes:  # each element stores at least a one-byte length
+        raise TensorBundleError(f"{entry.path}: string tensor {name!r} of shape {list(entry.shape)} cannot fit in "
+                                f"{entry.nbytes} bytes", path=entry.path, tensor=name, offset=entry.offset)
     data = _core().File(entry.path).read(entry.offset, entry.nbytes)
-    return _core().tf_bundle_strings(data, element_count(entry.shape), entry.crc32c, entry.path,
+    return _core().tf_bundle_strings(data, count, entry.crc32c, entry.path,
                                      name.encode("utf-8", "surrogateescape"), entry.offset)
 
 
