@@ -32,10 +32,11 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
               zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
 
-    Tensors come in file order, as safetensors returns them, read in parallel into memory they own. With `zero_copy=True` (CPU only, no
-    `dtype`) they instead view the memory-mapped file: nothing is read until a page is touched,
-    and writes stay private to the process. `dtype` converts floating-point tensors (torch's
-    rounding, bit for bit); integer and bool tensors keep their dtype.
+    Tensors come in file order, as safetensors returns them, read in parallel into memory they
+    own. With `zero_copy=True` (CPU only, no `dtype`) they instead view the memory-mapped file:
+    nothing is read until a page is touched, and writes stay private to the process. `dtype`
+    converts floating-point tensors (torch's rounding, bit for bit); integer and bool tensors
+    keep their dtype.
 
     Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing.
     """
