@@ -11,6 +11,7 @@ from .dtypes import DTYPES, dtype_name
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError
 from .formats import detect_format
 from .formats.safetensors import read_header
+from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ def _is_cpu(device: DeviceLike) -> bool:
     return str(device) == "cpu"
 
 
+@without_gc_pauses
 def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
               zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
@@ -138,6 +140,7 @@ class SafeSlice:
         return owned if _is_cpu(self._device) else owned.to(self._device)
 
 
+@without_gc_pauses
 def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
                     zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
