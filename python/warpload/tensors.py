@@ -13,6 +13,7 @@ from .formats import detect_format
 from .formats.registry import format_for_path
 from .formats.tf_bundle import bundle_in_folder
 from .formats.safetensors import read_header
+from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
 
 if TYPE_CHECKING:
@@ -30,14 +31,16 @@ def _is_cpu(device: DeviceLike) -> bool:
     return str(device) == "cpu"
 
 
+@without_gc_pauses
 def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
               zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
 
-    Tensors come in file order, as safetensors returns them, read in parallel into memory they own. With `zero_copy=True` (CPU only, no
-    `dtype`) they instead view the memory-mapped file: nothing is read until a page is touched,
-    and writes stay private to the process. `dtype` converts floating-point tensors (torch's
-    rounding, bit for bit); integer and bool tensors keep their dtype.
+    Tensors come in file order, as safetensors returns them, read in parallel into memory they
+    own. With `zero_copy=True` (CPU only, no `dtype`) they instead view the memory-mapped file:
+    nothing is read until a page is touched, and writes stay private to the process. `dtype`
+    converts floating-point tensors (torch's rounding, bit for bit); integer and bool tensors
+    keep their dtype.
 
     Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing.
     """
@@ -139,6 +142,7 @@ class SafeSlice:
         return owned if _is_cpu(self._device) else owned.to(self._device)
 
 
+@without_gc_pauses
 def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
                     zero_copy: bool = False, from_tf: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
