@@ -217,3 +217,12 @@ def test_every_dataset_rewritten_chunked_and_compressed_loads_the_same(tmp_path)
     rewritten, original = load_checkpoint(path, from_tf=True), load_checkpoint(H5, from_tf=True)
     assert list(rewritten) == list(original)
     assert all(torch.equal(rewritten[name], original[name]) for name in original)
+
+
+def test_a_dataset_past_the_end_of_the_file_is_refused(monkeypatch):
+    # HDF5 itself refuses files shorter than the end address in their superblock, so the reader's own
+    # bound check is exercised by making the file look shorter than where wte's bytes end.
+    monkeypatch.setattr(keras_h5.os.path, "getsize", lambda path: 20_000)
+    with pytest.raises(CheckpointError, match="ends past the end of the file") as raised:
+        read_keras_h5(str(H5))
+    assert raised.value.tensor == "tfgpt2lm_head_model/transformer/wte/embeddings:0" and raised.value.offset == 10480
