@@ -226,3 +226,18 @@ def test_a_dataset_past_the_end_of_the_file_is_refused(monkeypatch):
     with pytest.raises(CheckpointError, match="ends past the end of the file") as raised:
         read_keras_h5(str(H5))
     assert raised.value.tensor == "tfgpt2lm_head_model/transformer/wte/embeddings:0" and raised.value.offset == 10480
+
+
+def test_kernels_are_transposed_straight_into_model_parameters(tmp_path):
+    # from_pretrained's path: mapped records placed into preallocated parameters by the engine.
+    from warpload.placement import load_into
+    from warpload.tf_checkpoint import read_tf_checkpoint, tf_sources
+
+    weights = kernel_and_bias(rows=70, cols=130)
+    path = write_keras_h5(tmp_path / "model.h5", weights)
+    sources = tf_sources(read_tf_checkpoint(str(path)), {"dense.weight": (130, 70), "dense.bias": (130,)}, "")
+    assert sources["dense.weight"].transpose
+    targets = {"dense.weight": torch.empty(130, 70), "dense.bias": torch.empty(130, dtype=torch.bfloat16)}
+    load_into(targets, sources)
+    assert torch.equal(targets["dense.weight"], torch.from_numpy(weights["kernel"].T.copy()))
+    assert torch.equal(targets["dense.bias"], torch.from_numpy(weights["bias"]).to(torch.bfloat16))
