@@ -68,8 +68,9 @@ class TFCheckpoint:
                base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> list[MappedTensor]:
         """PyTorch names and layouts. With `target_shapes` (the model's state-dict shapes) names and shapes
         follow transformers' load_tf2_state_dict_in_pytorch_model for that model; without, GPT-2-style
-        defaults (tf_names.default_shape) and the names transformers gives the class the checkpoint was
-        saved from. Raises CheckpointError when two tensors map to one name or a shape cannot fit."""
+        shapes (tf_names.default_shape) and the names as stored, main layer included (Keras:
+        `transformer.h.0...`, as GPT2LMHeadModel names them; TF1 GPT-2: `h.0...`, GPT2Model's names).
+        Raises CheckpointError when two tensors map to one name or a shape cannot fit."""
         prefix = ""
         if target_shapes is not None:
             prefix = tf_names.start_prefix_to_remove(base_model_prefix, list(target_shapes))
