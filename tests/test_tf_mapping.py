@@ -5,6 +5,8 @@ import importlib.util
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from conftest import FIXTURES, same_bits
@@ -76,6 +78,27 @@ def test_name_scope_is_stripped_or_refused():
     (TransposeType.SIMPLE, (1, 1, 6), (6,)),  # squeeze after transpose
 ])
 def test_layout_matches_numpy_apply_transpose(transpose, tf_shape, pt_shape):
+    assert_layout_matches_numpy(transpose, tf_shape, pt_shape)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4).flatmap(lambda shape: st.tuples(
+    st.just(tuple(shape)),
+    st.sampled_from([TransposeType.NO, TransposeType.SIMPLE]
+                    + ([TransposeType.CONV1D] if len(shape) == 3 else [])
+                    + ([TransposeType.CONV2D] if len(shape) == 4 else [])),
+    st.sampled_from(["same", "squeezed", "expanded", "flat"]))))
+def test_layouts_match_numpy_for_any_shape(case):
+    tf_shape, transpose, target = case
+    permuted = tf_layout(transpose, tf_shape, None).permutation
+    shape = tf_shape if permuted is None else tuple(tf_shape[axis] for axis in permuted)
+    pt_shape = {"same": shape, "squeezed": tuple(size for size in shape if size != 1) or (1,),
+                "expanded": (1, *shape), "flat": (torch.Size(shape).numel(),)}[target]
+    assert_layout_matches_numpy(transpose, tf_shape, pt_shape)
+
+
+def assert_layout_matches_numpy(transpose, tf_shape, pt_shape):
+    """tf_layout applied with torch equals transformers' apply_transpose(pt_to_tf=False) written with numpy."""
     weight = torch.arange(torch.Size(tf_shape).numel()).reshape(tf_shape).numpy()
     expected = weight
     if transpose is TransposeType.CONV2D:
