@@ -235,3 +235,34 @@ def test_a_base_model_target_drops_the_main_layer_prefix_as_transformers_does():
 def test_tf1_checkpoints_of_other_models_are_refused_by_name():
     with pytest.raises(UnsupportedFormatError, match="GPT-2"):
         load_checkpoint(TF / "bundle_many_keys" / "ckpt", from_tf=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4).flatmap(lambda shape: st.tuples(
+    st.just(tuple(shape)),
+    st.sampled_from([TransposeType.NO, TransposeType.SIMPLE]
+                    + ([TransposeType.CONV1D] if len(shape) == 3 else [])
+                    + ([TransposeType.CONV2D] if len(shape) == 4 else [])))))
+def test_engine_records_equal_materialised_layouts(case):
+    # plain_record hands the engine only layouts that need no data movement beyond a 2-D transpose.
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from warpload import engine
+    from warpload.formats.safetensors import read_header
+    from warpload.plan import plan_load
+    from warpload.tf_checkpoint import MappedTensor, materialise, plain_record
+
+    tf_shape, transpose = case
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/w.safetensors"
+        save_file({"w": torch.randn(tf_shape)}, path)
+        (record,) = read_header(path).records
+        mapped = MappedTensor("pt", record, tf_layout(transpose, tf_shape, None))
+        expected = materialise(mapped)
+        planned = plain_record(mapped)
+        if planned is not None:
+            assert torch.equal(engine.materialize(plan_load([planned]))["pt"], expected)
+        else:
+            assert len(mapped.layout.shape) != 2 or mapped.layout.permutation not in (None, (1, 0))
