@@ -250,6 +250,56 @@ def test_sliced_variable_is_reassembled():
     assert read_tensor_bundle(TF / "bundle_dtypes" / "sliced", verify_checksums=True)[0].nbytes == 96
 
 
+FULL = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+
+
+def write_partitioned(prefix, slices, *, order=None, drop=()) -> str:
+    """FULL saved as a partitioned variable 'part': one stored entry per slice ((start, length) per dimension,
+    length -1 for all), appended to the data file in `order`, as TF's SaveV2 with shape_and_slices does."""
+    data, items = bytearray(), [(b"", header_proto())]
+    for i in order if order is not None else range(len(slices)):
+        index = tuple(slice(start, None if length == -1 else start + length) for start, length in slices[i])
+        payload = FULL[index].contiguous().numpy().tobytes()
+        if i not in drop:
+            items.append((_encode_slice_key("part", slices[i]), entry_proto(
+                DT["F32"], FULL[index].shape, offset=len(data), size=len(payload), crc=masked_crc(payload))))
+        data += payload
+    items.append((b"part", entry_proto(DT["F32"], FULL.shape, slices=slices)))
+    with open(f"{prefix}.index", "wb") as handle:
+        handle.write(sstable(sorted(items)))
+    with open(f"{prefix}.data-00000-of-00001", "wb") as handle:
+        handle.write(bytes(data))
+    return os.fspath(prefix)
+
+
+@pytest.mark.parametrize("slices", [
+    [((0, 1), (0, -1)), ((1, 2), (0, -1)), ((3, 1), (0, -1))],
+    [((0, 4), (0, 6))],  # one slice with explicit lengths
+    [((0, 3), (0, -1)), ((3, -1), (0, -1))],  # open-ended last slice
+])
+def test_row_partitions_stored_in_order_load_as_one_tensor(tmp_path, slices):
+    prefix = write_partitioned(tmp_path / "p", slices)
+    assert same_bits(warpload.load_checkpoint(prefix, zero_copy=True)["part"], FULL)
+    assert same_bits(load_records(read_tensor_bundle(prefix, verify_checksums=True))["part"], FULL)
+
+
+@pytest.mark.parametrize("slices, order", [
+    ([((0, 2), (0, -1)), ((2, 2), (0, -1))], [1, 0]),  # rows stored out of order
+    ([((0, -1), (0, 3)), ((0, -1), (3, 3))], None),  # a column partition
+    ([((0, 2), (0, -1)), ((3, 1), (0, -1))], None),  # rows 2:3 missing
+])
+def test_other_partitionings_are_refused_by_name(tmp_path, slices, order):
+    prefix = write_partitioned(tmp_path / "p", slices, order=order)
+    with pytest.raises(UnsupportedFormatError, match="'part' is a partitioned variable"):
+        read_tensor_bundle(prefix)
+
+
+def test_a_slice_without_its_stored_entry_is_an_error(tmp_path):
+    prefix = write_partitioned(tmp_path / "p", [((0, 2), (0, -1)), ((2, 2), (0, -1))], drop={1})
+    with pytest.raises(TensorBundleError, match=r"slice \[\(2, 2\), \(0, -1\)\] of 'part' has no stored entry"):
+        read_tensor_bundle(prefix)
+
+
 def test_slice_keys_encode_like_tensorflow():
     """saved_tensor_slice_util.cc EncodeTensorNameSlice, checked against the fixture's real keys and
     OrderedCode's documented multi-byte signed form."""
