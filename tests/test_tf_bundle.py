@@ -21,7 +21,7 @@ from warpload.errors import (CheckpointNotFoundError, TensorBundleError, Unsuppo
 from warpload.formats import detect_format
 from warpload.formats.tf_bundle import (TF_DTYPE_NAMES, _encode_slice_key, bundle_prefix, is_tensor_bundle,
                                         read_bundle_entries, read_string_tensor, read_tensor_bundle)
-from warpload.plan import plan_load
+from warpload.plan import TensorRecord, plan_load
 
 from conftest import FIXTURES, same_bits
 from tf_bundle_writer import (DT, entry_proto, field, footer_handles, header_proto, masked_crc, read_varints, sstable,
@@ -222,6 +222,30 @@ def test_unaligned_tensors_convert_exactly():
         if record.dtype == "BF16":
             want = want.view(torch.bfloat16)
         assert same_bits(loaded[record.name], want.to(torch.bfloat16)), record.name
+
+
+@pytest.mark.parametrize("target", [None, "F32", "BF16", "F16", "F64"])
+def test_unaligned_records_transpose_and_convert_exactly(tmp_path, target):
+    """Bundles do not pad, so kernels the TF->PyTorch mapping transposes start at odd offsets: the engine's
+    tiled transpose and SIMD conversions read them exactly (odd shapes reach the edge tiles)."""
+    from warpload.dtypes import torch_dtype
+
+    tensors = {"pad": ("U8", [3], b"abc")}
+    expected = {}
+    for seed, (name, dtype, shape) in enumerate([("a", "F32", (300, 257)), ("b", "BF16", (129, 65)),
+                                                 ("c", "F16", (64, 1000)), ("d", "F64", (33, 17))]):
+        expected[name] = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(torch_dtype(dtype))
+        tensors[name] = (dtype, list(shape), expected[name].view(-1).view(torch.uint8).numpy().tobytes())
+    records = [r for r in read_tensor_bundle(write_bundle(tmp_path / "t", tensors)) if r.name != "pad"]
+    assert all(r.offset % 2 for r in records)
+    transposed = [TensorRecord(r.name, r.dtype, r.shape[::-1], r.path, r.offset, r.nbytes, transpose=True)
+                  for r in records]
+    plain = engine.materialize(plan_load(records, target))
+    flipped = engine.materialize(plan_load(transposed, target))
+    for name, tensor in expected.items():
+        want = tensor if target is None else tensor.to(torch_dtype(target))
+        assert same_bits(plain[name], want), name
+        assert same_bits(flipped[name], want.T.contiguous()), name
 
 
 def test_complex128_is_listed_and_refused_when_loaded():
