@@ -142,6 +142,12 @@ def test_checkpoint_file_with_an_absolute_path_from_another_machine(tmp_path):
     with open(os.path.join(folder, "checkpoint"), "w") as handle:
         handle.write('model_checkpoint_path: "/home/someone/run/ckpt-1"\nall_model_checkpoint_paths: "x"\n')
     assert bundle_prefix(folder) == prefix
+    # Text format escapes non-ASCII names as octal UTF-8 bytes.
+    for suffix in (".index", ".data-00000-of-00001"):
+        os.rename(prefix + suffix, os.path.join(folder, "caf\u00e9-1" + suffix))
+    with open(os.path.join(folder, "checkpoint"), "w") as handle:
+        handle.write('model_checkpoint_path: "caf\\303\\251-1"\n')
+    assert bundle_prefix(folder) == os.path.join(folder, "caf\u00e9-1")
 
 
 def gpt2_tf1_to_pt(name: str) -> str:
