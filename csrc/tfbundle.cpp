@@ -1,6 +1,7 @@
 // tfbundle.cpp — parses TF tensor bundle .index files (a LevelDB-style SSTable of BundleEntryProto) with every read bounds-checked.
 #include "tfbundle.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -338,8 +339,12 @@ int64_t first_checksum_mismatch(const std::vector<std::shared_ptr<MappedFile>>& 
                                   std::to_string(file.size()) + " bytes)");
         }
     }
+    // A pool of its own: the shared pool runs one engine plan at a time and is not reentrant, and a
+    // verification may run while another Python thread loads. Starting threads costs microseconds,
+    // checking a checkpoint milliseconds and more.
+    ThreadPool pool(std::min(num_threads == 0 ? available_cores() : num_threads, std::max<size_t>(jobs.size(), 1)));
     std::atomic<int64_t> first{-1};
-    shared_pool(num_threads).run(jobs.size(), [&](size_t i, size_t) {
+    pool.run(jobs.size(), [&](size_t i, size_t) {
         const ChecksumJob& job = jobs[i];
         const MappedFile& file = *files[job.file];
         uint32_t actual = crc32c_extend(0, file.data() + job.offset, job.nbytes);

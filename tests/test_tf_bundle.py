@@ -186,6 +186,19 @@ def test_gpt2_bundles_equal_transformers_conversion(folder):
         assert loaded["save_counter/.ATTRIBUTES/VARIABLE_VALUE"].item() == 1
 
 
+def test_checksums_verify_while_other_threads_load():
+    """Verification runs its own threads with the GIL released; engine loads in other threads go on meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = prefix_of("tf1_gpt2_ckpt")
+    reference = warpload.load_checkpoint(prefix)
+    with ThreadPoolExecutor(4) as pool:
+        verified = [pool.submit(read_tensor_bundle, prefix, verify_checksums=True) for _ in range(8)]
+        loads = [pool.submit(warpload.load_checkpoint, prefix) for _ in range(8)]
+        assert all(len(f.result()) == 28 for f in verified)
+        assert all(same_bits(f.result()[name], reference[name]) for f in loads for name in reference)
+
+
 def test_two_shard_bundle_reads_each_tensor_from_its_shard():
     records = read_tensor_bundle(prefix_of("tf1_gpt2_ckpt_2shards"))
     shards = {os.path.basename(r.path) for r in records}
