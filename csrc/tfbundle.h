@@ -79,7 +79,7 @@ struct ChecksumJob {
     uint32_t masked_crc;
 };
 
-// Checks every job on the shared thread pool. Returns the index of the first job (lowest index)
+// Checks every job, in parallel on num_threads threads (0: one per available core). Returns the index of the first job (lowest index)
 // whose bytes do not match, or -1. Throws BundleError for a range outside its file.
 int64_t first_checksum_mismatch(const std::vector<std::shared_ptr<MappedFile>>& files,
                                 const std::vector<ChecksumJob>& jobs, size_t num_threads);

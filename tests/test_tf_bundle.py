@@ -21,7 +21,7 @@ from warpload.errors import (CheckpointNotFoundError, TensorBundleError, Unsuppo
 from warpload.formats import detect_format
 from warpload.formats.tf_bundle import (TF_DTYPE_NAMES, _encode_slice_key, bundle_prefix, is_tensor_bundle,
                                         read_bundle_entries, read_string_tensor, read_tensor_bundle)
-from warpload.plan import plan_load
+from warpload.plan import TensorRecord, plan_load
 
 from conftest import FIXTURES, same_bits
 from tf_bundle_writer import (DT, entry_proto, field, footer_handles, header_proto, masked_crc, read_varints, sstable,
@@ -142,6 +142,12 @@ def test_checkpoint_file_with_an_absolute_path_from_another_machine(tmp_path):
     with open(os.path.join(folder, "checkpoint"), "w") as handle:
         handle.write('model_checkpoint_path: "/home/someone/run/ckpt-1"\nall_model_checkpoint_paths: "x"\n')
     assert bundle_prefix(folder) == prefix
+    # Text format escapes non-ASCII names as octal UTF-8 bytes.
+    for suffix in (".index", ".data-00000-of-00001"):
+        os.rename(prefix + suffix, os.path.join(folder, "caf\u00e9-1" + suffix))
+    with open(os.path.join(folder, "checkpoint"), "w") as handle:
+        handle.write('model_checkpoint_path: "caf\\303\\251-1"\n')
+    assert bundle_prefix(folder) == os.path.join(folder, "caf\u00e9-1")
 
 
 def gpt2_tf1_to_pt(name: str) -> str:
@@ -178,6 +184,19 @@ def test_gpt2_bundles_equal_transformers_conversion(folder):
         assert same_bits(tensor.reshape(expected.shape), expected), name
     if folder == "tf2_gpt2_checkpoint":
         assert loaded["save_counter/.ATTRIBUTES/VARIABLE_VALUE"].item() == 1
+
+
+def test_checksums_verify_while_other_threads_load():
+    """Verification runs its own threads with the GIL released; engine loads in other threads go on meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = prefix_of("tf1_gpt2_ckpt")
+    reference = warpload.load_checkpoint(prefix)
+    with ThreadPoolExecutor(4) as pool:
+        verified = [pool.submit(read_tensor_bundle, prefix, verify_checksums=True) for _ in range(8)]
+        loads = [pool.submit(warpload.load_checkpoint, prefix) for _ in range(8)]
+        assert all(len(f.result()) == 28 for f in verified)
+        assert all(same_bits(f.result()[name], reference[name]) for f in loads for name in reference)
 
 
 def test_two_shard_bundle_reads_each_tensor_from_its_shard():
@@ -224,6 +243,30 @@ def test_unaligned_tensors_convert_exactly():
         assert same_bits(loaded[record.name], want.to(torch.bfloat16)), record.name
 
 
+@pytest.mark.parametrize("target", [None, "F32", "BF16", "F16", "F64"])
+def test_unaligned_records_transpose_and_convert_exactly(tmp_path, target):
+    """Bundles do not pad, so kernels the TF->PyTorch mapping transposes start at odd offsets: the engine's
+    tiled transpose and SIMD conversions read them exactly (odd shapes reach the edge tiles)."""
+    from warpload.dtypes import torch_dtype
+
+    tensors = {"pad": ("U8", [3], b"abc")}
+    expected = {}
+    for seed, (name, dtype, shape) in enumerate([("a", "F32", (300, 257)), ("b", "BF16", (129, 65)),
+                                                 ("c", "F16", (64, 1000)), ("d", "F64", (33, 17))]):
+        expected[name] = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(torch_dtype(dtype))
+        tensors[name] = (dtype, list(shape), expected[name].view(-1).view(torch.uint8).numpy().tobytes())
+    records = [r for r in read_tensor_bundle(write_bundle(tmp_path / "t", tensors)) if r.name != "pad"]
+    assert all(r.offset % 2 for r in records)
+    transposed = [TensorRecord(r.name, r.dtype, r.shape[::-1], r.path, r.offset, r.nbytes, transpose=True)
+                  for r in records]
+    plain = engine.materialize(plan_load(records, target))
+    flipped = engine.materialize(plan_load(transposed, target))
+    for name, tensor in expected.items():
+        want = tensor if target is None else tensor.to(torch_dtype(target))
+        assert same_bits(plain[name], want), name
+        assert same_bits(flipped[name], want.T.contiguous()), name
+
+
 def test_complex128_is_listed_and_refused_when_loaded():
     entries = {e.name: e for e in read_bundle_entries(TF / "bundle_dtypes" / "ckpt")}
     assert len(entries) == 21
@@ -248,6 +291,56 @@ def test_sliced_variable_is_reassembled():
     assert list(loaded) == ["part"]
     assert same_bits(loaded["part"], torch.from_numpy(expected_dtypes()["part"]))
     assert read_tensor_bundle(TF / "bundle_dtypes" / "sliced", verify_checksums=True)[0].nbytes == 96
+
+
+FULL = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+
+
+def write_partitioned(prefix, slices, *, order=None, drop=()) -> str:
+    """FULL saved as a partitioned variable 'part': one stored entry per slice ((start, length) per dimension,
+    length -1 for all), appended to the data file in `order`, as TF's SaveV2 with shape_and_slices does."""
+    data, items = bytearray(), [(b"", header_proto())]
+    for i in order if order is not None else range(len(slices)):
+        index = tuple(slice(start, None if length == -1 else start + length) for start, length in slices[i])
+        payload = FULL[index].contiguous().numpy().tobytes()
+        if i not in drop:
+            items.append((_encode_slice_key("part", slices[i]), entry_proto(
+                DT["F32"], FULL[index].shape, offset=len(data), size=len(payload), crc=masked_crc(payload))))
+        data += payload
+    items.append((b"part", entry_proto(DT["F32"], FULL.shape, slices=slices)))
+    with open(f"{prefix}.index", "wb") as handle:
+        handle.write(sstable(sorted(items)))
+    with open(f"{prefix}.data-00000-of-00001", "wb") as handle:
+        handle.write(bytes(data))
+    return os.fspath(prefix)
+
+
+@pytest.mark.parametrize("slices", [
+    [((0, 1), (0, -1)), ((1, 2), (0, -1)), ((3, 1), (0, -1))],
+    [((0, 4), (0, 6))],  # one slice with explicit lengths
+    [((0, 3), (0, -1)), ((3, -1), (0, -1))],  # open-ended last slice
+])
+def test_row_partitions_stored_in_order_load_as_one_tensor(tmp_path, slices):
+    prefix = write_partitioned(tmp_path / "p", slices)
+    assert same_bits(warpload.load_checkpoint(prefix, zero_copy=True)["part"], FULL)
+    assert same_bits(load_records(read_tensor_bundle(prefix, verify_checksums=True))["part"], FULL)
+
+
+@pytest.mark.parametrize("slices, order", [
+    ([((0, 2), (0, -1)), ((2, 2), (0, -1))], [1, 0]),  # rows stored out of order
+    ([((0, -1), (0, 3)), ((0, -1), (3, 3))], None),  # a column partition
+    ([((0, 2), (0, -1)), ((3, 1), (0, -1))], None),  # rows 2:3 missing
+])
+def test_other_partitionings_are_refused_by_name(tmp_path, slices, order):
+    prefix = write_partitioned(tmp_path / "p", slices, order=order)
+    with pytest.raises(UnsupportedFormatError, match="'part' is a partitioned variable"):
+        read_tensor_bundle(prefix)
+
+
+def test_a_slice_without_its_stored_entry_is_an_error(tmp_path):
+    prefix = write_partitioned(tmp_path / "p", [((0, 2), (0, -1)), ((2, 2), (0, -1))], drop={1})
+    with pytest.raises(TensorBundleError, match=r"slice \[\(2, 2\), \(0, -1\)\] of 'part' has no stored entry"):
+        read_tensor_bundle(prefix)
 
 
 def test_slice_keys_encode_like_tensorflow():

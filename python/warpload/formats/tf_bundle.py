@@ -103,7 +103,9 @@ def bundle_in_folder(folder: PathLike) -> Optional[str]:
         with open(state_path, encoding="utf-8", errors="replace") as handle:
             match = _CHECKPOINT_PATH.search(handle.read())
         if match:
-            named = match.group(1).encode("latin-1", "backslashreplace").decode("unicode_escape")
+            # Text-format escapes (\" and octal UTF-8 bytes such as \303\251) back to the UTF-8 name.
+            named = match.group(1).encode("utf-8").decode("unicode_escape").encode("latin-1").decode(
+                "utf-8", "surrogateescape")
             # TF1 Saver writes the path it was given, often absolute on another machine: fall back to
             # the same file name in this folder.
             for candidate in (os.path.join(folder, named), os.path.join(folder, os.path.basename(named))):
