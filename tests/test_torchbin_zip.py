@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import warpload
 from warpload.errors import CheckpointError, UnsupportedDtypeError
 from warpload.formats.zip_archive import ZipArchive
+from warpload.tensors import _checkpoint_records
 
 from test_torchbin import BIN_FIXTURES, Storage, assert_same_as_torch, dumps, tensor_v2, torch_reference
 
@@ -184,6 +185,23 @@ def test_random_archives_read_like_pythons_zipfile(tmp_path, contents, zip64, al
                     assert handle.read(entry.size) == reference.read(name)
 
 
+def test_damage_to_a_record_warpload_skips_and_to_a_storage(tmp_path):
+    """Found by the fuzz test below: torch refuses the damaged .format_version header, warpload does not
+    read that record and returns the damaged storage as stored."""
+    original = (BIN_FIXTURES / "pt_gpt2_from_h5_bin_sharded" / "pytorch_model-00004-of-00004.bin").read_bytes()
+    damaged = bytearray(original)
+    damaged[585:589] = b"\0\0\0\0"  # the local header of .format_version
+    damaged[1085:1089] = b"\xff\xff\xff\xff"  # inside data/0
+    (tmp_path / "damaged.bin").write_bytes(bytes(damaged))
+    with pytest.raises(RuntimeError, match="format_version"):
+        torch.load(tmp_path / "damaged.bin", weights_only=True, mmap=True)
+    loaded = warpload.load_checkpoint(tmp_path / "damaged.bin")
+    repaired = bytearray(original)
+    repaired[1085:1089] = damaged[1085:1089]
+    (tmp_path / "repaired.bin").write_bytes(bytes(repaired))
+    assert_same_as_torch(loaded, torch.load(tmp_path / "repaired.bin", weights_only=True, mmap=True))
+
+
 @FUZZ
 @given(data=st.data())
 def test_corrupted_archives_raise_typed_errors_or_load_what_torch_loads(tmp_path, data):
@@ -204,7 +222,11 @@ def test_corrupted_archives_raise_typed_errors_or_load_what_torch_loads(tmp_path
         expected = torch.load(path, weights_only=True, mmap=True)
     except (RuntimeError, ValueError):
         # torch also reads records warpload has no use for (.storage_alignment, version): damage
-        # there stops torch, not warpload, and then warpload must give the undamaged tensors.
-        expected = torch.load(BIN_FIXTURES / "pt_gpt2_from_h5_bin_sharded" / "pytorch_model-00004-of-00004.bin",
-                              weights_only=True)
+        # there stops torch, not warpload. Then torch reads the original with only the damage to
+        # the storages warpload read put back, and warpload must give what torch gives from that.
+        repaired = bytearray(original)
+        for record in _checkpoint_records(str(path)):
+            repaired[record.offset:record.offset + record.nbytes] = damaged[record.offset:record.offset + record.nbytes]
+        (tmp_path / "repaired.bin").write_bytes(bytes(repaired))
+        expected = torch.load(tmp_path / "repaired.bin", weights_only=True, mmap=True)
     assert_same_as_torch(loaded, expected)
