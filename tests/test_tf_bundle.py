@@ -505,8 +505,11 @@ def test_missing_data_shard_is_not_found(tmp_path):
 def test_a_missing_prefix_is_not_found(tmp_path):
     with pytest.raises(CheckpointNotFoundError):
         warpload.load_checkpoint(tmp_path / "model.ckpt")
-    (tmp_path / "model.ckpt").write_bytes(b"V1 checkpoint")
-    with pytest.raises(CheckpointNotFoundError, match="V1"):
+    (tmp_path / "model.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointNotFoundError, match=r"model\.ckpt\.index is missing"):
+        read_tensor_bundle(tmp_path / "model.ckpt")
+    (tmp_path / "model.ckpt").write_bytes(sstable([(b"", b"")]))  # V1: one SSTable, no .index
+    with pytest.raises(UnsupportedFormatError, match="V1 checkpoint"):
         read_tensor_bundle(tmp_path / "model.ckpt")
 
 
