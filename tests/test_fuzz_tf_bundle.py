@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+from dataclasses import dataclass
+from functools import cached_property
 
 import pytest
 import torch
@@ -18,51 +20,63 @@ from warpload.plan import plan_load
 from conftest import FIXTURES, same_bits
 from tf_bundle_writer import footer_handles, masked_crc
 
-SOURCE = FIXTURES / "tf" / "bundle_dtypes"
-pytestmark = pytest.mark.skipif(not SOURCE.is_dir(), reason=f"TF fixtures not found at {SOURCE}")
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+TF = FIXTURES / "tf"
+pytestmark = pytest.mark.skipif(not TF.is_dir(), reason=f"TF fixtures not found at {TF}")
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _read(path) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+@dataclass(frozen=True)
+class Source:
+    """A fixture bundle to damage: every dtype and a string tensor, or the TF2 GPT-2 object-based checkpoint."""
+
+    folder: str
+    prefix: str
+    string: str  # the DT_STRING tensor read_string_tensor decodes
+
+    @cached_property
+    def index(self) -> bytes:
+        return (TF / self.folder / f"{self.prefix}.index").read_bytes()
+
+    @cached_property
+    def data(self) -> bytes:
+        return (TF / self.folder / f"{self.prefix}.data-00000-of-00001").read_bytes()
+
+    @cached_property
+    def spans(self) -> list[tuple[int, int]]:
+        """(offset, size) of the data, metaindex and index blocks of the original (single data block) file."""
+        meta_offset, meta_size, index_offset, index_size = footer_handles(self.index)
+        return [(0, meta_offset - 5), (meta_offset, meta_size), (index_offset, index_size)]
+
+    def reference(self) -> dict[str, torch.Tensor]:
+        return engine.materialize(plan_load(read_tensor_bundle(TF / self.folder / self.prefix, skip_unsupported=True)))
+
+    def write(self, tmp_path, index: bytes, data: bytes | None = None) -> str:
+        """The damaged copy; an unchanged data file is linked, not copied."""
+        folder = tmp_path / "fuzz"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        (folder / f"{self.prefix}.index").write_bytes(index)
+        shard = folder / f"{self.prefix}.data-00000-of-00001"
+        if data is None:
+            shard.symlink_to(TF / self.folder / shard.name)
+        else:
+            shard.write_bytes(data)
+        return os.fspath(folder / self.prefix)
 
 
-INDEX = _read(SOURCE / "ckpt.index") if SOURCE.is_dir() else b""
-DATA = _read(SOURCE / "ckpt.data-00000-of-00001") if SOURCE.is_dir() else b""
+DTYPES = Source("bundle_dtypes", "ckpt", "string")
+SOURCES = st.sampled_from([DTYPES, Source("tf2_gpt2_checkpoint", "ckpt-1", "_CHECKPOINTABLE_OBJECT_GRAPH")])
 
 
-def _block_spans(index: bytes) -> list[tuple[int, int]]:
-    """(offset, size) of the data, metaindex and index blocks of the original (single data block) file."""
-    meta_offset, meta_size, index_offset, index_size = footer_handles(index)
-    return [(0, meta_offset - 5), (meta_offset, meta_size), (index_offset, index_size)]
-
-
-SPANS = _block_spans(INDEX) if SOURCE.is_dir() else []
-
-
-def _reference() -> dict[str, torch.Tensor]:
-    return engine.materialize(plan_load(read_tensor_bundle(SOURCE / "ckpt", skip_unsupported=True)))
-
-
-def _exercise(prefix: str) -> dict[str, torch.Tensor]:
+def _exercise(prefix: str, source: Source) -> dict[str, torch.Tensor]:
     """Everything a loader does with a bundle; returns the loaded tensors."""
     read_bundle_entries(prefix)
     try:
-        read_string_tensor(prefix, "string")
+        read_string_tensor(prefix, source.string)
     except KeyError:
         pass  # the damage renamed or hid the string tensor: a plain lookup miss
     records = read_tensor_bundle(prefix, verify_checksums=True, skip_unsupported=True)
     return engine.materialize(plan_load(records))
-
-
-def _write(tmp_path, index: bytes, data: bytes) -> str:
-    folder = tmp_path / "fuzz"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    (folder / "ckpt.index").write_bytes(index)
-    (folder / "ckpt.data-00000-of-00001").write_bytes(data)
-    return os.fspath(folder / "ckpt")
 
 
 flips = st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4)
@@ -76,28 +90,28 @@ def _apply(blob: bytes, changes) -> bytearray:
 
 
 @FUZZ
-@given(changes=flips, fix_crcs=st.booleans())
-def test_damaged_index_gives_typed_errors(tmp_path, changes, fix_crcs):
+@given(source=SOURCES, changes=flips, fix_crcs=st.booleans())
+def test_damaged_index_gives_typed_errors(tmp_path, source, changes, fix_crcs):
     """With fix_crcs the block checksums are recomputed after the damage, so it reaches the block and proto
     parsers instead of stopping at the CRC check."""
-    index = _apply(INDEX, changes)
+    index = _apply(source.index, changes)
     if fix_crcs:
-        for offset, size in SPANS:
+        for offset, size in source.spans:
             crc = masked_crc(bytes(index[offset:offset + size + 1]))
             index[offset + size + 1:offset + size + 5] = struct.pack("<I", crc)
     try:
-        _exercise(_write(tmp_path, bytes(index), DATA))
+        _exercise(source.write(tmp_path, bytes(index)), source)
     except WarploadError:
         pass
 
 
 @FUZZ
-@given(cut=st.integers(0, 10**6), which=st.sampled_from(["index", "data"]))
-def test_truncated_files_give_typed_errors(tmp_path, cut, which):
-    index = INDEX[:cut % len(INDEX)] if which == "index" else INDEX
-    data = DATA[:cut % len(DATA)] if which == "data" else DATA
+@given(source=SOURCES, cut=st.integers(0, 10**6), which=st.sampled_from(["index", "data"]))
+def test_truncated_files_give_typed_errors(tmp_path, source, cut, which):
+    index = source.index[:cut % len(source.index)] if which == "index" else source.index
+    data = source.data[:cut % len(source.data)] if which == "data" else None
     with pytest.raises(WarploadError):
-        _exercise(_write(tmp_path, index, data))
+        _exercise(source.write(tmp_path, index, data), source)
 
 
 @FUZZ
@@ -107,10 +121,10 @@ def test_damaged_data_is_caught_by_checksums_or_untouched(tmp_path, changes):
     with a typed error or returns exactly the original tensors (the damage hit only the string tensor,
     whose own CRCs read_string_tensor checks)."""
     try:
-        loaded = _exercise(_write(tmp_path, INDEX, bytes(_apply(DATA, changes))))
+        loaded = _exercise(DTYPES.write(tmp_path, DTYPES.index, bytes(_apply(DTYPES.data, changes))), DTYPES)
     except WarploadError:
         return
-    reference = _reference()
+    reference = DTYPES.reference()
     assert set(loaded) == set(reference)
     for name, tensor in reference.items():
         assert same_bits(loaded[name], tensor), name

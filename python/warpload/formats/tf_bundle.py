@@ -134,9 +134,12 @@ def bundle_prefix(path: PathLike) -> str:
     if text.endswith(INDEX_SUFFIX) and os.path.isfile(text):
         text = text[: -len(INDEX_SUFFIX)]
     if not os.path.isfile(text + INDEX_SUFFIX):
-        hint = (" (a single-file TF < 0.12 'V1' checkpoint, which warpload does not read)"
-                if os.path.isfile(text) else "")
-        raise CheckpointNotFoundError(f"{text}: no TensorFlow checkpoint: {text}{INDEX_SUFFIX} is missing{hint}")
+        if os.path.isfile(text) and _has_table_magic(text):
+            # TF < 0.12 wrote one SSTable of TensorSliceWriter records, with no .index (formats.md 3.1).
+            raise UnsupportedFormatError(
+                f"{text}: a TensorFlow V1 checkpoint (one file, TF < 0.12), which warpload does not read; "
+                "restore it with TensorFlow and save it again (tf.train.Saver writes V2 bundles)", path=text)
+        raise CheckpointNotFoundError(f"{text}: no TensorFlow checkpoint: {text}{INDEX_SUFFIX} is missing")
     return text
 
 
