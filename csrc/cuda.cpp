@@ -162,6 +162,30 @@ class DeviceGuard {
 class Pipeline {
    public:
     Pipeline(const CudaRuntime& rt, size_t num_buffers, size_t buffer_bytes, size_t num_streams) : rt_(rt) {
+        try {
+            create(num_buffers, buffer_bytes, num_streams);
+        } catch (...) {
+            release();  // a throwing constructor runs no destructor
+            throw;
+        }
+    }
+
+    ~Pipeline() { release(); }
+    Pipeline(const Pipeline&) = delete;
+    Pipeline& operator=(const Pipeline&) = delete;
+
+    uint8_t* buffer(size_t slot) const { return buffers_[slot]; }
+    CudaRuntime::Event event(size_t slot) const { return events_[slot]; }
+    CudaRuntime::Stream stream(size_t index) const { return streams_[index % streams_.size()]; }
+
+    // Waits for every stream; reports the first error (an asynchronous copy failure lands here).
+    void synchronize() const {
+        for (CudaRuntime::Stream stream : streams_) rt_.check(rt_.stream_synchronize(stream), "cudaStreamSynchronize");
+    }
+
+   private:
+    void create(size_t num_buffers, size_t buffer_bytes, size_t num_streams) {
+        const CudaRuntime& rt = rt_;
         for (size_t i = 0; i < num_streams; ++i) {
             CudaRuntime::Stream stream = nullptr;
             rt.check(rt.stream_create_with_flags(&stream, kStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -179,25 +203,16 @@ class Pipeline {
         }
     }
 
-    ~Pipeline() {
+    void release() {
         for (CudaRuntime::Stream stream : streams_) rt_.stream_synchronize(stream);
         for (CudaRuntime::Event event : events_) rt_.event_destroy(event);
         for (uint8_t* buffer : buffers_) rt_.free_host(buffer);
         for (CudaRuntime::Stream stream : streams_) rt_.stream_destroy(stream);
-    }
-    Pipeline(const Pipeline&) = delete;
-    Pipeline& operator=(const Pipeline&) = delete;
-
-    uint8_t* buffer(size_t slot) const { return buffers_[slot]; }
-    CudaRuntime::Event event(size_t slot) const { return events_[slot]; }
-    CudaRuntime::Stream stream(size_t index) const { return streams_[index % streams_.size()]; }
-
-    // Waits for every stream; reports the first error (an asynchronous copy failure lands here).
-    void synchronize() const {
-        for (CudaRuntime::Stream stream : streams_) rt_.check(rt_.stream_synchronize(stream), "cudaStreamSynchronize");
+        streams_.clear();
+        events_.clear();
+        buffers_.clear();
     }
 
-   private:
     const CudaRuntime& rt_;
     std::vector<CudaRuntime::Stream> streams_;
     std::vector<CudaRuntime::Event> events_;
