@@ -375,11 +375,11 @@ def test_stress_loop_random_plans_rings_and_delays(fake, tmp_path, monkeypatch):
     """Load, compare, repeat: random tensors, dtypes, conversions, ring shapes, threads and copy delays."""
     rng = random.Random(1234)
     dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int64, torch.uint8, torch.float64]
-    for round_index in range(25):
+    for round_index in range(20):
         count = rng.choice([1, 3, 40, 400])
         tensors = {}
         for i in range(count):
-            size = rng.choice([0, 1, 7, 100, 4096, 70_000, 600_000]) if rng.random() < 0.9 else rng.randint(1, 3 * MIB)
+            size = rng.choice([0, 1, 7, 100, 4096, 70_000, 600_000]) if rng.random() < 0.9 else rng.randint(1, MIB)
             tensors[f"r{round_index}.t{i}"] = random_tensor((size,), rng.choice(dtypes), seed=round_index * 1000 + i)
         path = tmp_path / f"stress{round_index}.safetensors"
         save_file(tensors, os.fspath(path))

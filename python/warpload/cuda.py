@@ -1,4 +1,4 @@
-"""Loads plans straight into GPU memory: torch allocates the tensors, the engine streams the bytes in through pinned memory."""
+"""Loads plans straight into GPU memory: torch allocates the tensors, the engine streams bytes in via pinned memory."""
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +49,8 @@ def runtime_candidates() -> list[str]:
     if spec is not None and spec.submodule_search_locations:
         torch_dir = list(spec.submodule_search_locations)[0]
         site = os.path.dirname(torch_dir)
-        for pattern in ("nvidia/cuda_runtime/lib/libcudart.so*", "nvidia/*/lib/libcudart.so*", "torch/lib/libcudart*.so*"):
+        for pattern in ("nvidia/cuda_runtime/lib/libcudart.so*", "nvidia/*/lib/libcudart.so*",
+                        "torch/lib/libcudart*.so*"):
             candidates += sorted(glob.glob(os.path.join(site, pattern)), reverse=True)
     candidates += RUNTIME_SONAMES
     return list(dict.fromkeys(candidates))

@@ -87,13 +87,14 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 
 
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
-          extra_keys: Iterable[str], dtype: torch.dtype, device: Union[str, torch.device] = "cpu") -> list[torch.Tensor]:
+          extra_keys: Iterable[str], dtype: torch.dtype,
+          device: Union[str, torch.device] = "cpu") -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     Storage is allocated once per key, in `dtype` for floating tensors (the model's dtype
-    otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left untouched until the engine writes it, so the operating
-    system backs it only then. `state_dict=` tensors already in the right dtype become the
-    parameters themselves, as in transformers. Returns the tensors put into the model.
+    otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left untouched
+    until the engine writes it, so the operating system backs it only then. `state_dict=` tensors
+    already in the right dtype become the parameters themselves, as in transformers. Returns the tensors put into the model.
     """
     meta = model.state_dict(keep_vars=True)
 
