@@ -94,7 +94,8 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     Storage is allocated once per key, in `dtype` for floating tensors (the model's dtype
     otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left untouched
     until the engine writes it, so the operating system backs it only then. `state_dict=` tensors
-    already in the right dtype become the parameters themselves, as in transformers. Returns the tensors put into the model.
+    already in the right dtype become the parameters themselves, as in transformers. Returns the
+    tensors put into the model.
     """
     meta = model.state_dict(keep_vars=True)
 
