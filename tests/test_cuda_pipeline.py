@@ -132,6 +132,26 @@ def test_conversions_match_torch(fake, tmp_path, source, target):
     assert stats["bytes"] <= sum(t.numel() * t.element_size() for t in tensors.values()) + 3 * 64
 
 
+def test_conversions_are_staged_in_bounded_windows(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(cuda, "STAGING_WINDOW_BYTES", MIB)
+    small_ring(monkeypatch, buffer_mb=1, buffers=2)
+    tensors = {f"w{i}": torch.randn(100_000 + i * 1000) for i in range(10)}  # 400-436 KB each
+    tensors["big"] = torch.randn(700_000)  # larger than a window: a window of its own
+    tensors["ids"] = torch.arange(1000)
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, os.fspath(path))
+    loaded = load_via_fake(path, torch.bfloat16)
+    expected = {name: t.to(torch.bfloat16) if t.is_floating_point() else t for name, t in tensors.items()}
+    assert_bit_exact(loaded, expected)
+    # 4.5 MB of F32 sources in 1 MiB windows (two tensors each) plus the big one alone: an engine
+    # call, so a ring of at least one pinned buffer, per window.
+    assert fake.stats()["host_alloc_calls"] >= 6
+    records = {r.name: r for r in read_header(os.fspath(path)).records}
+    targets = {name: torch.empty_like(t) for name, t in expected.items()}
+    cuda.load_into([(records[name], targets[name]) for name in tensors])
+    assert_bit_exact(targets, expected)
+
+
 def test_thousands_of_tiny_tensors_share_buffers_and_copies(fake, tmp_path):
     rng = random.Random(0)
     dtypes = [torch.float32, torch.bfloat16, torch.int8, torch.int64, torch.bool]

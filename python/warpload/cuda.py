@@ -5,7 +5,7 @@ import dataclasses
 import glob
 import importlib.util
 import os
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from . import constants, engine
 from .constants import TENSOR_ALIGNMENT
@@ -109,29 +109,73 @@ def copy_to_device(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any
         TENSOR_ALIGNMENT, list(regions))
 
 
+# Source bytes of converted or transposed storages pass through a device staging buffer of at
+# most this size per engine call (a larger storage gets a window of its own): converting a 30B
+# parameter fp32 checkpoint to bf16 in one go would stage 120 GB next to 60 GB of parameters.
+STAGING_WINDOW_BYTES = 1 << 30
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+
+
 def _needs_device_work(storage: PlannedStorage) -> bool:
     return storage.converts or storage.transposed_from is not None
 
 
-def _staging_layout(storages: Sequence[PlannedStorage]) -> tuple[dict[int, int], dict[Any, list[int]], int]:
-    """Where each converted or transposed storage's source bytes go in one staging buffer.
+def _staging_windows(storages: Sequence[PlannedStorage], staged: Sequence[int]) -> list[list[int]]:
+    """The staged storages cut into windows of at most STAGING_WINDOW_BYTES (always at least one window)."""
+    windows: list[list[int]] = [[]]
+    size = 0
+    for index in staged:
+        if windows[-1] and size + storages[index].nbytes > STAGING_WINDOW_BYTES:
+            windows.append([])
+            size = 0
+        windows[-1].append(index)
+        size += _aligned(storages[index].nbytes)
+    return windows
 
-    Conversions of one dtype pair are packed back to back, so one kernel converts them all;
-    each transposed storage is its own group. Returns (offset by storage index, groups, size).
-    """
+
+def _conversion_groups(storages: Sequence[PlannedStorage], window: Sequence[int]) -> dict[Any, list[int]]:
+    """Storages converted by one kernel: one dtype pair each; a transposed storage alone."""
     groups: dict[Any, list[int]] = {}
-    for index, storage in enumerate(storages):
-        if _needs_device_work(storage):
-            key = index if storage.transposed_from else (storage.source_dtype, storage.dtype)
-            groups.setdefault(key, []).append(index)
-    offsets: dict[int, int] = {}
-    cursor = 0
-    for members in groups.values():
-        for index in members:
-            offsets[index] = cursor
-            cursor += storages[index].nbytes
-        cursor = -(-cursor // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
-    return offsets, groups, cursor
+    for index in window:
+        storage = storages[index]
+        groups.setdefault(index if storage.transposed_from else (storage.source_dtype, storage.dtype), []).append(index)
+    return groups
+
+
+Finish = Callable[[dict, "torch.Tensor", dict], None]
+
+
+def _fill(plan: LoadPlan, files: Sequence[Any], target: "torch.device", direct: dict[int, int], staged: Sequence[int],
+          regions: Sequence[tuple[int, int]], finish: Finish, runtime: Optional[str], stats: Optional[dict]) -> None:
+    """Copies storages `direct` (index -> address) to their addresses, and storages `staged` window
+    by window into a staging buffer, each window's groups packed back to back; after each engine
+    call finish(groups, staging, offsets) converts that window on the device."""
+    import torch
+
+    for number, window in enumerate(_staging_windows(plan.storages, staged)):
+        groups = _conversion_groups(plan.storages, window)
+        offsets: dict[int, int] = {}
+        cursor = 0
+        for members in groups.values():
+            for index in members:
+                offsets[index] = cursor
+                cursor += plan.storages[index].nbytes
+            cursor = _aligned(cursor)
+        staging = torch.empty(cursor, dtype=torch.uint8, device=target)
+        addresses = dict(direct) if number == 0 else {}
+        addresses.update((index, staging.data_ptr() + offset) for index, offset in offsets.items())
+        if addresses:
+            part = dataclasses.replace(plan, storages=tuple(plan.storages[index] for index in addresses))
+            _run(part, list(addresses.values()), files, target, [*regions, (staging.data_ptr(), staging.numel())],
+                 runtime, stats)
+        finish(groups, staging, offsets)
+        del staging  # its memory may serve the next window once the conversions queued on it are done
+    if target.type == "cuda":
+        # Conversions run on torch's stream; tensors are complete when the call returns.
+        torch.cuda.current_stream(target).synchronize()
 
 
 def materialize(plan: LoadPlan, device: Any, files: Optional[Sequence[Any]] = None, *,
@@ -140,44 +184,41 @@ def materialize(plan: LoadPlan, device: Any, files: Optional[Sequence[Any]] = No
 
     Plain storages go straight from the ring into one device buffer laid out like the CPU path's.
     Storages that convert or transpose land as raw bytes in a staging buffer and are converted by
-    torch on the device, one kernel per dtype pair (one per transposed matrix). Nothing aliases a
-    pinned buffer; all copies have completed when this returns. `device` may be the CPU (tests
-    drive the whole path with a fake runtime whose "device" memory is host memory). `stats`, when
-    given, receives the engine's counters.
+    torch on the device, one kernel per dtype pair (one per transposed matrix) and staging window.
+    Nothing aliases a pinned buffer; all work is complete when this returns. `device` may be the
+    CPU (tests drive the whole path with a fake runtime whose "device" memory is host memory).
+    `stats`, when given, receives the engine's counters.
     """
     import torch
 
     target = torch.device(device)
     files = engine.open_files(plan.paths) if files is None else files
     storages = plan.storages
-    staging_offset, groups, staging_bytes = _staging_layout(storages)
     arena = torch.empty(plan.total_nbytes, dtype=torch.uint8, device=target)
-    staging = torch.empty(staging_bytes, dtype=torch.uint8, device=target)
-    addresses = [staging.data_ptr() + staging_offset[i] if i in staging_offset else arena.data_ptr() + s.dst_offset
-                 for i, s in enumerate(storages)]
-    _run(plan, addresses, files, target, [(arena.data_ptr(), arena.numel()), (staging.data_ptr(), staging.numel())],
-         runtime, stats)
-
+    staged = [index for index, storage in enumerate(storages) if _needs_device_work(storage)]
     views: list[Optional[torch.Tensor]] = [
-        None if i in staging_offset else _typed(arena, s.dst_offset, s.dst_nbytes, s.dtype)
-        for i, s in enumerate(storages)]
-    for members in groups.values():
-        first, last = storages[members[0]], storages[members[-1]]
-        begin = staging_offset[members[0]]
-        source = _typed(staging, begin, staging_offset[members[-1]] + last.nbytes - begin, first.source_dtype)
-        if first.transposed_from is not None:
-            rows, cols = first.transposed_from
-            converted = torch.empty((cols, rows), dtype=torch_dtype(first.dtype), device=target)
-            converted.copy_(source.view(rows, cols).t())
-            views[members[0]] = converted.view(-1)
-            continue
-        converted = source.to(torch_dtype(first.dtype))
-        element = converted.element_size()
-        cursor = 0
-        for index in members:
-            count = storages[index].dst_nbytes // element
-            views[index] = converted.narrow(0, cursor, count)
-            cursor += count
+        None if _needs_device_work(s) else _typed(arena, s.dst_offset, s.dst_nbytes, s.dtype) for s in storages]
+
+    def convert(groups: dict, staging: "torch.Tensor", offsets: dict) -> None:
+        for members in groups.values():
+            first, last = storages[members[0]], storages[members[-1]]
+            begin = offsets[members[0]]
+            source = _typed(staging, begin, offsets[members[-1]] + last.nbytes - begin, first.source_dtype)
+            if first.transposed_from is not None:
+                rows, cols = first.transposed_from
+                converted = torch.empty((cols, rows), dtype=torch_dtype(first.dtype), device=target)
+                converted.copy_(source.view(rows, cols).t())
+                views[members[0]] = converted.view(-1)
+                continue
+            converted = source.to(torch_dtype(first.dtype))
+            cursor = 0
+            for index in members:
+                count = storages[index].dst_nbytes // converted.element_size()
+                views[index] = converted.narrow(0, cursor, count)
+                cursor += count
+
+    direct = {index: arena.data_ptr() + s.dst_offset for index, s in enumerate(storages) if not _needs_device_work(s)}
+    _fill(plan, files, target, direct, staged, [(arena.data_ptr(), arena.numel())], convert, runtime, stats)
     return engine.wrap_tensors(plan, views)
 
 
@@ -199,45 +240,43 @@ def _run(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any], target:
         index = 0
     counters = copy_to_device(plan, addresses, files, index, regions=regions, runtime=runtime)
     if stats is not None:
-        stats.update(counters)
+        for key, value in counters.items():
+            stats[key] = max(stats.get(key, 0), value) if key == "pinned_bytes" else stats.get(key, 0) + value
 
 
 def load_into(pairs: Sequence[tuple[TensorRecord, "torch.Tensor"]], *, runtime: Optional[str] = None,
               stats: Optional[dict] = None) -> None:
     """Fills contiguous device tensors (from_pretrained's parameters) with their records' bytes.
 
-    Each record must span its target whole (placement._receives_whole_storage). Records already in
-    the target's dtype are copied straight into it; the others land in a staging buffer and are
-    converted into their target by torch on the device. Raises as copy_to_device does.
+    Each record must span its target whole (placement._receives_whole_storage), and each storage
+    have one target. Records already in the target's dtype are copied straight into it; the
+    others land in a staging buffer and are converted into their target by torch on the device.
+    Raises as copy_to_device does.
     """
-    import torch
-
-    if not pairs:
-        return
     from .dtypes import dtype_name
     from .plan import plan_load
 
+    if not pairs:
+        return
     target = pairs[0][1].device
-    # placement gives each storage one owner, so (path, offset) names one target.
-    by_key = {(r.path, r.offset): t for r, t in pairs}
+    by_key = {(record.path, record.offset): tensor for record, tensor in pairs}
     plan = plan_load([record for record, _ in pairs])
-    direct = {index for index, s in enumerate(plan.storages)
-              if not s.transposed_from and dtype_name(by_key[(s.path, s.offset)].dtype) == s.source_dtype}
-    staging_offset, staging_bytes = {}, 0
-    for index, storage in enumerate(plan.storages):
-        if index not in direct:
-            staging_offset[index] = staging_bytes
-            staging_bytes += -(-storage.nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
-    staging = torch.empty(staging_bytes, dtype=torch.uint8, device=target)
-    addresses = [by_key[(s.path, s.offset)].data_ptr() if i in direct else staging.data_ptr() + staging_offset[i]
-                 for i, s in enumerate(plan.storages)]
-    _run(plan, addresses, engine.open_files(plan.paths), target, [(staging.data_ptr(), staging.numel())], runtime,
-         stats)
-    for index, offset in staging_offset.items():
-        storage = plan.storages[index]
-        destination = by_key[(storage.path, storage.offset)]
-        source = _typed(staging, offset, storage.nbytes, storage.source_dtype)
-        if storage.transposed_from is not None:
-            source = source.view(storage.transposed_from).t()
-        destination.copy_(source.reshape(destination.shape))
+    storages = plan.storages
 
+    def destination(index: int) -> "torch.Tensor":
+        return by_key[(storages[index].path, storages[index].offset)]
+
+    direct = {index: destination(index).data_ptr() for index, s in enumerate(storages)
+              if not s.transposed_from and dtype_name(destination(index).dtype) == s.source_dtype}
+    staged = [index for index in range(len(storages)) if index not in direct]
+
+    def convert(groups: dict, staging: "torch.Tensor", offsets: dict) -> None:
+        for members in groups.values():
+            for index in members:
+                storage, out = storages[index], destination(index)
+                source = _typed(staging, offsets[index], storage.nbytes, storage.source_dtype)
+                if storage.transposed_from is not None:
+                    source = source.view(storage.transposed_from).t()
+                out.copy_(source.reshape(out.shape))
+
+    _fill(plan, engine.open_files(plan.paths), target, direct, staged, [], convert, runtime, stats)
