@@ -8,6 +8,7 @@ with tensors on the GPU that own their memory, and is timed until the device has
 
     python benchmarks/bench_gpu.py --dir /nvme/warpload-bench --size-gb 12 --markdown >> benchmarks/RESULTS.md
 
+The ring is tuned for a whole run with WARPLOAD_CUDA_BUFFERS / WARPLOAD_CUDA_BUFFER_MB (README).
 Without a CUDA GPU it says so and exits 0 (it is importable anywhere; tests/test_bench_gpu.py checks).
 """
 from __future__ import annotations
@@ -96,6 +97,22 @@ def warpload_cuda(folder: str, files: Sequence[str]) -> Any:
     return warpload.load_checkpoint(folder, device="cuda")
 
 
+def warpload_cuda_pread(folder: str, files: Sequence[str]) -> Any:
+    """warpload with every file read by pread, even warm ones (its default copies warm files from the mapping)."""
+    import warpload
+    from warpload.constants import ENV_READ_METHOD
+
+    previous = os.environ.get(ENV_READ_METHOD)
+    os.environ[ENV_READ_METHOD] = "pread"
+    try:
+        return warpload.load_checkpoint(folder, device="cuda")
+    finally:
+        if previous is None:
+            del os.environ[ENV_READ_METHOD]
+        else:
+            os.environ[ENV_READ_METHOD] = previous
+
+
 def safetensors_cuda(folder: str, files: Sequence[str]) -> Any:
     from safetensors.torch import load_file
 
@@ -146,6 +163,7 @@ def instanttensor_cuda(folder: str, files: Sequence[str]) -> Any:
 
 CASES: dict[str, Callable[[str, Sequence[str]], Any]] = {
     "warpload": warpload_cuda,
+    "warpload, pread only": warpload_cuda_pread,
     "safetensors device=cuda": safetensors_cuda,
     "safetensors CPU + pinned .to(cuda)": safetensors_pinned_copy,
     "fastsafetensors (nogds)": fastsafetensors_cuda,
