@@ -223,6 +223,21 @@ def test_forced_read_methods(fake, tmp_path, monkeypatch, method):
     assert stats[f"{method}_files"] == 1
 
 
+def test_cold_files_are_read_with_pread_and_warm_ones_from_the_mapping(fake, tmp_path):
+    tensors = {"a": torch.randn(300_000), "b": torch.arange(1000)}
+    cold, warm = tmp_path / "cold.safetensors", tmp_path / "warm.safetensors"
+    save_file(tensors, os.fspath(cold))
+    save_file({"c": torch.randn(1000)}, os.fspath(warm))
+    engine.core().evict_from_page_cache(os.fspath(cold))
+    if engine.core().File(os.fspath(cold)).resident_fraction() > 0.5:
+        pytest.skip(f"{tmp_path} does not drop pages on posix_fadvise(DONTNEED) (tmpfs?)")
+    plan = plan_load(list(read_header(os.fspath(cold)).records) + list(read_header(os.fspath(warm)).records))
+    stats = {}
+    loaded = cuda.materialize(plan, "cpu", stats=stats)
+    assert (stats["pread_files"], stats["mmap_files"]) == (1, 1)
+    assert_bit_exact({k: loaded[k] for k in tensors}, tensors)
+
+
 def test_transposed_records_are_transposed_on_the_device(fake, tmp_path):
     matrix = torch.randn(37, 53)
     path = tmp_path / "tf.safetensors"
