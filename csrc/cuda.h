@@ -78,7 +78,7 @@ struct CudaOptions {
 };
 
 struct CudaStats {
-    uint64_t bytes = 0;         // bytes copied to the device
+    uint64_t bytes = 0;         // bytes copied to the device, coalesced padding included
     uint64_t batches = 0;       // ring buffers filled
     uint64_t copies = 0;        // cudaMemcpyAsync calls
     uint64_t reads = 0;         // pread / memcpy calls filling the ring
