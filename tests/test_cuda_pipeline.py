@@ -212,6 +212,23 @@ def test_sharded_checkpoint_matches_safetensors(fake, tmp_path, monkeypatch):
     assert stats["mmap_files"] + stats["pread_files"] == len(list(tmp_path.glob("*.safetensors")))
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["as-stored", "to-bf16"])
+def test_pytorch_bin_with_shared_storages_and_views(fake, tmp_path, dtype):
+    base = torch.randn(40, 30)
+    state = {"embed": base, "lm_head": base, "slice": base[5:9], "column": base[:, 3], "t": base.t(),
+             "ids": torch.arange(17), "half": torch.randn(8, 8).half()}
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(state, path)
+    expected = torch.load(path, weights_only=True)
+    if dtype is not None:
+        expected = {k: v.to(dtype) if v.is_floating_point() else v for k, v in expected.items()}
+    loaded = load_via_fake(path, dtype)
+    assert_bit_exact({k: v.contiguous() for k, v in loaded.items()}, {k: v.contiguous() for k, v in expected.items()})
+    for name in ("slice", "column", "t"):  # views keep torch.load's strides (Tensor.to makes them contiguous)
+        assert loaded[name].stride() == state[name].stride(), name
+    assert loaded["embed"].data_ptr() == loaded["lm_head"].data_ptr()  # tied weights stay tied
+
+
 @pytest.mark.parametrize("method", ["mmap", "pread"])
 def test_forced_read_methods(fake, tmp_path, monkeypatch, method):
     monkeypatch.setenv(constants.ENV_READ_METHOD, method)
