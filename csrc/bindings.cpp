@@ -3,15 +3,20 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
+#include <string_view>
+#include <tuple>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "convert.h"
+#include "crc32c.h"
 #include "cuda.h"
 #include "engine.h"
 #include "errors.h"
 #include "io.h"
+#include "tfbundle.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -50,6 +55,83 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
         row += kPlanColumns;
     }
     return ops;
+}
+
+// TensorFlow tensor bundles (python/warpload/formats/tf_bundle.py): plain tuples, bytes keys.
+void bind_tfbundle(py::module_& m) {
+    static py::object bundle_error = py::module_::import("warpload.errors").attr("TensorBundleError");
+    py::register_exception_translator([](std::exception_ptr caught) {
+        try {
+            if (caught) std::rethrow_exception(caught);
+        } catch (const tfbundle::BundleError& err) {
+            auto text = [](const std::string& s) {
+                return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s.data(), s.size(), "surrogateescape"));
+            };
+            py::object key = err.key().empty() ? py::none() : text(err.key());
+            py::object exc = bundle_error(text(err.what()), py::arg("path") = text(err.path()), py::arg("tensor") = key,
+                                          py::arg("offset") = err.offset());
+            PyErr_SetObject(bundle_error.ptr(), exc.ptr());
+        }
+    });
+    m.def(
+        "tf_bundle_index",
+        [](const std::string& path) {
+            tfbundle::Index index;
+            {
+                py::gil_scoped_release release;
+                index = tfbundle::read_index(path);
+            }
+            const tfbundle::Header& h = index.header;
+            py::tuple header = py::make_tuple(h.num_shards, h.endianness, h.producer, h.min_consumer, h.bad_consumers);
+            py::list entries;
+            for (const tfbundle::Entry& e : index.entries) {
+                entries.append(py::make_tuple(py::bytes(e.key), e.dtype, py::tuple(py::cast(e.shape)), e.shard_id,
+                                              e.offset, e.size, e.crc32c, e.slices));
+            }
+            return py::make_tuple(header, entries);
+        },
+        py::arg("path"),
+        "(header (num_shards, endianness, producer, min_consumer, bad_consumers), entries (key, dtype, shape, "
+        "shard_id, offset, size, masked crc32c, slices)); shapes, shards and ranges already checked.");
+    m.def(
+        "tf_bundle_strings",
+        [](const py::bytes& data, uint64_t count, uint32_t masked_crc, const std::string& path, const py::bytes& key,
+           uint64_t offset) {
+            std::string_view view(data);
+            std::vector<std::string> strings = tfbundle::decode_strings(reinterpret_cast<const uint8_t*>(view.data()),
+                                                                        view.size(), count, masked_crc, path,
+                                                                        std::string(key), offset);
+            py::list out;
+            for (const std::string& s : strings) out.append(py::bytes(s));
+            return out;
+        },
+        py::arg("data"), py::arg("count"), py::arg("masked_crc"), py::arg("path"), py::arg("key"), py::arg("offset"),
+        "Decodes a stored DT_STRING tensor of count elements, checking its CRCs; path, key and offset label errors.");
+    m.def(
+        "tf_bundle_first_bad_checksum",
+        [](const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<std::tuple<uint32_t, uint64_t, uint64_t, uint32_t>>& rows,
+           size_t num_threads) {
+            std::vector<tfbundle::ChecksumJob> jobs;
+            jobs.reserve(rows.size());
+            for (const auto& [file, offset, nbytes, crc] : rows) jobs.push_back({file, offset, nbytes, crc});
+            py::gil_scoped_release release;
+            return tfbundle::first_checksum_mismatch(files, jobs, num_threads);
+        },
+        py::arg("files"), py::arg("jobs"), py::arg("num_threads") = 0,
+        "Index of the first (file, offset, nbytes, masked crc32c) job whose bytes do not match, or -1.");
+    m.def(
+        "crc32c",
+        [](const py::buffer& data, std::optional<bool> hardware, uint32_t value) {
+            py::buffer_info info = data.request();
+            const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+            size_t n = static_cast<size_t>(info.size * info.itemsize);
+            py::gil_scoped_release release;
+            if (!hardware) return crc32c_extend(value, bytes, n);
+            return *hardware ? crc32c_hardware(value, bytes, n) : crc32c_portable(value, bytes, n);
+        },
+        py::arg("data"), py::arg("hardware") = py::none(), py::arg("value") = 0,
+        "CRC-32C of a buffer (unmasked), continuing from value; hardware=True/False forces SSE4.2/table.");
+    m.def("crc32c_has_hardware", &crc32c_has_hardware, "Whether this CPU has the SSE4.2 crc32 instruction.");
 }
 
 // A buffer of zero bytes still needs a non-null address for the buffer protocol.
@@ -201,6 +283,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("num_buffers"), py::arg("num_streams"), py::arg("num_threads") = 0, py::arg("method") = 0,
         py::arg("coalesce_gap") = 0, py::arg("coalesce_regions") = std::vector<std::pair<uint64_t, uint64_t>>(),
         "Runs a plan table of raw copies into device addresses through a ring of pinned buffers; returns counters.");
+    bind_tfbundle(m);
 
     m.def("evict_from_page_cache", &evict_from_page_cache, py::arg("path"),
           py::call_guard<py::gil_scoped_release>(), "Drops a file's pages from the page cache.");

@@ -37,7 +37,9 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal dtype, shape and bytes (so NaNs compare equal and -0.0 differs from 0.0)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    return a.contiguous().view(-1).view(torch.uint8).equal(b.contiguous().view(-1).view(torch.uint8)) if a.numel() else True
+    if not a.numel():
+        return True
+    return a.contiguous().view(-1).view(torch.uint8).equal(b.contiguous().view(-1).view(torch.uint8))
 
 
 def write_safetensors(path: os.PathLike, header: dict, data: bytes, *, pad_to: int = 8) -> str:

@@ -8,7 +8,8 @@ import sys
 def test_import_loads_no_heavy_modules():
     code = (
         "import sys, warpload\n"
-        "heavy = [m for m in ('torch', 'numpy', 'huggingface_hub', 'safetensors', 'warpload._core') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'numpy', 'huggingface_hub', 'safetensors', 'warpload._core')\n"
+        "         if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

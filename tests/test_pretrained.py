@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import torch
 pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
-from conftest import same_bits  # noqa: E402
+from conftest import FIXTURES, same_bits  # noqa: E402
 from model_checkpoints import (left_padded_prompts, save_checkpoint, tiny_transformers_model,  # noqa: E402
                                write_raw_checkpoint)
 from warpload import AutoConfig, AutoModelForCausalLM  # noqa: E402
@@ -275,13 +276,17 @@ def test_unsupported_device_maps_say_why(device_map, error, tmp_path):
         AutoModelForCausalLM.from_pretrained(folder, device_map=device_map)
 
 
-def test_tf_checkpoints_are_refused_clearly(tmp_path):
+def test_tf_weights_need_from_tf_and_pytorch_weights_ignore_it(tmp_path):
     folder = save_checkpoint(tiny_transformers_model("gpt2"), tmp_path)
-    with pytest.raises(NotImplementedError, match="TensorFlow checkpoints"):
-        AutoModelForCausalLM.from_pretrained(folder, from_tf=True)
-    (folder / "model.safetensors").rename(folder / "tf_model.h5")
-    with pytest.raises(CheckpointNotFoundError, match="TensorFlow weights \\(tf_model.h5\\)"):
+    expected = logits(AutoModelForCausalLM.from_pretrained(folder))
+    # transformers 4: from_tf=True looks for TF files first, then loads PyTorch weights as usual.
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder, from_tf=True)), expected)
+    (folder / "model.safetensors").unlink()
+    shutil.copy(FIXTURES / "tf" / "tf_gpt2_h5" / "tf_model.h5", folder)
+    with pytest.raises(CheckpointNotFoundError, match="TensorFlow weights \\(tf_model.h5\\): use `from_tf=True`"):
         AutoModelForCausalLM.from_pretrained(folder)
+    with pytest.raises(ValueError, match="please set from_tf to True"):
+        AutoModelForCausalLM.from_pretrained(folder / "tf_model.h5", config=folder)
 
 
 def test_compatibility_options_are_accepted(tmp_path):

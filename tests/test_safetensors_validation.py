@@ -1,4 +1,4 @@
-"""Corrupt safetensors headers: each gives a HeaderError naming file, tensor and offset, where safetensors also refuses."""
+"""Corrupt safetensors headers give a HeaderError naming file, tensor and offset (where safetensors refuses too)."""
 from __future__ import annotations
 
 import struct

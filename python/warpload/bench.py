@@ -20,6 +20,7 @@ CACHE_STATES = ("warm", "cold")
 NO_CACHE = "-"
 
 SAFETENSORS_COPY = "safetensors + copy"
+TORCH_LOAD = "torch.load"
 # The sequential-read limit reads through one reused 16 MiB buffer: requests as large as a
 # loader's, with no page faults on the destination, so it is what the storage path alone allows.
 READ_LIMIT = "limit: sequential read"
@@ -62,6 +63,10 @@ class Settings:
     # touched again, as a fresh process's first load pays; without a pause a run reuses what the
     # previous one freed. Measured here: 1.4 GB warm warpload load 0.15-0.26 s without, 1.39 s with 3 s.
     settle_s: float = 0.0
+    # Each timed run in a new Python process (torch and the loader's modules imported before the
+    # clock starts): no memory freed by an earlier run can be reused, as on a user's first load.
+    # In one process, glibc hands the previous run's freed tensors back to per-tensor copies.
+    fresh_process: bool = False
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
 
 
@@ -135,6 +140,13 @@ def warpload_zero_copy(path: str) -> tuple[Callable[[], Any], str]:
     return lambda: touch_every_page(warpload.load_file(path, zero_copy=True)), path
 
 
+def warpload_bin(path: str) -> tuple[Callable[[], Any], str]:
+    import warpload
+
+    bin_path = ensure_torch_bin(path)
+    return lambda: warpload.load_checkpoint(bin_path), bin_path
+
+
 def safetensors_copy(path: str) -> tuple[Callable[[], Any], str]:
     from safetensors.torch import load_file
 
@@ -147,6 +159,14 @@ def torch_bin_copy(path: str) -> tuple[Callable[[], Any], str]:
 
     bin_path = ensure_torch_bin(path)
     return lambda: owned_copies(torch.load(bin_path, mmap=True, weights_only=True)), bin_path
+
+
+def torch_bin(path: str) -> tuple[Callable[[], Any], str]:
+    import torch
+
+    bin_path = ensure_torch_bin(path)
+    # Without mmap torch.load reads every storage into memory it owns: no copy needed.
+    return lambda: torch.load(bin_path, weights_only=True), bin_path
 
 
 def fastsafetensors_owned(path: str) -> tuple[Callable[[], Any], str]:
@@ -183,11 +203,13 @@ def runai_owned(path: str) -> tuple[Callable[[], Any], str]:
 WARPLOAD = {
     "warpload": Loader("warpload", warpload_owned),
     "warpload-zero-copy": Loader("warpload zero-copy, all pages touched", warpload_zero_copy),
+    "warpload-bin": Loader("warpload, same weights as .bin", warpload_bin),
 }
 # Selectable with --peers. Every case ends with tensors that own their memory, except zero-copy.
 PEERS = {
     "safetensors": Loader(SAFETENSORS_COPY, safetensors_copy),
     "torch": Loader("torch.load(mmap) + copy", torch_bin_copy),
+    "torch-load": Loader(TORCH_LOAD, torch_bin),
     "fastsafetensors": Loader("fastsafetensors (nogds)", fastsafetensors_owned),
     "runai": Loader("runai-model-streamer", runai_owned),
 }
@@ -251,6 +273,37 @@ def set_cache_state(path: str, cache: str) -> Optional[str]:
     return None
 
 
+def case_named(name: str, path: str) -> Case:
+    """Rebuilds the case called `name` on `path` (in a fresh process); raises KeyError if unknown."""
+    if name == READ_LIMIT:
+        return read_limit_case(path)
+    for loader in [*WARPLOAD.values(), *PEERS.values()]:
+        if loader.label == name:
+            return loader.case(path)
+    for case in memory_cases(os.path.getsize(path)) if name.startswith("limit: memcpy") else []:
+        if case.name == name:
+            return case
+    raise KeyError(f"no benchmark case is called {name!r}")
+
+
+# The child imports torch first: the import is not what is timed, as in a long-lived server.
+CHILD_SCRIPT = """
+import sys, torch
+from warpload.bench import case_named, time_once
+print(time_once(case_named(sys.argv[1], sys.argv[2])))
+"""
+
+
+def time_in_fresh_process(case: Case, path: str) -> float:
+    """Seconds one run of `case` takes in a new Python process; raises RuntimeError if it fails."""
+    import subprocess
+
+    child = subprocess.run([sys.executable, "-c", CHILD_SCRIPT, case.name, path], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"{case.name} failed in a fresh process: {child.stderr.strip()[-500:]}")
+    return float(child.stdout.strip().splitlines()[-1])
+
+
 def time_once(case: Case) -> float:
     # Results of the previous run are freed first: a live zero-copy mapping keeps its pages cached.
     gc.collect()
@@ -262,7 +315,7 @@ def time_once(case: Case) -> float:
     return seconds
 
 
-def measure(cases: Sequence[Case], cache: str, settings: Settings, notes: list[str]) -> list[Timing]:
+def measure(cases: Sequence[Case], cache: str, settings: Settings, notes: list[str], path: str) -> list[Timing]:
     """Runs every case `repeat` times, cases interleaved so slow drift spreads over all of them."""
     timings = [Timing(case.name, cache) for case in cases]
     for round_index in range(settings.repeat):
@@ -276,7 +329,8 @@ def measure(cases: Sequence[Case], cache: str, settings: Settings, notes: list[s
                     notes.append(note)
             time.sleep(settings.settle_s)
             try:
-                timing.seconds.append(time_once(case))
+                seconds = time_in_fresh_process(case, path) if settings.fresh_process else time_once(case)
+                timing.seconds.append(seconds)
             except Exception as err:  # reported in the table, not hidden
                 timing.skipped = f"failed: {type(err).__name__}: {err}"
     return timings
@@ -304,13 +358,13 @@ def run_benchmark(path: str, *, caches: Sequence[str] = CACHE_STATES, peers: Seq
         raise ValueError(f"unknown cache state or peer {unknown}: caches are {CACHE_STATES}, peers {tuple(PEERS)}")
     nbytes = os.path.getsize(path)
     notes: list[str] = []
-    timings = measure(memory_cases(nbytes), NO_CACHE, settings, notes)
+    timings = measure(memory_cases(nbytes), NO_CACHE, settings, notes, path)
     gc.collect()
     loaders = [*WARPLOAD.values(), *(PEERS[peer] for peer in peers)]
     cases, skipped = build_cases(path, loaders, caches)
     cases.insert(0, read_limit_case(path))
     for cache in caches:
-        timings += measure(cases, cache, settings, notes)
+        timings += measure(cases, cache, settings, notes, path)
     return Report(path, nbytes, settings, timings + skipped, notes, machine_info(), package_versions())
 
 
@@ -374,7 +428,7 @@ def package_versions() -> dict[str, str]:
 
 # ---------------------------------------------------------------- how it is shown
 
-COLUMNS = ("case", "cache", "median s", "min s", "GB/s", "vs safetensors+copy", "vs seq. read")
+COLUMNS = ("case", "cache", "median s", "min s", "GB/s", "vs safetensors+copy", "vs torch.load", "vs seq. read")
 CACHE_ORDER = (NO_CACHE, *CACHE_STATES)
 
 
@@ -389,13 +443,15 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
     rows = []
     for t in ordered(report.timings):
         if t.skipped:
-            rows.append((t.case, t.cache, "skipped", "", "", "", ""))
+            rows.append((t.case, t.cache, "skipped", "", "", "", "", ""))
             continue
         baseline, limit = by_key.get((SAFETENSORS_COPY, t.cache)), by_key.get((READ_LIMIT, t.cache))
+        torch_load = by_key.get((TORCH_LOAD, t.cache))
         rows.append((
             t.case, t.cache, f"{t.median:.3f}", f"{min(t.seconds):.3f}",
             f"{report.nbytes / t.median / 1e9:.2f}",
             f"{baseline.median / t.median:.2f}x" if baseline else "-",
+            f"{torch_load.median / t.median:.2f}x" if torch_load else "-",
             f"{limit.median / t.median:.0%}" if limit else "-",
         ))
     return rows
@@ -405,11 +461,12 @@ def format_report(report: Report, *, markdown: bool = False) -> str:
     """The run's file, machine and versions, the table, then skip reasons and cache notes."""
     header = [
         f"file: {report.path} ({report.nbytes / 1e9:.2f} GB), {report.settings.repeat} repetitions, "
-        f"{report.settings.settle_s:g} s idle before each",
+        f"{report.settings.settle_s:g} s idle before each"
+        + (", each in a fresh process (torch imported first)" if report.settings.fresh_process else ""),
         "machine: " + ", ".join(f"{k} {v}" for k, v in report.machine.items()),
         "versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()),
     ]
-    footer = ["vs safetensors+copy: its median time over this one's (>1x is faster); "
+    footer = ["vs safetensors+copy, vs torch.load: its median time over this one's (>1x is faster); "
               "vs seq. read: this speed as a share of the sequential read's in the same cache state"]
     footer += [f"skipped: {t.case} ({t.cache}): {t.skipped}" for t in ordered(report.timings) if t.skipped]
     footer += [f"note: {note}" for note in report.notes]

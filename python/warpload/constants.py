@@ -7,6 +7,10 @@ SAFETENSORS_WEIGHTS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 PYTORCH_WEIGHTS_NAME = "pytorch_model.bin"
 PYTORCH_INDEX_NAME = "pytorch_model.bin.index.json"
+# TensorFlow weights, as transformers 4.x names them.
+TF_H5_WEIGHTS_NAME = "tf_model.h5"
+TF_H5_INDEX_NAME = "tf_model.h5.index.json"
+TF1_CHECKPOINT_INDEX_NAME = "model.ckpt.index"
 
 # What load_checkpoint looks for in a folder, best first: transformers prefers safetensors to .bin.
 CHECKPOINT_NAMES = (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME)

@@ -68,7 +68,8 @@ def torch_dtype(name: str) -> "torch.dtype":
 
     info = DTYPES[name]
     if info.torch_name is None or not hasattr(torch, info.torch_name):
-        have = f"torch.{info.torch_name} (needs a newer torch than {torch.__version__})" if info.torch_name else "no torch dtype"
+        have = (f"torch.{info.torch_name} (needs a newer torch than {torch.__version__})" if info.torch_name
+                else "no torch dtype")
         raise UnsupportedDtypeError(f"dtype {name} has {have}; it cannot be returned as a torch tensor")
     return getattr(torch, info.torch_name)
 

@@ -57,3 +57,7 @@ class CudaError(WarploadError, RuntimeError):
 
 class CudaUnavailableError(CudaError):
     """No CUDA runtime could be loaded, or it sees no GPU (or not the one asked for)."""
+
+
+class TensorBundleError(CheckpointError):
+    """A TensorFlow tensor bundle (.index SSTable, its entries or its data shards) is corrupt or inconsistent."""

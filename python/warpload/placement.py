@@ -118,7 +118,7 @@ def _split(record: TensorRecord, target: "torch.Tensor") -> list[_Piece]:
     if record.nbytes == 0:
         return []
     bits = DTYPES[record.dtype].bits
-    if bits % 8:
+    if bits % 8 or record.transpose:  # a transposed matrix is copied whole: its rows land all over the target
         return [_Piece(record, target.data_ptr(), dtype)]
     itemsize, out_itemsize = bits // 8, target.element_size()
     step = max(WINDOW_MIN_BYTES // itemsize, 1)

@@ -15,6 +15,7 @@ from .constants import PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_IND
 from .dtypes import DTYPES, FLOAT_SOURCES
 from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
 from .plan import TensorRecord
+from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
 from .tensors import _checkpoint_records as read_records
 from .tensors import _sharded_records as read_shard_index
@@ -39,8 +40,6 @@ UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size",
                        "offload_buffers", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
                        "fusion_config")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-# transformers 4.x's TensorFlow weight files, named in the error for a folder that has only those.
-TF_WEIGHTS_NAMES = ("tf_model.h5", "model.ckpt.index")
 
 
 class ArchitectureNotSupportedError(WarploadError, ValueError):
@@ -83,16 +82,18 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     key sets and error messages), ignore_mismatched_sizes, use_safetensors, variant, subfolder,
     generation_config, attn_implementation, trust_remote_code (transformers backend), and config
     overrides as keywords (n_layer=2, rope_theta=...). Hub download options are accepted and
-    ignored for local folders. `model.load_timings` holds the call's LoadTimings.
+    ignored for local folders. `model.load_timings` holds the call's LoadTimings. from_tf=True loads
+    TensorFlow weights without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and
+    TF2 bundles); safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
     Raises CheckpointNotFoundError (an OSError) when no weights or config are found,
     ArchitectureNotSupportedError (a ValueError) when neither warpload nor transformers has the
     class, ShapeMismatchError (a RuntimeError) for mis-shaped tensors, TypeError for unknown
     keywords, ValueError for invalid values, NotImplementedError for what warpload does not
-    implement (TF and Flax checkpoints, quantization, GGUF, tensor parallelism, multi-device maps).
+    implement (Flax checkpoints, quantization, GGUF, tensor parallelism, multi-device maps).
     """
     started = time.perf_counter()
-    _reject_unsupported(kwargs, from_tf, from_flax)
+    _reject_unsupported(kwargs, from_flax)
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     for option in HUB_OPTIONS:
@@ -105,16 +106,26 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     # Parameters are allocated where they end up when the engine can fill that device directly.
     fill_device = device if cuda.wanted(device) else "cpu"
     weights = None if state_dict is not None else resolve_weight_files(
-        location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors)
+        location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors, from_tf=from_tf)
+    tf_weights = None if weights is None else _tf_checkpoint(weights, from_tf)
     resolved = time.perf_counter()
 
+    if config is None and from_tf and location is not None and os.path.isdir(location):
+        config = _openai_gpt2_config(os.path.join(location, subfolder))
     model_config, model_kwargs = _load_config(location, config, subfolder, kwargs, model_class)
     builtin, reasons = _builtin_choice(model_config, model_class, attn_implementation)
     use_transformers = _use_transformers(backend, reasons)
-    sources: dict[str, Source] = (dict(state_dict) if state_dict is not None
-                                  else {record.name: record for record in _weight_records(weights)})
+    sources: Union[dict[str, Source], TFCheckpoint]
+    if state_dict is not None:
+        sources = dict(state_dict)
+    elif tf_weights is not None:
+        sources = tf_weights
+    else:
+        sources = {record.name: record for record in _weight_records(weights)}
     class_name = (model_class or builtin or type(model_config)).__name__
-    torch_type = resolve_dtype(dtype if dtype is not None else torch_dtype, model_config, weights, sources, class_name)
+    stored = sources if not isinstance(sources, TFCheckpoint) else {
+        tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
+    torch_type = resolve_dtype(dtype if dtype is not None else torch_dtype, model_config, weights, stored, class_name)
     folder = os.path.join(location, subfolder) if location is not None and os.path.isdir(location) else None
     if use_transformers:
         model, info, planned = _load_with_transformers(
@@ -134,10 +145,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     return (model, info.to_dict()) if output_loading_info else model
 
 
-def _reject_unsupported(kwargs: dict[str, Any], from_tf: bool, from_flax: bool) -> None:
-    if from_tf:
-        raise NotImplementedError("from_tf=True: warpload cannot read TensorFlow checkpoints yet; load them with "
-                                  "transformers 4.x (from_tf=True, with TensorFlow) or convert them to safetensors")
+def _reject_unsupported(kwargs: dict[str, Any], from_flax: bool) -> None:
     if from_flax:
         raise NotImplementedError("from_flax=True: warpload cannot read Flax checkpoints; convert them to "
                                   "safetensors first")
@@ -184,13 +192,17 @@ def _add_variant(name: str, variant: Optional[str]) -> str:
 
 
 def resolve_weight_files(location: Optional[str], *, subfolder: str = "", variant: Optional[str] = None,
-                         use_safetensors: Optional[bool] = None) -> str:
+                         use_safetensors: Optional[bool] = None, from_tf: bool = False) -> str:
     """The weights file or shard index transformers would load from a local folder (or the file given).
 
-    Order: model.safetensors, its index, then (unless use_safetensors=True) pytorch_model.bin and
-    its index, each with `variant` inserted. Raises CheckpointNotFoundError with transformers'
-    messages when none exists, or when the location is not on this machine.
+    Order: with from_tf, TensorFlow weights first (transformers 4: model.ckpt.index, tf_model.h5; then
+    warpload's tf_model.h5.index.json and a bundle named by a `checkpoint` file); then model.safetensors,
+    its index, then (unless use_safetensors=True) pytorch_model.bin and its index, each with `variant`
+    inserted. Raises CheckpointNotFoundError with transformers' messages when none exists, or when the
+    location is not on this machine.
     """
+    from .tf_checkpoint import tf_weights_in_folder
+
     if location is None:
         raise ValueError("pass a checkpoint folder, or state_dict= together with config=")
     if os.path.isfile(location):
@@ -200,6 +212,9 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
             f"{location} is not a local folder or file; warpload loads local checkpoints only: download it first "
             "(e.g. `huggingface-cli download <repo> --local-dir <folder>`) and pass the folder")
     folder = os.path.join(location, subfolder)
+    tf_weights = tf_weights_in_folder(folder)
+    if from_tf and tf_weights is not None:
+        return tf_weights
     candidates = [SAFETENSORS_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME] if use_safetensors is not False else []
     if not use_safetensors:
         candidates += [PYTORCH_WEIGHTS_NAME, PYTORCH_INDEX_NAME]
@@ -210,11 +225,46 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
     safetensors_name = _add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
     if use_safetensors:
         raise CheckpointNotFoundError(f"Error no file named {safetensors_name} found in directory {location}.")
-    tf_files = [name for name in TF_WEIGHTS_NAMES if os.path.isfile(os.path.join(folder, name))]
-    hint = f" It has TensorFlow weights ({', '.join(tf_files)}), which warpload cannot read yet." if tf_files else ""
+    hint = ""
+    if tf_weights is not None:
+        hint = f" It has TensorFlow weights ({os.path.basename(tf_weights)}): use `from_tf=True` to load them."
     bin_name = _add_variant(PYTORCH_WEIGHTS_NAME, variant)
     raise CheckpointNotFoundError(
         f"Error no file named {safetensors_name}, or {bin_name}, found in directory {location}.{hint}")
+
+
+def _tf_checkpoint(weights: str, from_tf: bool) -> Optional[TFCheckpoint]:
+    """The TF checkpoint to map, or None for PyTorch weights. Like transformers, safetensors saying
+    `format: tf` take the TF path without from_tf; a TF file given without from_tf is refused."""
+    from .tf_checkpoint import is_tf_checkpoint, is_tf_safetensors, read_tf_checkpoint
+
+    if is_tf_safetensors(weights) or (from_tf and is_tf_checkpoint(weights)):
+        return read_tf_checkpoint(weights)
+    if is_tf_checkpoint(weights):
+        raise ValueError(f"We found a TensorFlow checkpoint at {weights}, please set from_tf to True to load from "
+                         "this checkpoint.")
+    return None
+
+
+def _openai_gpt2_config(folder: str) -> Optional["PretrainedConfig"]:
+    """The GPT-2 config of an OpenAI TF1 release folder (hparams.json, no config.json), else None.
+    transformers needs a config.json here; keyword overrides then go to the model, as with config=."""
+    from .models.config import AutoConfig
+    from .tf_checkpoint import openai_gpt2_config
+
+    fields = openai_gpt2_config(folder)
+    return None if fields is None else AutoConfig.for_model("gpt2", **fields)
+
+
+def _model_sources(sources: Union[dict[str, "Source"], TFCheckpoint], model: Any) -> dict[str, "Source"]:
+    """A TF checkpoint is mapped once the model exists: transformers' TF rules need its parameter names and
+    shapes (squeezes, base-model prefix; formats.md 5.2-5.3)."""
+    if not isinstance(sources, TFCheckpoint):
+        return sources
+    from .tf_checkpoint import tf_sources
+
+    shapes = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
+    return tf_sources(sources, shapes, model.base_model_prefix)
 
 
 def _weight_records(weights: str) -> list[TensorRecord]:
@@ -330,6 +380,7 @@ def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, mode
 
     with torch.device("meta"):
         model = cls(config, *model_args, **model_kwargs)
+    sources = _model_sources(sources, model)
     planned = time.perf_counter()
     info = load_builtin(model, sources, dtype, ignore_mismatched_sizes, fill_device)
     report = info.report()
@@ -353,6 +404,7 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
     model = transformers_backend.build_on_meta(hf_config, dtype, model_args, model_kwargs,
                                                model_class.__name__ if model_class is not None else None,
                                                trust_remote_code)
+    sources = _model_sources(sources, model)
     planned = time.perf_counter()
     info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes, fill_device)
     transformers_backend.load_generation_config(model, folder)

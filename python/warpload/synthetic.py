@@ -22,7 +22,9 @@ class GPT2Shape:
 # gpt2 (124M parameters: ~500 MB in float32) and gpt2-medium (355M: ~1.4 GB).
 GPT2_SMALL = GPT2Shape()
 GPT2_MEDIUM = GPT2Shape(n_layer=24, n_embd=1024)
-SHAPES = {"gpt2": GPT2_SMALL, "gpt2-medium": GPT2_MEDIUM}
+# 6,004 small tensors in 0.11 GB: per-tensor costs (header parsing, unpickling) dominate, not bytes.
+MANY_SMALL = GPT2Shape(n_layer=500, n_embd=64, n_positions=128, vocab_size=1000)
+SHAPES = {"gpt2": GPT2_SMALL, "gpt2-medium": GPT2_MEDIUM, "many-small": MANY_SMALL}
 
 
 def gpt2_tensor_shapes(shape: GPT2Shape) -> dict[str, tuple[int, ...]]:
@@ -58,7 +60,7 @@ def gpt2_state_dict(shape: GPT2Shape = GPT2_SMALL, dtype: "torch.dtype | None" =
 def gpt2_config(shape: GPT2Shape) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_ctx": shape.n_positions,
-        "n_head": shape.n_embd // 64, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "n_head": max(1, shape.n_embd // 64), "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "float32", **asdict(shape),
     }
 

@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from . import engine
 from .constants import CHECKPOINT_NAMES
 from .dtypes import DTYPES, dtype_name
-from .errors import CheckpointError, CheckpointNotFoundError, HeaderError
+from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from .formats import detect_format
+from .formats.registry import format_for_path
+from .formats.tf_bundle import bundle_in_folder
 from .formats.safetensors import read_header
+from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
 
 if TYPE_CHECKING:
@@ -28,14 +31,16 @@ def _is_cpu(device: DeviceLike) -> bool:
     return str(device) == "cpu"
 
 
+@without_gc_pauses
 def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
               zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
 
-    Tensors come in file order, as safetensors returns them, read in parallel into memory they own. With `zero_copy=True` (CPU only, no
-    `dtype`) they instead view the memory-mapped file: nothing is read until a page is touched,
-    and writes stay private to the process. `dtype` converts floating-point tensors (torch's
-    rounding, bit for bit); integer and bool tensors keep their dtype.
+    Tensors come in file order, as safetensors returns them, read in parallel into memory they
+    own. With `zero_copy=True` (CPU only, no `dtype`) they instead view the memory-mapped file:
+    nothing is read until a page is touched, and writes stay private to the process. `dtype`
+    converts floating-point tensors (torch's rounding, bit for bit); integer and bool tensors
+    keep their dtype.
 
     Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing.
     """
@@ -137,8 +142,9 @@ class SafeSlice:
         return owned if _is_cpu(self._device) else owned.to(self._device)
 
 
+@without_gc_pauses
 def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
-                    zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
+                    zero_copy: bool = False, from_tf: bool = False) -> dict[str, "torch.Tensor"]:
     """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
 
     Formats are recognised by content: safetensors, PyTorch .bin (zip, and the legacy pre-1.6 format,
@@ -151,9 +157,21 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
     memory-mapped files instead of owning a copy; storages that are not aligned to their element
     size (legacy .bin) are copied.
 
+    With `from_tf=True` the checkpoint is TensorFlow's (Keras h5 and its shards, TF-format safetensors,
+    TF1 GPT-2 and TF2 object-based bundles) and comes back under PyTorch names, laid out as PyTorch
+    wants (tf_checkpoint.py); TensorFlow is not needed, h5 files need h5py. TF-format safetensors and
+    tensor bundles loaded without from_tf give their tensors as stored; Keras h5 files need from_tf.
+
     Raises CheckpointNotFoundError when nothing loadable is there, CheckpointError for corrupt or
     inconsistent files (UnsafeCheckpointError for a pickle that asks to run code).
     """
+    if from_tf:
+        from .tf_checkpoint import load_tf_checkpoint
+
+        if zero_copy:
+            raise ValueError("zero_copy=True cannot be combined with from_tf=True: TF tensors are re-laid out "
+                             "(transposed, reshaped) while they are read")
+        return load_tf_checkpoint(os.fspath(path), device, dtype=_requested_dtype(dtype))
     records = _checkpoint_records(os.fspath(path))
     plan = plan_load(records, _requested_dtype(dtype))
     if zero_copy:
@@ -182,11 +200,20 @@ def _mapped_tensors(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
 def _checkpoint_records(path: str) -> list[TensorRecord]:
     if os.path.isdir(path):
         path = _weights_in_folder(path)
-    elif not os.path.exists(path):
+    elif not os.path.exists(path) and format_for_path(path) is None:
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if path.endswith(".index.json"):
         return _sharded_records(path)
-    return list(detect_format(path).read(path).records)
+    try:
+        fmt = detect_format(path)
+    except UnsupportedFormatError:
+        from .tf_checkpoint import is_tf_checkpoint
+
+        if is_tf_checkpoint(path):
+            raise UnsupportedFormatError(f"{path}: a TensorFlow checkpoint: pass from_tf=True to load it with "
+                                         "PyTorch names", path=path) from None
+        raise
+    return list(fmt.read(path).records)
 
 
 def _weights_in_folder(folder: str) -> str:
@@ -201,9 +228,16 @@ def _weights_in_folder(folder: str) -> str:
         matches = [name for name in names if name.endswith(suffix)]
         if len(matches) == 1:
             return os.path.join(folder, matches[0])
+    bundle = bundle_in_folder(folder)  # TensorFlow: the prefix named by `checkpoint`, or the only *.index
+    if bundle is not None:
+        return bundle
+    from .tf_checkpoint import tf_weights_in_folder
+
+    tf_weights = tf_weights_in_folder(folder)
+    hint = (f"; it holds TensorFlow weights ({os.path.basename(tf_weights)}): pass from_tf=True" if tf_weights
+            else "; pass the path of the weights file itself")
     raise CheckpointNotFoundError(
-        f"{folder}: no {', '.join(CHECKPOINT_NAMES)} (found: {', '.join(names) or 'nothing'}); "
-        "pass the path of the weights file itself"
+        f"{folder}: no {', '.join(CHECKPOINT_NAMES)} (found: {', '.join(names) or 'nothing'}){hint}"
     )
 
 

@@ -21,6 +21,9 @@ class Format:
     name: str
     sniff: Callable[[bytes, int], bool]  # (first bytes of the file, file size) -> is it mine?
     read: Callable[[str], CheckpointContents]
+    # For formats recognised by path rather than first bytes: a TF bundle is a prefix naming several
+    # files ('model.ckpt' -> model.ckpt.index + model.ckpt.data-*), and its magic is at the end.
+    sniff_path: Optional[Callable[[str], bool]] = None
 
 
 # Enough leading bytes for every magic number in formats.md section 0.
@@ -37,6 +40,9 @@ def detect_format(path: str) -> Format:
     """The format of the file at path, by content (magic numbers), not by name."""
     import os
 
+    found = format_for_path(path)
+    if found is not None:
+        return found
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
         size = os.fstat(handle.fileno()).st_size
@@ -50,3 +56,8 @@ def detect_format(path: str) -> Format:
         path=path,
         offset=0,
     )
+
+
+def format_for_path(path: str) -> Optional[Format]:
+    """The format whose sniff_path accepts path (which need not be a file itself), else None."""
+    return next((fmt for fmt in FORMATS if fmt.sniff_path is not None and fmt.sniff_path(path)), None)

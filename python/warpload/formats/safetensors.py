@@ -89,7 +89,8 @@ def parse_header(path: str, head: bytes, file_size: int) -> SafetensorsHeader:
     expected_begin = 0
     for name, dtype, shape, begin, end in entries:
         if begin != expected_begin:
-            problem = "overlaps the previous tensor" if begin < expected_begin else "leaves a gap after the previous tensor"
+            problem = ("overlaps the previous tensor" if begin < expected_begin
+                       else "leaves a gap after the previous tensor")
             raise HeaderError(
                 f"{path}: tensor {name!r} starts at data offset {begin}, expected {expected_begin}: it {problem}",
                 path=path, tensor=name, offset=data_start + begin,

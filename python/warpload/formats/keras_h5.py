@@ -1,0 +1,194 @@
+"""Keras HDF5 weights (tf_model.h5, sharded tf_model-0000i-of-0000N.h5): h5py reads the metadata, the engine the bytes.
+
+formats.md section 4. h5py is an optional dependency, imported on first use. Each dataset that is
+one plain little-endian byte range of the file (contiguous layout, no filters, no external storage,
+storage allocated and as large as the tensor: 4.4) becomes a TensorRecord the engine reads in
+place. Every other dataset (chunked, compressed, compact, big-endian, unwritten) becomes an
+H5Dataset: a plain description that `read_dataset` turns into an array through h5py. Keras and
+transformers never write those, so the fallback is for foreign files, and it stays a separate,
+visible kind of source rather than a hidden copy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+from ..dtypes import DTYPES, element_count
+from ..errors import CheckpointError, UnsupportedFormatError
+from ..plan import TensorRecord
+from .registry import CheckpointContents, Format, register
+
+if TYPE_CHECKING:
+    import numpy
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+INSTALL_HINT = "reading Keras .h5 checkpoints needs h5py: pip install h5py"
+# numpy dtype kind + itemsize -> safetensors dtype name.
+_NUMPY_DTYPES = {("f", 2): "F16", ("f", 4): "F32", ("f", 8): "F64", ("i", 1): "I8", ("i", 2): "I16", ("i", 4): "I32",
+                 ("i", 8): "I64", ("u", 1): "U8", ("u", 2): "U16", ("u", 4): "U32", ("u", 8): "U64", ("b", 1): "BOOL",
+                 ("c", 8): "C64"}
+
+
+@dataclass(frozen=True)
+class H5Dataset:
+    """A dataset the engine cannot read as one byte range; `read_dataset` reads it through h5py."""
+
+    name: str
+    dtype: str  # safetensors dtype name of the values (native byte order)
+    shape: tuple[int, ...]
+    path: str
+    dataset: str  # the dataset's HDF5 path inside the file
+    reason: str   # why it is not a plain record: "chunked", "compressed", "big-endian", ...
+
+    @property
+    def nbytes(self) -> int:
+        return element_count(self.shape) * DTYPES[self.dtype].bits // 8
+
+
+H5Tensor = Union[TensorRecord, H5Dataset]
+
+
+@dataclass(frozen=True)
+class KerasH5Contents:
+    """The datasets of one h5 file, in the file's weight order, under their stored names.
+
+    `stripped` is True for the flat layout of sharded files, whose names lack the Keras model's
+    name level (`transformer/h_._0/...`); the unsharded layout stores full runtime names
+    (`tfgpt2lm_head_model/transformer/h_._0/...`).
+    """
+
+    tensors: tuple[H5Tensor, ...]
+    stripped: bool
+
+
+def sniff(head: bytes, size: int) -> bool:
+    return head.startswith(HDF5_MAGIC)
+
+
+def is_hdf5(path: str) -> bool:
+    """Whether the file is HDF5: the signature at 0, or after a user block (512, 1024, 2048, ... bytes)."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        offset = 0
+        while offset + len(HDF5_MAGIC) <= size:
+            handle.seek(offset)
+            if handle.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def import_h5py() -> Any:
+    try:
+        import h5py
+    except ImportError as err:
+        raise ImportError(INSTALL_HINT) from err
+    return h5py
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _string_list(attrs: Any, name: str) -> list[str]:
+    """An attribute holding a list of names, also when Keras split it into name0, name1, ... (tf_utils.py
+    save_attributes_to_hdf5_group: one HDF5 object header holds at most 64512 bytes). An empty list may be
+    stored as an empty float64 array (the first shard of a sharded checkpoint, 4.2)."""
+    if name in attrs:
+        return [_text(value) for value in attrs[name]]
+    values: list[str] = []
+    chunk = 0
+    while f"{name}{chunk}" in attrs:
+        values += [_text(value) for value in attrs[f"{name}{chunk}"]]
+        chunk += 1
+    return values
+
+
+def read_keras_h5(path: str) -> KerasH5Contents:
+    """The weights of a Keras h5 file: unsharded (per-layer groups with weight_names) or one shard (flat).
+
+    Raises ImportError without h5py, CheckpointError for a file HDF5 cannot open (truncated, corrupt)
+    or whose name lists point at missing datasets.
+    """
+    h5py = import_h5py()
+    file_size = os.path.getsize(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise CheckpointError(f"{path}: HDF5 cannot open it ({err}); the file is truncated or corrupt",
+                              path=path) from err
+    with handle:
+        attrs = handle.attrs
+        layer_names = _string_list(attrs, "layer_names")
+        stripped = "backend" not in attrs and "keras_version" not in attrs
+        if stripped:
+            # Sharded layout: layer_names are dataset paths (modeling_tf_utils.py save_pretrained, 4.2).
+            locations = [(name, name) for name in layer_names]
+        else:
+            locations = [(weight, f"{layer}/{weight}") for layer in layer_names
+                         for weight in _string_list(handle[layer].attrs, "weight_names")]
+        tensors = []
+        for name, location in locations:
+            dataset = handle.get(location)
+            if not isinstance(dataset, h5py.Dataset):
+                raise CheckpointError(f"{path}: weight {name!r} is listed but there is no dataset /{location}",
+                                      path=path, tensor=name)
+            tensors.append(_tensor(h5py, path, file_size, name, dataset))
+    return KerasH5Contents(tuple(tensors), stripped)
+
+
+def _tensor(h5py: Any, path: str, file_size: int, name: str, dataset: Any) -> H5Tensor:
+    """A plain record when the dataset's bytes are exactly file[offset : offset + nbytes] (4.4), else an H5Dataset."""
+    numpy_dtype = dataset.dtype
+    dtype = _NUMPY_DTYPES.get((numpy_dtype.kind, numpy_dtype.itemsize))
+    if dtype is None or numpy_dtype.fields is not None:
+        raise UnsupportedFormatError(f"{path}: dataset {dataset.name} holds {numpy_dtype}, not a numeric tensor",
+                                     path=path, tensor=name)
+    shape = tuple(int(size) for size in dataset.shape)
+    nbytes = element_count(shape) * numpy_dtype.itemsize
+    plist = dataset.id.get_create_plist()
+    reason = None
+    if plist.get_layout() == h5py.h5d.CHUNKED:
+        reason = "chunked"
+    elif plist.get_layout() != h5py.h5d.CONTIGUOUS:
+        reason = "compact"
+    elif plist.get_nfilters() or plist.get_external_count():
+        reason = "filtered or external"
+    elif numpy_dtype.byteorder == ">":
+        reason = "big-endian"
+    offset = dataset.id.get_offset()
+    if reason is None and nbytes:
+        # Unwritten data has storage size 0 and a bogus offset (4.4): its value is the fill value.
+        if offset is None or dataset.id.get_storage_size() != nbytes:
+            reason = "storage not allocated"
+        elif offset + nbytes > file_size:
+            raise CheckpointError(f"{path}: dataset {dataset.name} ({nbytes} bytes at offset {offset}) ends past the "
+                                  f"end of the file ({file_size} bytes); the file is truncated",
+                                  path=path, tensor=name, offset=offset)
+    if reason is not None:
+        return H5Dataset(name, dtype, shape, path, dataset.name, reason)
+    return TensorRecord(name, dtype, shape, path, offset or 0, nbytes)
+
+
+def read_dataset(item: H5Dataset) -> "numpy.ndarray":
+    """The values of a dataset that is not a plain record, as a C-ordered native-endian array."""
+    import numpy
+
+    h5py = import_h5py()
+    try:
+        with h5py.File(item.path, "r") as handle:
+            values = handle[item.dataset][()]
+    except (OSError, KeyError) as err:
+        raise CheckpointError(f"{item.path}: cannot read dataset {item.dataset} ({item.reason}): {err}",
+                              path=item.path, tensor=item.name) from err
+    return numpy.ascontiguousarray(numpy.asarray(values).astype(values.dtype.newbyteorder("="), copy=False))
+
+
+def _refuse(path: str) -> CheckpointContents:
+    raise UnsupportedFormatError(
+        f"{path}: a Keras HDF5 (TensorFlow) checkpoint; its tensors have TensorFlow names and layouts: pass "
+        "from_tf=True to load it with PyTorch names", path=path)
+
+
+register(Format("keras-h5", sniff, _refuse))
