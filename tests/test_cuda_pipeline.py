@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import SAVEABLE_DTYPES, assert_same_state, random_tensor, same_bits
+from conftest import FIXTURES, SAVEABLE_DTYPES, assert_same_state, random_tensor, same_bits
 from warpload import constants, cuda, engine, load_checkpoint, load_file as warpload_load_file, safe_open
 from warpload.dtypes import dtype_name
 from warpload.errors import CheckpointError, CudaError, CudaUnavailableError
@@ -302,6 +302,24 @@ def test_public_loaders_route_to_the_pipeline_for_cuda(fake, tmp_path, monkeypat
     with safe_open(path, "pt", device="cpu") as handle:
         assert same_bits(handle.get_tensor("w"), tensors["w"])
     assert fake.stats()["memcpy_calls"] >= before + 3
+
+
+TF_FIXTURES = FIXTURES / "tf"
+
+
+@pytest.mark.parametrize(("source", "reference", "dtype"), [("tf1_gpt2_ckpt", "pt_gpt2model_from_tf1", None),
+                                                            ("tf2_gpt2_checkpoint", "pt_gpt2_from_h5", torch.bfloat16)])
+def test_tensorflow_checkpoints_are_transposed_on_the_device(fake, monkeypatch, source, reference, dtype):
+    if not (TF_FIXTURES / source).exists():
+        pytest.skip(f"TensorFlow fixtures are not in {TF_FIXTURES}")
+    monkeypatch.setattr(cuda, "wanted", lambda device: True)
+    before = fake.stats()["memcpy_calls"]
+    loaded = load_checkpoint(TF_FIXTURES / source, from_tf=True, dtype=dtype)
+    assert fake.stats()["memcpy_calls"] > before
+    expected = load_file(os.fspath(TF_FIXTURES / reference / "model.safetensors"))
+    if dtype is not None:
+        expected = {k: v.to(dtype) if v.is_floating_point() else v for k, v in expected.items()}
+    assert_bit_exact(loaded, expected)
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["returned", "asynchronous"])
