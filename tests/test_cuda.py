@@ -207,3 +207,14 @@ def test_from_pretrained_converts_on_the_gpu(tmp_path):
     on_cpu = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     for key, tensor in on_cpu.state_dict().items():
         assert same_bits(on_gpu.state_dict()[key].cpu(), tensor), key
+
+
+def test_tensorflow_checkpoint_is_transposed_on_the_gpu(pipeline_calls):
+    from conftest import FIXTURES
+
+    folder = FIXTURES / "tf" / "tf1_gpt2_ckpt"
+    if not folder.exists():
+        pytest.skip(f"TensorFlow fixtures are not in {folder.parent}")
+    reference = st_load_file(os.fspath(FIXTURES / "tf" / "pt_gpt2model_from_tf1" / "model.safetensors"))
+    assert_same_on_device(load_checkpoint(folder, device="cuda", from_tf=True), reference)
+    assert pipeline_calls
