@@ -12,6 +12,7 @@
 
 #include "convert.h"
 #include "crc32c.h"
+#include "cuda.h"
 #include "engine.h"
 #include "errors.h"
 #include "io.h"
@@ -144,6 +145,8 @@ PYBIND11_MODULE(_core, m) {
     py::module_ errors = py::module_::import("warpload.errors");
     static py::object checkpoint_error = errors.attr("CheckpointError");
     static py::object io_error = errors.attr("EngineIOError");
+    static py::object cuda_error = errors.attr("CudaError");
+    static py::object cuda_unavailable_error = errors.attr("CudaUnavailableError");
     py::register_exception_translator([](std::exception_ptr caught) {
         try {
             if (caught) std::rethrow_exception(caught);
@@ -152,6 +155,11 @@ PYBIND11_MODULE(_core, m) {
         } catch (const IOError& err) {
             py::object exc = io_error(err.errno_value(), err.what());
             PyErr_SetObject(io_error.ptr(), exc.ptr());
+        } catch (const CudaError& err) {
+            py::object exc = cuda_error(err.what(), py::arg("code") = err.code());
+            PyErr_SetObject(cuda_error.ptr(), exc.ptr());
+        } catch (const CudaUnavailableError& err) {
+            PyErr_SetString(cuda_unavailable_error.ptr(), err.what());
         }
     });
 
@@ -230,6 +238,51 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("src"), py::arg("src_dtype"), py::arg("dst_dtype"), "Converts a whole buffer; for tests.");
 
+    m.def(
+        "cuda_runtime",
+        [](const std::vector<std::string>& candidates) {
+            py::gil_scoped_release release;
+            const CudaRuntime& runtime = load_cuda_runtime(candidates);
+            return std::make_pair(runtime.path, cuda_device_count(runtime));
+        },
+        py::arg("candidates"), "(path, device count) of the first CUDA runtime of candidates that loads.");
+
+    m.def(
+        "cuda_execute",
+        [](const std::vector<std::string>& candidates, const std::vector<std::shared_ptr<MappedFile>>& files,
+           const py::buffer& table, int device, size_t buffer_bytes, size_t num_buffers, size_t num_streams,
+           size_t num_threads, int method, uint64_t coalesce_gap,
+           const std::vector<std::pair<uint64_t, uint64_t>>& coalesce_regions) {
+            if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
+            std::vector<CopyOp> ops = decode_plan(table);
+            CudaOptions options;
+            options.device = device;
+            options.buffer_bytes = buffer_bytes;
+            options.num_buffers = num_buffers;
+            options.num_streams = num_streams;
+            options.num_threads = num_threads;
+            options.method = static_cast<ReadMethod>(method);
+            options.coalesce_gap = coalesce_gap;
+            options.coalesce_regions = coalesce_regions;
+            CudaStats stats;
+            {
+                py::gil_scoped_release release;
+                stats = execute_plan_cuda(load_cuda_runtime(candidates), files, ops, options);
+            }
+            py::dict out;
+            out["bytes"] = stats.bytes;
+            out["batches"] = stats.batches;
+            out["copies"] = stats.copies;
+            out["reads"] = stats.reads;
+            out["pinned_bytes"] = stats.pinned_bytes;
+            out["mmap_files"] = stats.mmap_files;
+            out["pread_files"] = stats.pread_files;
+            return out;
+        },
+        py::arg("runtime_candidates"), py::arg("files"), py::arg("table"), py::arg("device"), py::arg("buffer_bytes"),
+        py::arg("num_buffers"), py::arg("num_streams"), py::arg("num_threads") = 0, py::arg("method") = 0,
+        py::arg("coalesce_gap") = 0, py::arg("coalesce_regions") = std::vector<std::pair<uint64_t, uint64_t>>(),
+        "Runs a plan table of raw copies into device addresses through a ring of pinned buffers; returns counters.");
     bind_tfbundle(m);
 
     m.def("evict_from_page_cache", &evict_from_page_cache, py::arg("path"),

@@ -27,59 +27,6 @@ struct Chunk {
     bool use_pread;
 };
 
-void validate(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
-    for (size_t i = 0; i < ops.size(); ++i) {
-        const CopyOp& op = ops[i];
-        const std::string where = "plan operation " + std::to_string(i);
-        if (op.file >= files.size()) {
-            throw CheckpointError(where + ": file index " + std::to_string(op.file) + " but the plan has " +
-                                  std::to_string(files.size()) + " files");
-        }
-        const MappedFile& file = *files[op.file];
-        uint64_t end = op.src_offset + op.src_nbytes;
-        if (end < op.src_offset || end > file.size()) {
-            throw CheckpointError(file.path() + ": " + where + " reads bytes [" + std::to_string(op.src_offset) +
-                                  ", " + std::to_string(op.src_offset) + "+" + std::to_string(op.src_nbytes) +
-                                  "), past the end of the file (" + std::to_string(file.size()) + " bytes)");
-        }
-        if (op.src_nbytes % itemsize(op.src_dtype) != 0) {
-            throw CheckpointError(file.path() + ": " + where + " copies " + std::to_string(op.src_nbytes) +
-                                  " bytes, not a whole number of elements");
-        }
-        if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
-            throw CheckpointError(where + ": no conversion from dtype code " +
-                                  std::to_string(static_cast<int>(op.src_dtype)) + " to " +
-                                  std::to_string(static_cast<int>(op.dst_dtype)));
-        }
-        if (op.src_nbytes > 0 && op.dst == nullptr) throw CheckpointError(where + ": null destination");
-        if (op.rows > 0 || op.cols > 0) {
-            uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
-            if (op.rows == 0 || op.cols == 0 || op.cols > elements / op.rows || op.rows * op.cols != elements) {
-                throw CheckpointError(file.path() + ": " + where + " transposes a " + std::to_string(op.rows) + " x " +
-                                      std::to_string(op.cols) + " matrix but copies " + std::to_string(elements) +
-                                      " elements");
-            }
-        }
-    }
-}
-
-struct FileSpan {
-    uint64_t begin = UINT64_MAX;
-    uint64_t end = 0;
-    bool empty() const { return end <= begin; }
-};
-
-// The range of each file the plan reads.
-std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops) {
-    std::vector<FileSpan> spans(num_files);
-    for (const CopyOp& op : ops) {
-        if (op.src_nbytes == 0) continue;
-        spans[op.file].begin = std::min(spans[op.file].begin, op.src_offset);
-        spans[op.file].end = std::max(spans[op.file].end, op.src_offset + op.src_nbytes);
-    }
-    return spans;
-}
-
 // How each file's bytes are read, decided once per plan.
 struct FileReadMode {
     bool convert_via_pread = false;  // conversions: pread into a bounce buffer, else the mapping
@@ -207,9 +154,55 @@ void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, Scrat
 
 }  // namespace
 
+void validate_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
+    for (size_t i = 0; i < ops.size(); ++i) {
+        const CopyOp& op = ops[i];
+        const std::string where = "plan operation " + std::to_string(i);
+        if (op.file >= files.size()) {
+            throw CheckpointError(where + ": file index " + std::to_string(op.file) + " but the plan has " +
+                                  std::to_string(files.size()) + " files");
+        }
+        const MappedFile& file = *files[op.file];
+        uint64_t end = op.src_offset + op.src_nbytes;
+        if (end < op.src_offset || end > file.size()) {
+            throw CheckpointError(file.path() + ": " + where + " reads bytes [" + std::to_string(op.src_offset) +
+                                  ", " + std::to_string(op.src_offset) + "+" + std::to_string(op.src_nbytes) +
+                                  "), past the end of the file (" + std::to_string(file.size()) + " bytes)");
+        }
+        if (op.src_nbytes % itemsize(op.src_dtype) != 0) {
+            throw CheckpointError(file.path() + ": " + where + " copies " + std::to_string(op.src_nbytes) +
+                                  " bytes, not a whole number of elements");
+        }
+        if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
+            throw CheckpointError(where + ": no conversion from dtype code " +
+                                  std::to_string(static_cast<int>(op.src_dtype)) + " to " +
+                                  std::to_string(static_cast<int>(op.dst_dtype)));
+        }
+        if (op.src_nbytes > 0 && op.dst == nullptr) throw CheckpointError(where + ": null destination");
+        if (op.rows > 0 || op.cols > 0) {
+            uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
+            if (op.rows == 0 || op.cols == 0 || op.cols > elements / op.rows || op.rows * op.cols != elements) {
+                throw CheckpointError(file.path() + ": " + where + " transposes a " + std::to_string(op.rows) + " x " +
+                                      std::to_string(op.cols) + " matrix but copies " + std::to_string(elements) +
+                                      " elements");
+            }
+        }
+    }
+}
+
+std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops) {
+    std::vector<FileSpan> spans(num_files);
+    for (const CopyOp& op : ops) {
+        if (op.src_nbytes == 0) continue;
+        spans[op.file].begin = std::min(spans[op.file].begin, op.src_offset);
+        spans[op.file].end = std::max(spans[op.file].end, op.src_offset + op.src_nbytes);
+    }
+    return spans;
+}
+
 void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
                   const ExecuteOptions& options) {
-    validate(files, ops);
+    validate_plan(files, ops);
     std::vector<FileReadMode> modes = choose_read_modes(files, spans_of(files.size(), ops), options.method);
     if (options.huge_pages) {
         for (const CopyOp& op : ops) {
@@ -219,8 +212,7 @@ void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const s
     }
     std::vector<Chunk> chunks = split(ops, modes, options.chunk_bytes);
 
-    static std::mutex one_plan_at_a_time;
-    std::lock_guard<std::mutex> lock(one_plan_at_a_time);
+    std::lock_guard<std::mutex> lock(shared_pool_mutex());
     ThreadPool& pool = shared_pool(options.num_threads);
     std::vector<Scratch> scratch(pool.size());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {

@@ -45,6 +45,20 @@ struct ExecuteOptions {
     bool populate = true;
 };
 
+// Checks every operation (file index, bounds with overflow checks, element size, dtype pair,
+// transpose shape); throws CheckpointError naming the operation and file.
+void validate_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops);
+
+// The byte range of one file a plan reads (empty when it reads none).
+struct FileSpan {
+    uint64_t begin = UINT64_MAX;
+    uint64_t end = 0;
+    bool empty() const { return end <= begin; }
+};
+
+// The range of each file the plan reads.
+std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops);
+
 // Checks every operation (file index, bounds with overflow checks, dtype pair), then runs them
 // all on the shared thread pool. Throws CheckpointError for a bad plan, IOError for a failed
 // read. Plans run one at a time; each uses every core.

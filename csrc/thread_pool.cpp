@@ -87,4 +87,9 @@ ThreadPool& shared_pool(size_t num_threads) {
     return *pool;
 }
 
+std::mutex& shared_pool_mutex() {
+    static std::mutex mutex;
+    return mutex;
+}
+
 }  // namespace warpload

@@ -49,4 +49,7 @@ size_t available_cores();
 // The process-wide pool, (re)built with num_threads workers (0: available_cores()).
 ThreadPool& shared_pool(size_t num_threads);
 
+// Held for the whole of a plan's run: plans use the shared pool one at a time.
+std::mutex& shared_pool_mutex();
+
 }  // namespace warpload

@@ -40,6 +40,18 @@ ENV_DISABLE_SIMD = "WARPLOAD_DISABLE_SIMD"
 
 READ_METHODS = {"auto": 0, "mmap": 1, "pread": 2}
 
+# Loading to a GPU (python/warpload/cuda.py, csrc/cuda.cpp). The CUDA runtime is dlopen'ed at run
+# time: WARPLOAD_CUDA_RUNTIME names the libcudart.so to use (tests point it at a fake runtime);
+# unset, the one torch loaded or ships is found. The pinned ring holds WARPLOAD_CUDA_BUFFERS
+# buffers of up to WARPLOAD_CUDA_BUFFER_MB MiB each, smaller when the plan is smaller.
+ENV_CUDA_RUNTIME = "WARPLOAD_CUDA_RUNTIME"
+ENV_CUDA_BUFFERS = "WARPLOAD_CUDA_BUFFERS"
+ENV_CUDA_BUFFER_MB = "WARPLOAD_CUDA_BUFFER_MB"
+CUDA_BUFFERS = 8
+CUDA_BUFFER_MB = 32
+# Streams the ring's copies alternate over: enough to keep the GPU's copy engines busy.
+CUDA_STREAMS = 4
+
 
 def num_threads() -> int:
     """Engine threads from WARPLOAD_NUM_THREADS; 0 means one per available core."""
@@ -59,3 +71,17 @@ def read_method() -> int:
     if value not in READ_METHODS:
         raise ValueError(f"{ENV_READ_METHOD}={value!r}: choose one of {', '.join(READ_METHODS)}")
     return READ_METHODS[value]
+
+
+def positive_int_env(name: str, default: int) -> int:
+    """A positive integer from environment variable `name`, else default."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer; unset it or give a positive number") from None
+    if number <= 0:
+        raise ValueError(f"{name}={number} must be positive; unset it or give a positive number")
+    return number

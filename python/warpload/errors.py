@@ -47,5 +47,17 @@ class EngineIOError(WarploadError, OSError):
     """The operating system failed a read, open or allocation (raised by the C++ engine)."""
 
 
+class CudaError(WarploadError, RuntimeError):
+    """A CUDA runtime call failed while loading to a GPU; ``code`` is the cudaError_t value."""
+
+    def __init__(self, message: str, *, code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CudaUnavailableError(CudaError):
+    """No CUDA runtime could be loaded, or it sees no GPU (or not the one asked for)."""
+
+
 class TensorBundleError(CheckpointError):
     """A TensorFlow tensor bundle (.index SSTable, its entries or its data shards) is corrupt or inconsistent."""

@@ -34,10 +34,11 @@ class _Piece:
 
 
 def load_into(targets: Mapping[str, "torch.Tensor"], records: Mapping[str, TensorRecord]) -> None:
-    """Fills each CPU tensor targets[key] with the checkpoint tensor records[key], converting its dtype.
+    """Fills each CPU or CUDA tensor targets[key] with the checkpoint tensor records[key], converting its dtype.
 
     Plain contiguous records go straight from the file into the target's memory in parallel
-    engine passes (floats converted on the way, as plan_load converts). Records that view part of
+    engine passes (floats converted on the way, as plan_load converts); CUDA targets are filled
+    through the pinned ring and converted on the device (cuda.load_into). Records that view part of
     a shared storage (PyTorch .bin slices and tied tensors) are copied from a target that received
     their whole storage, or, when none did, materialised and copied. Shapes must already agree in
     element count. Raises CheckpointError / EngineIOError from the engine.
@@ -57,7 +58,12 @@ def load_into(targets: Mapping[str, "torch.Tensor"], records: Mapping[str, Tenso
                 views.append((key, owner))
             else:
                 materialised.append(key)
-    _copy_direct(direct.values())
+    on_gpu = [pair for pair in direct.values() if pair[1].device.type == "cuda"]
+    if on_gpu:
+        from . import cuda
+
+        cuda.load_into(on_gpu)
+    _copy_direct([pair for pair in direct.values() if pair[1].device.type != "cuda"])
     for key, owner in views:
         record = records[key]
         stride = record.stride if record.stride is not None else contiguous_stride(record.shape)
@@ -68,9 +74,9 @@ def load_into(targets: Mapping[str, "torch.Tensor"], records: Mapping[str, Tenso
 
 
 def _receives_whole_storage(record: TensorRecord, target: "torch.Tensor") -> bool:
-    """Whether the engine can write record's storage into target's memory: CPU, contiguous, same
+    """Whether the engine can write record's storage into target's memory: CPU or CUDA, contiguous, same
     element count, the record spanning its storage from element 0, and the planned dtype equal."""
-    if target.device.type != "cpu" or not target.is_contiguous() or record.dtype not in DTYPES:
+    if target.device.type not in ("cpu", "cuda") or not target.is_contiguous() or record.dtype not in DTYPES:
         return False
     count = element_count(record.shape)
     if count != target.numel() or count * DTYPES[record.dtype].bits != record.nbytes * 8:

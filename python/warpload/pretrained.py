@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from . import cuda
 from .constants import PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
 from .dtypes import DTYPES, FLOAT_SOURCES
 from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
@@ -102,6 +103,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
         raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
                          "Use one of the two loading strategies.")
     device = _target_device(device_map)
+    # Parameters are allocated where they end up when the engine can fill that device directly.
+    fill_device = device if cuda.wanted(device) else "cpu"
     weights = None if state_dict is not None else resolve_weight_files(
         location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors, from_tf=from_tf)
     tf_weights = None if weights is None else _tf_checkpoint(weights, from_tf)
@@ -127,10 +130,10 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     if use_transformers:
         model, info, planned = _load_with_transformers(
             location, config, subfolder, kwargs, model_class, model_args, sources, torch_type, attn_implementation,
-            trust_remote_code, ignore_mismatched_sizes, folder)
+            trust_remote_code, ignore_mismatched_sizes, folder, fill_device)
     else:
         model, info, planned = _load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
-                                             ignore_mismatched_sizes, folder)
+                                             ignore_mismatched_sizes, folder, fill_device)
     if generation_config is not None:
         model.generation_config = generation_config
     if device.type != "cpu":
@@ -369,7 +372,7 @@ def _first_float_dtype(sources: dict[str, "Source"]) -> Any:
 
 def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, model_kwargs: dict[str, Any],
                   sources: dict[str, "Source"], dtype: "torch.dtype", ignore_mismatched_sizes: bool,
-                  folder: Optional[str]) -> tuple[Any, Any, float]:
+                  folder: Optional[str], fill_device: Any = "cpu") -> tuple[Any, Any, float]:
     import torch
 
     from .models.config import GenerationConfig
@@ -379,7 +382,7 @@ def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, mode
         model = cls(config, *model_args, **model_kwargs)
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
-    info = load_builtin(model, sources, dtype, ignore_mismatched_sizes)
+    info = load_builtin(model, sources, dtype, ignore_mismatched_sizes, fill_device)
     report = info.report()
     if report:
         logger.warning("%s load report from %s:\n%s", cls.__name__, folder or "the given state_dict", report)
@@ -392,7 +395,7 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
                             model_class: Optional[type], model_args: tuple, sources: dict[str, "Source"],
                             dtype: "torch.dtype", attn_implementation: Optional[str],
                             trust_remote_code: Optional[bool], ignore_mismatched_sizes: bool,
-                            folder: Optional[str]) -> tuple[Any, Any, float]:
+                            folder: Optional[str], fill_device: Any = "cpu") -> tuple[Any, Any, float]:
     from .models import transformers_backend
 
     hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, trust_remote_code)
@@ -403,6 +406,6 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
                                                trust_remote_code)
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
-    info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes)
+    info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes, fill_device)
     transformers_backend.load_generation_config(model, folder)
     return model, info, planned

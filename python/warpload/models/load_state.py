@@ -87,19 +87,21 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 
 
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
-          extra_keys: Iterable[str], dtype: torch.dtype) -> list[torch.Tensor]:
+          extra_keys: Iterable[str], dtype: torch.dtype,
+          device: Union[str, torch.device] = "cpu") -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     Storage is allocated once per key, in `dtype` for floating tensors (the model's dtype
-    otherwise), on the CPU, and left untouched until the engine writes it, so the operating
-    system backs it only then. `state_dict=` tensors already in the right dtype become the
-    parameters themselves, as in transformers. Returns the tensors put into the model.
+    otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left untouched
+    until the engine writes it, so the operating system backs it only then. `state_dict=` tensors
+    already in the right dtype become the parameters themselves, as in transformers. Returns the
+    tensors put into the model.
     """
     meta = model.state_dict(keep_vars=True)
 
     def empty(key: str) -> torch.Tensor:
         tensor = meta[key]
-        return torch.empty(tensor.shape, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        return torch.empty(tensor.shape, dtype=dtype if tensor.is_floating_point() else tensor.dtype, device=device)
 
     targets: dict[str, torch.Tensor] = {}
     records: dict[str, TensorRecord] = {}
@@ -160,7 +162,7 @@ def _same_source(a: Source, b: Source) -> bool:
 
 
 def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype: torch.dtype,
-                 ignore_mismatched_sizes: bool) -> LoadingInfo:
+                 ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu") -> LoadingInfo:
     """Fills a meta-built warpload model: loads what matches, initialises the rest, ties, computes buffers.
 
     Tying follows transformers 5: a tied output embedding missing from the checkpoint takes the
@@ -192,7 +194,7 @@ def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype:
                                type(model).__name__, source, target)
     tied_targets = {target for target, _ in ties}
     uninitialised = (info.missing_keys | {key for key, _, _ in info.mismatched_keys}) - tied_targets
-    place(model, sources, assignments, sorted(uninitialised), dtype)
+    place(model, sources, assignments, sorted(uninitialised), dtype, device)
     for key in uninitialised:
         model.init_parameter(key)
     for target, source in compare:

@@ -79,11 +79,11 @@ def checkpoint_renamer(model: nn.Module) -> Callable[[str], str]:
 
 
 def load(model: nn.Module, sources: dict[str, Source], dtype: torch.dtype, name: Optional[str],
-         ignore_mismatched_sizes: bool) -> LoadingInfo:
+         ignore_mismatched_sizes: bool, device: Any = "cpu") -> LoadingInfo:
     """Fills a meta-built transformers model through the engine, then lets transformers finish it."""
     shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
     assignments, info = match_keys(sources, shapes, model.base_model_prefix, checkpoint_renamer(model))
-    for tensor in place(model, sources, assignments, (), dtype):
+    for tensor in place(model, sources, assignments, (), dtype, device):
         # transformers initialises every tensor without this flag when it finalises the model.
         tensor._is_hf_initialized = True
     return _finalize(model, info, name, ignore_mismatched_sizes)
