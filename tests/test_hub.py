@@ -32,3 +32,161 @@ def test_repo_id_loads_main_safetensors_only(hub, tmp_path):
     assert sorted(set(fetched)) == ["config.json", "generation_config.json", "model.safetensors"]
     assert model.config.name_or_path == MAIN_REPO
     assert model.generation_config.max_new_tokens == 7
+
+
+def downloaded(hub) -> list[str]:
+    """File names whose bodies the front served (GET on /resolve/)."""
+    return sorted(path.rsplit("/", 1)[-1] for method, path, _ in hub.front.log.entries
+                  if method == "GET" and "/resolve/" in path)
+
+
+@pytest.mark.parametrize("revision", ["v1", "full-commit", "short-commit"])
+def test_revision_tag_and_commits_load_that_commit(hub, tmp_path, revision):
+    commit = hub.repos.commits["v1"]
+    revision = {"full-commit": commit, "short-commit": commit[:7]}.get(revision, revision)
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision=revision, cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "v1")])
+    snapshot = tmp_path / "models--org--tiny-gpt2" / "snapshots" / commit
+    assert (snapshot / "model.safetensors").is_file()
+
+
+def test_sharded_branch_fetches_index_and_every_shard(hub, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "sharded")])
+    names = downloaded(hub)
+    assert "model.safetensors.index.json" in names
+    assert sum(name.startswith("model-0") for name in names) >= 2
+    ref = tmp_path / "models--org--tiny-gpt2" / "refs" / "sharded"
+    assert ref.read_text() == hub.repos.commits["sharded"]
+
+
+def test_bin_only_branch_falls_back_to_bin_shards(hub, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="bin-only", cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "bin-only")])
+    assert "pytorch_model.bin.index.json" in downloaded(hub)
+
+
+def test_use_safetensors_true_on_bin_only_repo_names_the_files(hub, tmp_path):
+    with pytest.raises(errors.EntryNotFoundError, match="does not appear to have a file named model.safetensors or "
+                       "model.safetensors.index.json .*It has: .*pytorch_model.bin.index.json"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="bin-only", use_safetensors=True, cache_dir=tmp_path)
+
+
+def test_use_safetensors_false_fetches_bin_only(hub, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, use_safetensors=False, cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
+    assert "pytorch_model.bin" in downloaded(hub)
+    assert "model.safetensors" not in downloaded(hub)
+
+
+def test_variant_and_subfolder(hub, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, variant="fp16", cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "fp16")])
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, subfolder="sub", cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "sub")])
+    assert "sub%2Fmodel.safetensors" in " ".join(hub.front.log.paths()) or any(
+        path.endswith("/sub/model.safetensors") for path in hub.front.log.paths())
+
+
+def test_missing_variant_says_there_is_a_file_without_it(hub, tmp_path):
+    with pytest.raises(errors.EntryNotFoundError, match="file without the variant bf16. Use `variant=None`"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, variant="bf16", cache_dir=tmp_path)
+
+
+def test_missing_subfolder_lists_nothing_and_names_config(hub, tmp_path):
+    with pytest.raises(errors.EntryNotFoundError, match=r"does not appear to have a file named nope/config.json"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, subfolder="nope", cache_dir=tmp_path)
+
+
+def test_default_cache_is_hf_home(hub):
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO)
+    assert (huggingface_hub.constants.HF_HUB_CACHE + "/models--org--tiny-gpt2/refs/main").endswith("main")
+    assert os.path.isfile(os.path.join(huggingface_hub.constants.HF_HUB_CACHE, "models--org--tiny-gpt2", "refs",
+                                       "main"))
+
+
+def test_unknown_repo_and_revision_errors(hub, tmp_path):
+    with pytest.raises(errors.RepositoryNotFoundError, match="org/nope is not a local folder and is not a valid "
+                       "model identifier"):
+        AutoModelForCausalLM.from_pretrained("org/nope", cache_dir=tmp_path)
+    with pytest.raises(errors.RevisionNotFoundError, match="nobranch is not a valid git identifier"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="nobranch", cache_dir=tmp_path)
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained("not a repo!", cache_dir=tmp_path)
+
+
+def test_second_call_serves_cache_and_force_download_refetches(hub, tmp_path):
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    hub.front.log.clear()
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    assert downloaded(hub) == []
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path, force_download=True)
+    assert downloaded(hub) == ["config.json", "generation_config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("offline", ["local_files_only", "HF_HUB_OFFLINE"])
+def test_offline_loads_cache_without_requests_and_fails_clearly_when_not_cached(hub, tmp_path, monkeypatch, offline):
+    kwargs = {"local_files_only": True} if offline == "local_files_only" else {}
+    if offline == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(errors.NotCachedError, match="couldn't find them in the cached files: org/tiny-gpt2 at "
+                       "revision 'main' has no cached config.json"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path, **kwargs)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path)
+    if offline == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.front.log.clear()
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path, **kwargs)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "sharded")])
+    assert hub.front.log.entries == []
+    with pytest.raises(errors.NotCachedError, match="no cached model.fp16.safetensors"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", variant="fp16", cache_dir=tmp_path,
+                                             **kwargs)
+
+
+def test_force_download_with_local_files_only_is_rejected(hub, tmp_path):
+    with pytest.raises(ValueError, match="Cannot pass 'force_download=True' and 'local_files_only=True'"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, force_download=True, local_files_only=True)
+
+
+def test_gated_repo_needs_token(hub, tmp_path):
+    with pytest.raises(errors.GatedRepoError, match="pass `token=<your_token>`"):
+        AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path)
+    with pytest.raises(errors.GatedRepoError):
+        AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path, token="hf_wrong")
+    model = AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path, token=GATED_TOKEN)
+    assert_loaded(model, hub.repos.states[(GATED_REPO, "main")])
+    assert {auth for _, _, auth in hub.front.log.entries} >= {f"Bearer {GATED_TOKEN}"}
+
+
+def test_token_true_and_implicit_use_the_stored_login(hub, tmp_path):
+    with pytest.raises(huggingface_hub.errors.LocalTokenNotFoundError):
+        AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path, token=True)
+    os.makedirs(os.path.dirname(huggingface_hub.constants.HF_TOKEN_PATH), exist_ok=True)
+    with open(huggingface_hub.constants.HF_TOKEN_PATH, "w") as handle:
+        handle.write(GATED_TOKEN)
+    AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path, token=True)
+    AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path / "implicit")
+    hub.front.log.clear()
+    with pytest.raises(errors.GatedRepoError):
+        AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path / "none", token=False)
+    assert {auth for _, _, auth in hub.front.log.entries} == {None}
+
+
+def test_use_auth_token_warns_and_works_resume_download_warns(hub, tmp_path):
+    with pytest.warns(FutureWarning, match="`use_auth_token` argument is deprecated"):
+        AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path, use_auth_token=GATED_TOKEN)
+    with pytest.raises(ValueError, match="`token` and `use_auth_token` are both specified"), \
+            pytest.warns(FutureWarning):
+        AutoModelForCausalLM.from_pretrained(GATED_REPO, cache_dir=tmp_path, use_auth_token="a", token="b")
+    with pytest.warns(FutureWarning, match="`resume_download` is deprecated"):
+        model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path, resume_download=True)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
+
+
+def test_auto_config_from_repo_with_overrides_and_unused(hub, tmp_path):
+    config, unused = AutoConfig.from_pretrained(MAIN_REPO, revision="v1", cache_dir=tmp_path, n_layer=1, foo=2,
+                                                return_unused_kwargs=True)
+    assert config.n_layer == 1 and unused == {"foo": 2}
+    assert downloaded(hub) == ["config.json"]

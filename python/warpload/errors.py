@@ -48,14 +48,17 @@ class EngineIOError(WarploadError, OSError):
 
 
 class HubError(WarploadError, OSError):
-    """A Hub download failed (transformers raises OSError for these); says which repo, revision and file."""
+    """A Hub download failed (transformers raises OSError for these); says which repo, revision and file.
+
+    The file is `repo_file`: OSError's own `filename` would replace the message in str().
+    """
 
     def __init__(self, message: str, *, repo_id: Optional[str] = None, revision: Optional[str] = None,
                  filename: Optional[str] = None) -> None:
         super().__init__(message)
         self.repo_id = repo_id
         self.revision = revision
-        self.filename = filename
+        self.repo_file = filename
 
 
 class RepositoryNotFoundError(HubError):

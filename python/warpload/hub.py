@@ -241,7 +241,7 @@ class _Request:
         # The user's revision name here, so refs/{revision} is written for later offline loads.
         config_path = self._fetch(CONFIG_NAME, self.revision)
         snapshot = _snapshot_root(config_path, self.subfolder)
-        wanted = [GENERATION_CONFIG_NAME] if GENERATION_CONFIG_NAME in files else []
+        wanted = [GENERATION_CONFIG_NAME] if weights and GENERATION_CONFIG_NAME in files else []
         if weights:
             chosen = self._choose_weights(files, listing, variant, use_safetensors, from_tf)
             if chosen.endswith(".json"):
