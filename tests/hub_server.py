@@ -180,15 +180,18 @@ def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, pa
         for key, value in response.getheaders():
             if key.lower() not in _HOP_HEADERS:
                 handler.send_header(key, value)
-        if response.getheader("Content-Length") is None:
-            # olah streams chunked; relayed de-chunked, the body then ends with the connection.
-            handler.send_header("Connection", "close")
-            handler.close_connection = True
+        body = None
+        if response.getheader("Content-Length") is None and handler.command != "HEAD":
+            # olah streams files chunked; the Hub sends Content-Length, which is what lets a client tell a
+            # cut connection from the end of the file (and resume). Test files are small: buffer them.
+            body = response.read()
+            handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         if handler.command == "HEAD":
             return
         sent = 0
-        while chunk := response.read(64 * 1024):
+        chunks = iter([body]) if body is not None else iter(lambda: response.read(64 * 1024), b"")
+        for chunk in chunks:
             if cut_after is not None and sent + len(chunk) > cut_after:
                 handler.wfile.write(chunk[: cut_after - sent])
                 handler.wfile.flush()
@@ -212,8 +215,12 @@ class FrontServer:
         self.olah_port = olah_port
         self.mirrors = mirrors
         self.log = RequestLog()
-        # Body bytes to send of each file download before dropping the connection (None: whole files).
+        # Body bytes to send of a file download before dropping the connection, for the next `cuts_left` downloads.
         self.cut_after: Optional[int] = None
+        self.cuts_left = 0
+        # (path, Range header) of every file download.
+        self.ranges: list[tuple[str, Optional[str]]] = []
+        self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler_class())
         self.port = self.server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -282,7 +289,13 @@ class FrontServer:
                     if error is not None:
                         self._answer(*error)
                         return
-                cut = front.cut_after if filename is not None and self.command == "GET" else None
+                cut = None
+                if filename is not None and self.command == "GET":
+                    with front.lock:
+                        front.ranges.append((self.path, self.headers.get("Range")))
+                        if front.cut_after is not None and front.cuts_left > 0 and filename.endswith("safetensors"):
+                            front.cuts_left -= 1
+                            cut = front.cut_after
                 _relay(self, "127.0.0.1", front.olah_port, self.path, cut)
 
             do_HEAD = do_GET
@@ -377,8 +390,8 @@ class Hub:
     repos: HubRepos
 
 
-@pytest.fixture(scope="session")
-def hub_session(tmp_path_factory) -> Iterator[Hub]:
+@pytest.fixture(scope="session", name="hub_session")
+def hub_session_fixture(tmp_path_factory) -> Iterator[Hub]:
     """Repos, olah, the front and the proxy: built once per test session (~5 s)."""
     root = tmp_path_factory.mktemp("hub")
     mirrors = root / "mirrors"
@@ -394,8 +407,8 @@ def hub_session(tmp_path_factory) -> Iterator[Hub]:
         olah.close()
 
 
-@pytest.fixture
-def hub(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Hub:
+@pytest.fixture(name="hub")
+def hub_fixture(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Hub:
     """HF_ENDPOINT at the front, an empty HF_HOME / cache and no token, for this test only.
 
     huggingface_hub reads HF_ENDPOINT and the cache paths at import, so its constants are patched
@@ -421,4 +434,6 @@ def hub(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Hu
     hub_session.front.log.clear()
     hub_session.proxy.log.clear()
     hub_session.front.cut_after = None
+    hub_session.front.cuts_left = 0
+    hub_session.front.ranges.clear()
     return hub_session

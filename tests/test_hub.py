@@ -11,8 +11,8 @@ import huggingface_hub  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-import warpload  # noqa: E402
-from hub_server import GATED_REPO, GATED_TOKEN, MAIN_REPO, REMOTE_CODE_REPO, hub, hub_session  # noqa: E402,F401
+from hub_server import (GATED_REPO, GATED_TOKEN, MAIN_REPO, REMOTE_CODE_REPO, hub_fixture,  # noqa: E402,F401
+                        hub_session_fixture)
 from warpload import errors  # noqa: E402
 from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
 from warpload.models.config import AutoConfig  # noqa: E402
@@ -190,3 +190,95 @@ def test_auto_config_from_repo_with_overrides_and_unused(hub, tmp_path):
                                                 return_unused_kwargs=True)
     assert config.n_layer == 1 and unused == {"foo": 2}
     assert downloaded(hub) == ["config.json"]
+
+
+def test_proxies_route_this_call_only_and_local_files_only_sends_nothing(hub, tmp_path):
+    import threading
+
+    proxies = {"http": hub.proxy.url}
+    direct: list = []
+    other = threading.Thread(target=lambda: direct.append(
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="v1", cache_dir=tmp_path / "direct")))
+    other.start()
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path, proxies=proxies)
+    other.join()
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "sharded")])
+    through_proxy = hub.proxy.log.paths()
+    assert through_proxy and all(path.startswith(hub.endpoint) for path in through_proxy)
+    assert any("model.safetensors.index.json" in path for path in through_proxy)
+    assert any("/api/models/" in path for path in through_proxy)
+    # The concurrent call without proxies went direct: none of its v1 requests passed the proxy.
+    v1 = ("/v1", hub.repos.commits["v1"])
+    assert not any(mark in path for path in through_proxy for mark in v1)
+    assert any("/v1" in path for path in hub.front.log.paths())
+    proxied = {path.removeprefix(hub.endpoint) for path in through_proxy}
+    assert proxied == {path for path in hub.front.log.paths() if not any(mark in path for mark in v1)}
+    hub.proxy.log.clear()
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path, proxies=proxies,
+                                         local_files_only=True)
+    assert hub.proxy.log.entries == []
+
+
+def test_dead_proxy_is_an_error_not_a_direct_connection(hub, tmp_path):
+    from hub_server import free_port
+
+    with pytest.raises(errors.HubError, match=r"through proxies \{'http'"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path,
+                                             proxies={"http": f"127.0.0.1:{free_port()}"})
+    assert hub.front.log.entries == []
+
+
+def test_remote_code_needs_trust_remote_code(hub, tmp_path):
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path)
+    assert "modeling_tiny.py" not in downloaded(hub)
+    model = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True)
+    assert type(model).__name__ == "TinyRemoteForCausalLM"
+    assert_loaded(model, hub.repos.states[(REMOTE_CODE_REPO, "main")])
+    assert "modeling_tiny.py" in downloaded(hub)
+
+
+def test_cache_is_shared_with_huggingface_hub_and_transformers(hub, tmp_path):
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    hub.front.log.clear()
+    path = huggingface_hub.hf_hub_download(MAIN_REPO, "model.safetensors", cache_dir=tmp_path, local_files_only=True)
+    assert os.path.islink(path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path, local_files_only=True)
+    assert_loaded(theirs, hub.repos.states[(MAIN_REPO, "main")])
+    assert hub.front.log.entries == []
+    # And the other way: transformers downloads, warpload loads offline.
+    transformers.AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path / "t")
+    ours = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path / "t",
+                                                local_files_only=True)
+    assert_loaded(ours, hub.repos.states[(MAIN_REPO, "sharded")])
+
+
+def _blobs(cache) -> list[str]:
+    return sorted(os.listdir(cache / "models--org--tiny-gpt2" / "blobs"))
+
+
+def test_download_cut_mid_file_is_resumed_and_leaves_no_partial_blob(hub, tmp_path, monkeypatch):
+    # huggingface_hub writes what it read in 10 MB chunks; smaller chunks let a 450 kB file resume mid-way.
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 16384)
+    hub.front.cut_after = 50_000
+    hub.front.cuts_left = 1
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
+    assert hub.front.cuts_left == 0
+    assert not [name for name in _blobs(tmp_path) if name.endswith(".incomplete")]
+    ranged = [entry for entry in hub.front.ranges if "model.safetensors" in entry[0]]
+    assert [r for _, r in ranged] == [None, "bytes=49152-"], ranged
+
+
+def test_server_dying_every_time_fails_then_a_later_call_completes(hub, tmp_path):
+    hub.front.cut_after = 50_000
+    hub.front.cuts_left = 1000
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    # Only an .incomplete file may remain, never a blob under its final name.
+    snapshot_files = list((tmp_path / "models--org--tiny-gpt2" / "snapshots").rglob("model.safetensors"))
+    assert snapshot_files == []
+    hub.front.cuts_left = 0
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
+    assert not [name for name in _blobs(tmp_path) if name.endswith(".incomplete")]
