@@ -282,3 +282,27 @@ def test_server_dying_every_time_fails_then_a_later_call_completes(hub, tmp_path
     model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
     assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
     assert not [name for name in _blobs(tmp_path) if name.endswith(".incomplete")]
+
+
+def test_two_processes_loading_one_repo_leave_one_correct_cache(hub, tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import sys, torch; from warpload.models.auto import AutoModelForCausalLM as A; "
+              "m = A.from_pretrained(sys.argv[1], revision='sharded', cache_dir=sys.argv[2]); "
+              "torch.save(m.state_dict(), sys.argv[3])")
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    runs = [subprocess.Popen([sys.executable, "-c", script, MAIN_REPO, os.fspath(tmp_path / "cache"),
+                              os.fspath(tmp_path / f"state{index}.pt")], env=env, stderr=subprocess.PIPE)
+            for index in range(2)]
+    for run in runs:
+        assert run.wait(120) == 0, run.stderr.read().decode()[-2000:]
+    for index in range(2):
+        state = torch.load(tmp_path / f"state{index}.pt")
+        for name, tensor in hub.repos.states[(MAIN_REPO, "sharded")].items():
+            if name in state:
+                assert torch.equal(state[name], tensor), name
+    blobs = _blobs(tmp_path / "cache")
+    assert not [name for name in blobs if name.endswith(".incomplete")]
+    snapshot = tmp_path / "cache" / "models--org--tiny-gpt2" / "snapshots" / hub.repos.commits["sharded"]
+    assert len(blobs) == len(list(snapshot.iterdir()))
