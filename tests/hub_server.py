@@ -114,6 +114,10 @@ def build_repos(mirrors: Path) -> HubRepos:
         _clear(repo)
         built.states[(MAIN_REPO, branch)] = _save(tiny_transformers_model("gpt2", seed=seed), repo, fmt)
         built.commits[branch] = _commit(repo, branch)
+    # branch broken-index: the index names a shard the commit lacks.
+    _git(repo, "checkout", "-q", "-b", "broken-index", built.commits["sharded"])
+    _git(repo, "rm", "-q", sorted(path.name for path in repo.glob("model-*.safetensors"))[-1])
+    built.commits["broken-index"] = _commit(repo, "a shard lost")
     _git(repo, "checkout", "-q", "main")
 
     gated = mirrors / "models" / GATED_REPO
@@ -167,9 +171,27 @@ _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encodi
                 "proxy-authorization", "trailer"}
 
 
+class Link:
+    """A shared bandwidth limit for every connection of a server (a token bucket of one link), in bytes/s."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.free_at = time.monotonic()
+
+    def send(self, nbytes: int) -> None:
+        with self.lock:
+            start = max(self.free_at, time.monotonic())
+            self.free_at = start + nbytes / self.rate
+            wait = self.free_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+
 def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, path: str,
-           cut_after: Optional[int] = None) -> None:
-    """Sends the handler's request to host:port and streams the answer back (optionally cut after N body bytes)."""
+           cut_after: Optional[int] = None, link: Optional[Link] = None) -> None:
+    """Sends the handler's request to host:port and streams the answer back (optionally cut after N body bytes,
+    optionally paced by `link`)."""
     headers = {key: value for key, value in handler.headers.items() if key.lower() not in _HOP_HEADERS}
     headers["Host"] = f"{host}:{port}"
     upstream = http.client.HTTPConnection(host, port, timeout=30)
@@ -198,7 +220,11 @@ def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, pa
                 handler.close_connection = True
                 handler.connection.shutdown(socket.SHUT_RDWR)
                 return
-            handler.wfile.write(chunk)
+            for start in range(0, len(chunk), 1 << 20):
+                piece = chunk[start:start + (1 << 20)]
+                if link is not None:
+                    link.send(len(piece))
+                handler.wfile.write(piece)
             sent += len(chunk)
     finally:
         upstream.close()
@@ -218,6 +244,8 @@ class FrontServer:
         # Body bytes to send of a file download before dropping the connection, for the next `cuts_left` downloads.
         self.cut_after: Optional[int] = None
         self.cuts_left = 0
+        # Bandwidth limit of file downloads (benchmarks/bench_hub.py); None: loopback speed.
+        self.link: Optional[Link] = None
         # (path, Range header) of every file download.
         self.ranges: list[tuple[str, Optional[str]]] = []
         self.lock = threading.Lock()
@@ -296,7 +324,7 @@ class FrontServer:
                         if front.cut_after is not None and front.cuts_left > 0 and filename.endswith("safetensors"):
                             front.cuts_left -= 1
                             cut = front.cut_after
-                _relay(self, "127.0.0.1", front.olah_port, self.path, cut)
+                _relay(self, "127.0.0.1", front.olah_port, self.path, cut, front.link if filename else None)
 
             do_HEAD = do_GET
 
@@ -337,8 +365,9 @@ class ForwardProxy:
 class OlahServer:
     """olah-cli serving `mirrors` offline on a free port, ready when a revision answers."""
 
-    def __init__(self, root: Path, mirrors: Path) -> None:
+    def __init__(self, root: Path, mirrors: Path, probe_repo: str = MAIN_REPO) -> None:
         self.port = free_port()
+        self.probe_repo = probe_repo
         config = root / "olah.toml"
         config.write_text(
             "[basic]\n"
@@ -362,7 +391,7 @@ class OlahServer:
                 raise RuntimeError(f"olah exited ({self.process.returncode}): {self.log_path.read_text()[-2000:]}")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", f"/api/models/{MAIN_REPO}/revision/main")
+                connection.request("GET", f"/api/models/{self.probe_repo}/revision/main")
                 if connection.getresponse().status == 200:
                     return
             except OSError:

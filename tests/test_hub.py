@@ -93,6 +93,13 @@ def test_missing_variant_says_there_is_a_file_without_it(hub, tmp_path):
         AutoModelForCausalLM.from_pretrained(MAIN_REPO, variant="bf16", cache_dir=tmp_path)
 
 
+def test_index_naming_a_missing_shard_names_it_before_downloading_shards(hub, tmp_path):
+    with pytest.raises(errors.EntryNotFoundError, match=r"does not appear to have a file named "
+                       r"model-000\d\d-of-000\d\d.safetensors. Checkout .*/tree/broken-index"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="broken-index", cache_dir=tmp_path)
+    assert not any(name.startswith("model-0") for name in downloaded(hub))
+
+
 def test_missing_subfolder_lists_nothing_and_names_config(hub, tmp_path):
     with pytest.raises(errors.EntryNotFoundError, match=r"does not appear to have a file named nope/config.json"):
         AutoModelForCausalLM.from_pretrained(MAIN_REPO, subfolder="nope", cache_dir=tmp_path)
@@ -232,7 +239,8 @@ def test_remote_code_needs_trust_remote_code(hub, tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path)
     assert "modeling_tiny.py" not in downloaded(hub)
-    model = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True,
+                                                 code_revision="main")
     assert type(model).__name__ == "TinyRemoteForCausalLM"
     assert_loaded(model, hub.repos.states[(REMOTE_CODE_REPO, "main")])
     assert "modeling_tiny.py" in downloaded(hub)

@@ -201,13 +201,14 @@ class _Request:
                 f"{self.revision} is not a valid git identifier (branch name, tag name or commit id) that exists "
                 f"for this model name. Check the model page at '{constants.ENDPOINT}/{self.repo_id}' for "
                 "available revisions.", **where)
-        if isinstance(err, errors.EntryNotFoundError):
-            return self._missing(name or "", [])
+        # LocalEntryNotFoundError (no connection, not cached) subclasses EntryNotFoundError: test it first.
         if isinstance(err, (httpx2.TransportError, errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
             via = f" through proxies {self.options.proxies}" if self.options.proxies else ""
             return HubError(f"Could not reach {constants.ENDPOINT}{via} to load {self._path(name or '')} of "
                             f"{self.repo_id} at revision {self.revision!r}: {err}. Check the connection (and the "
                             "proxy), or pass local_files_only=True to use the cache.", **where)
+        if isinstance(err, errors.EntryNotFoundError):
+            return self._missing(name or "", [])
         return err
 
     def _missing(self, name: str, listing: list[str]) -> EntryNotFoundError:
