@@ -314,3 +314,14 @@ def test_two_processes_loading_one_repo_leave_one_correct_cache(hub, tmp_path):
     assert not [name for name in blobs if name.endswith(".incomplete")]
     snapshot = tmp_path / "cache" / "models--org--tiny-gpt2" / "snapshots" / hub.repos.commits["sharded"]
     assert len(blobs) == len(list(snapshot.iterdir()))
+
+
+@pytest.mark.parametrize("key", ["http", "http://127.0.0.1", "all", "all://127.0.0.1"])
+def test_proxies_keys_match_like_requests(hub, tmp_path, key):
+    AutoConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, proxies={key: hub.proxy.url.removeprefix("http://")})
+    assert hub.proxy.log.paths() and len(hub.proxy.log.paths()) == len(hub.front.log.paths())
+
+
+def test_proxies_for_another_scheme_leave_requests_direct(hub, tmp_path):
+    AutoConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, proxies={"https": hub.proxy.url})
+    assert hub.proxy.log.entries == [] and hub.front.log.entries
