@@ -87,10 +87,6 @@ class HubOptions:
         return self.local_files_only or constants.is_offline_mode() or flag.upper() in ("1", "ON", "YES", "TRUE")
 
 
-def is_local(location: str) -> bool:
-    return os.path.exists(location)
-
-
 def add_variant(name: str, variant: Optional[str]) -> str:
     """model.safetensors -> model.fp16.safetensors, model.safetensors.index.json -> model.safetensors.index.fp16.json"""
     if not variant:
@@ -118,7 +114,7 @@ def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "
     GatedRepoError, RevisionNotFoundError, EntryNotFoundError, NotCachedError (all HubError, an
     OSError) naming repo, revision and file.
     """
-    if is_local(location):
+    if os.path.exists(location):
         return location
     _check_repo_id(location)
     request = _Request(location, options, subfolder)
@@ -129,7 +125,11 @@ def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "
 
 
 def _check_repo_id(location: str) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError as err:
+        raise ImportError(f"{location} is not a local folder; loading it from the Hub needs huggingface_hub: "
+                          "`pip install huggingface_hub` (or pass a local folder)") from err
 
     try:
         validate_repo_id(location)
