@@ -30,6 +30,9 @@ def test_repo_id_loads_main_safetensors_only(hub, tmp_path):
     assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
     fetched = [path.rsplit("/", 1)[-1] for path in hub.front.log.paths() if "/resolve/" in path]
     assert sorted(set(fetched)) == ["config.json", "generation_config.json", "model.safetensors"]
+    # One listing decides what exists: no probe per candidate file name.
+    assert [path for path in hub.front.log.paths() if path.startswith("/api/models/")] == [
+        f"/api/models/{MAIN_REPO}/revision/main"]
     assert model.config.name_or_path == MAIN_REPO
     assert model.generation_config.max_new_tokens == 7
 
