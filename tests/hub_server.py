@@ -189,9 +189,9 @@ class Link:
 
 
 def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, path: str,
-           cut_after: Optional[int] = None, link: Optional[Link] = None) -> None:
+           cut_after: Optional[int] = None, link: Optional[Link] = None, corrupt: bool = False) -> None:
     """Sends the handler's request to host:port and streams the answer back (optionally cut after N body bytes,
-    optionally paced by `link`)."""
+    paced by `link`, or with its first byte flipped)."""
     headers = {key: value for key, value in handler.headers.items() if key.lower() not in _HOP_HEADERS}
     headers["Host"] = f"{host}:{port}"
     upstream = http.client.HTTPConnection(host, port, timeout=30)
@@ -214,6 +214,8 @@ def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, pa
         sent = 0
         chunks = iter([body]) if body is not None else iter(lambda: response.read(64 * 1024), b"")
         for chunk in chunks:
+            if corrupt and sent == 0 and chunk:
+                chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
             if cut_after is not None and sent + len(chunk) > cut_after:
                 handler.wfile.write(chunk[: cut_after - sent])
                 handler.wfile.flush()
@@ -244,6 +246,8 @@ class FrontServer:
         # Body bytes to send of a file download before dropping the connection, for the next `cuts_left` downloads.
         self.cut_after: Optional[int] = None
         self.cuts_left = 0
+        # Safetensors downloads still to be sent with a flipped first byte (right size, wrong content).
+        self.corrupt_left = 0
         # Bandwidth limit of file downloads (benchmarks/bench_hub.py); None: loopback speed.
         self.link: Optional[Link] = None
         # (path, Range header) of every file download.
@@ -317,14 +321,18 @@ class FrontServer:
                     if error is not None:
                         self._answer(*error)
                         return
-                cut = None
+                cut, corrupt = None, False
                 if filename is not None and self.command == "GET":
                     with front.lock:
                         front.ranges.append((self.path, self.headers.get("Range")))
-                        if front.cut_after is not None and front.cuts_left > 0 and filename.endswith("safetensors"):
+                        weights = filename.endswith("safetensors")
+                        if front.cut_after is not None and front.cuts_left > 0 and weights:
                             front.cuts_left -= 1
                             cut = front.cut_after
-                _relay(self, "127.0.0.1", front.olah_port, self.path, cut, front.link if filename else None)
+                        if front.corrupt_left > 0 and weights:
+                            front.corrupt_left -= 1
+                            corrupt = True
+                _relay(self, "127.0.0.1", front.olah_port, self.path, cut, front.link if filename else None, corrupt)
 
             do_HEAD = do_GET
 
@@ -464,5 +472,6 @@ def hub_fixture(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     hub_session.proxy.log.clear()
     hub_session.front.cut_after = None
     hub_session.front.cuts_left = 0
+    hub_session.front.corrupt_left = 0
     hub_session.front.ranges.clear()
     return hub_session

@@ -14,6 +14,7 @@ import transformers  # noqa: E402
 from hub_server import (GATED_REPO, GATED_TOKEN, MAIN_REPO, REMOTE_CODE_REPO, hub_fixture,  # noqa: E402,F401
                         hub_session_fixture)
 from warpload import errors  # noqa: E402
+from warpload import hub as hub_module  # noqa: E402
 from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
 from warpload.models.config import AutoConfig  # noqa: E402
 
@@ -328,3 +329,19 @@ def test_proxies_keys_match_like_requests(hub, tmp_path, key):
 def test_proxies_for_another_scheme_leave_requests_direct(hub, tmp_path):
     AutoConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, proxies={"https": hub.proxy.url})
     assert hub.proxy.log.entries == [] and hub.front.log.entries
+
+
+def test_corrupted_body_of_the_right_size_is_refetched_then_refused(hub, tmp_path):
+    hub.front.corrupt_left = 1
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
+    assert downloaded(hub).count("model.safetensors") == 2
+    hub.front.corrupt_left = 2
+    with pytest.raises(errors.HubError, match="model.safetensors of org/tiny-gpt2 at revision 'v1' arrived twice "
+                       "with content that does not match its hash"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="v1", cache_dir=tmp_path / "bad")
+    snapshot = tmp_path / "bad" / "models--org--tiny-gpt2" / "snapshots" / hub.repos.commits["v1"]
+    assert sorted(path.name for path in snapshot.iterdir()) == ["config.json", "generation_config.json"]
+    blobs = tmp_path / "bad" / "models--org--tiny-gpt2" / "blobs"
+    assert len(_blobs(tmp_path / "bad")) == 2
+    assert all(hub_module._blob_matches_name(os.fspath(blobs / name)) for name in _blobs(tmp_path / "bad"))

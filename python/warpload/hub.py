@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import os
 import threading
@@ -29,6 +30,8 @@ TF_WEIGHTS_NAME = "tf_model.h5"
 OFFLINE_DOCS = "https://huggingface.co/docs/transformers/installation#offline-mode"
 # Parallel shard downloads: enough to fill a link with per-connection limits, few enough for a small VM.
 DOWNLOAD_WORKERS = 8
+# Read size when hashing a downloaded blob (hashlib releases the GIL for large updates).
+HASH_CHUNK = 8 << 20
 # Options transformers pops for the Hub and warpload ignores: `mirror` (gone from the Hub), `_commit_hash`.
 IGNORED_OPTIONS = ("mirror", "_commit_hash")
 
@@ -151,14 +154,14 @@ class _Request:
     def _path(self, name: str) -> str:
         return f"{self.subfolder}/{name}" if self.subfolder else name
 
-    def _fetch(self, name: str, revision: str, *, offline: bool = False) -> str:
+    def _fetch(self, name: str, revision: str, *, offline: bool = False, force: bool = False) -> str:
         """hf_hub_download of `name` (relative to the subfolder) into the shared cache; its snapshot path."""
         import huggingface_hub
 
         try:
             return huggingface_hub.hf_hub_download(
                 self.repo_id, name, subfolder=self.subfolder or None, revision=revision,
-                cache_dir=self.options.cache_dir, force_download=self.options.force_download and not offline,
+                cache_dir=self.options.cache_dir, force_download=(self.options.force_download or force) and not offline,
                 token=self.options.token, local_files_only=offline)
         except huggingface_hub.errors.LocalEntryNotFoundError as err:
             if offline:
@@ -166,6 +169,29 @@ class _Request:
             raise self._translate(err, name) from err
         except Exception as err:
             raise self._translate(err, name) from err
+
+    def _fetch_checked(self, name: str, revision: str) -> str:
+        """_fetch, then the content hash of a new blob checked against its name (the ETag: sha256 for LFS
+        and Xet files, the git blob id for others); a mismatch is evicted and fetched once more.
+
+        huggingface_hub checks only the size, so a corrupted body of the right length would stay cached.
+        """
+        import huggingface_hub
+
+        cached = huggingface_hub.try_to_load_from_cache(self.repo_id, self._path(name), self.options.cache_dir,
+                                                        revision)
+        path = self._fetch(name, revision)
+        if (isinstance(cached, str) and not self.options.force_download) or _blob_matches_name(path):
+            return path
+        _evict(path)
+        path = self._fetch(name, revision, force=True)
+        if _blob_matches_name(path):
+            return path
+        _evict(path)
+        raise HubError(f"{self._path(name)} of {self.repo_id} at revision {self.revision!r} arrived twice with content "
+                       f"that does not match its hash {os.path.basename(os.path.realpath(path))!r}; it was removed "
+                       "from the cache. Retry later, or check the proxy or mirror between you and the Hub.",
+                       repo_id=self.repo_id, revision=self.revision, filename=self._path(name))
 
     def _not_cached(self, name: str) -> NotCachedError:
         from huggingface_hub import constants
@@ -240,13 +266,13 @@ class _Request:
         if CONFIG_NAME not in files:
             raise self._missing(CONFIG_NAME, listing)
         # The user's revision name here, so refs/{revision} is written for later offline loads.
-        config_path = self._fetch(CONFIG_NAME, self.revision)
+        config_path = self._fetch_checked(CONFIG_NAME, self.revision)
         snapshot = _snapshot_root(config_path, self.subfolder)
         wanted = [GENERATION_CONFIG_NAME] if weights and GENERATION_CONFIG_NAME in files else []
         if weights:
             chosen = self._choose_weights(files, listing, variant, use_safetensors, from_tf)
             if chosen.endswith(".json"):
-                self._fetch(chosen, commit)
+                self._fetch_checked(chosen, commit)
                 wanted += self._shards(os.path.join(snapshot, self._path(chosen)), files, listing)
             else:
                 wanted.append(chosen)
@@ -304,10 +330,11 @@ class _Request:
         """Downloads in parallel; each worker runs in this call's context (its proxies)."""
         if len(names) <= 1:
             for name in names:
-                self._fetch(name, commit)
+                self._fetch_checked(name, commit)
             return
         with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(names))) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, self._fetch, name, commit) for name in names]
+            futures = [pool.submit(contextvars.copy_context().run, self._fetch_checked, name, commit)
+                       for name in names]
             for future in futures:
                 future.result()
 
@@ -335,6 +362,30 @@ def _snapshot_root(path: str, subfolder: str) -> str:
     for _ in [part for part in subfolder.split("/") if part]:
         folder = os.path.dirname(folder)
     return folder
+
+
+def _blob_matches_name(path: str) -> bool:
+    """Whether the cached blob behind `path` hashes to its name: sha256 (64 hex digits) or a git blob id (40).
+    Blobs named otherwise (an ETag that is no content hash) pass."""
+    blob = os.path.realpath(path)
+    name = os.path.basename(blob)
+    if len(name) not in (40, 64) or any(char not in "0123456789abcdef" for char in name):
+        return True
+    digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()
+    if len(name) == 40:
+        digest.update(b"blob %d\0" % os.path.getsize(blob))
+    with open(blob, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest() == name
+
+
+def _evict(path: str) -> None:
+    """Removes a snapshot entry and its blob from the cache."""
+    blob = os.path.realpath(path)
+    for entry in (path, blob):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(entry)
 
 
 def _read_json(path: str) -> dict[str, Any]:
