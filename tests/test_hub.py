@@ -11,8 +11,8 @@ import huggingface_hub  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from hub_server import (GATED_REPO, GATED_TOKEN, MAIN_REPO, REMOTE_CODE_REPO, hub_fixture,  # noqa: E402,F401
-                        hub_session_fixture)
+from hub_repos import GATED_REPO, GATED_TOKEN, MAIN_REPO, REMOTE_CODE_REPO  # noqa: E402
+from hub_server import hub_fixture, hub_session_fixture  # noqa: E402,F401
 from warpload import errors  # noqa: E402
 from warpload import hub as hub_module  # noqa: E402
 from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
