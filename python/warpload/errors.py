@@ -61,3 +61,37 @@ class CudaUnavailableError(CudaError):
 
 class TensorBundleError(CheckpointError):
     """A TensorFlow tensor bundle (.index SSTable, its entries or its data shards) is corrupt or inconsistent."""
+
+
+class HubError(WarploadError, OSError):
+    """A Hub download failed (transformers raises OSError for these); says which repo, revision and file.
+
+    The file is `repo_file`: OSError's own `filename` would replace the message in str().
+    """
+
+    def __init__(self, message: str, *, repo_id: Optional[str] = None, revision: Optional[str] = None,
+                 filename: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.revision = revision
+        self.repo_file = filename
+
+
+class RepositoryNotFoundError(HubError):
+    """No such repository on the endpoint (or it is private and no valid token was sent)."""
+
+
+class GatedRepoError(RepositoryNotFoundError):
+    """The repository is gated or private: the server answered 401/403 for the token sent."""
+
+
+class RevisionNotFoundError(HubError):
+    """The repository has no such branch, tag or commit."""
+
+
+class EntryNotFoundError(HubError, FileNotFoundError):
+    """The repository has no such file at that revision."""
+
+
+class NotCachedError(HubError, FileNotFoundError):
+    """Offline (local_files_only or HF_HUB_OFFLINE) and the file is not in the cache."""

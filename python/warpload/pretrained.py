@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import cuda
-from .constants import PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+from .constants import PYTORCH_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
 from .dtypes import DTYPES, FLOAT_SOURCES
 from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
+from .hub import HubOptions, add_variant, resolve_pretrained, weight_candidates
 from .plan import TensorRecord
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
@@ -30,10 +31,8 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "warpload", "transformers")
 
-# transformers options that only steer Hub downloads; for a local folder transformers ignores them too.
-HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "resume_download",
-               "use_auth_token", "mirror", "_fast_init", "code_revision", "_commit_hash", "weights_only",
-               "disable_mmap", "offload_state_dict")
+# transformers options accepted and ignored (the Hub's are popped by hub.HubOptions).
+IGNORED_OPTIONS = ("_fast_init", "weights_only", "disable_mmap", "offload_state_dict")
 # transformers options warpload does not implement: passing one with a value raises NotImplementedError.
 UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size", "distributed_config", "device_mesh",
                        "key_mapping", "adapter_kwargs", "adapter_name", "max_memory", "offload_folder",
@@ -81,10 +80,12 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     {"": device}), output_loading_info (returns (model, info): missing, unexpected and mismatched
     key sets and error messages), ignore_mismatched_sizes, use_safetensors, variant, subfolder,
     generation_config, attn_implementation, trust_remote_code (transformers backend), and config
-    overrides as keywords (n_layer=2, rope_theta=...). Hub download options are accepted and
-    ignored for local folders. `model.load_timings` holds the call's LoadTimings. from_tf=True loads
-    TensorFlow weights without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and
-    TF2 bundles); safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
+    overrides as keywords (n_layer=2, rope_theta=...). A repo id is resolved through the Hub cache
+    with revision, cache_dir, force_download, local_files_only, token, proxies, code_revision
+    (see warpload.hub); for a local folder those are ignored, as transformers does.
+    `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
+    without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
+    safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
     Raises CheckpointNotFoundError (an OSError) when no weights or config are found,
     ArchitectureNotSupportedError (a ValueError) when neither warpload nor transformers has the
@@ -96,9 +97,15 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     _reject_unsupported(kwargs, from_flax)
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
-    for option in HUB_OPTIONS:
+    for option in IGNORED_OPTIONS:
         kwargs.pop(option, None)
-    location = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
+    hub_options = HubOptions.pop_from(kwargs)
+    name = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
+    location = name
+    if name is not None and state_dict is None:
+        location = resolve_pretrained(name, hub_options, subfolder=subfolder, variant=variant,
+                                      use_safetensors=use_safetensors, from_tf=from_tf,
+                                      trust_remote_code=trust_remote_code)
     if state_dict is not None and location is not None:
         raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
                          "Use one of the two loading strategies.")
@@ -139,7 +146,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     if device.type != "cpu":
         model.to(device)
     model.config.dtype = torch_type
-    model.config.name_or_path = location or ""
+    model.config.name_or_path = name or ""
     model.eval()
     model.load_timings = LoadTimings(resolved - started, planned - resolved, time.perf_counter() - planned)
     return (model, info.to_dict()) if output_loading_info else model
@@ -183,14 +190,6 @@ def _target_device(device_map: Any) -> "torch.device":
                          "device name (e.g. cpu, cuda:0)") from err
 
 
-def _add_variant(name: str, variant: Optional[str]) -> str:
-    """model.safetensors -> model.fp16.safetensors, model.safetensors.index.json -> model.safetensors.index.fp16.json"""
-    if not variant:
-        return name
-    stem, _, extension = name.rpartition(".")
-    return f"{stem}.{variant}.{extension}"
-
-
 def resolve_weight_files(location: Optional[str], *, subfolder: str = "", variant: Optional[str] = None,
                          use_safetensors: Optional[bool] = None, from_tf: bool = False) -> str:
     """The weights file or shard index transformers would load from a local folder (or the file given).
@@ -209,26 +208,23 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
         return location
     if not os.path.isdir(location):
         raise CheckpointNotFoundError(
-            f"{location} is not a local folder or file; warpload loads local checkpoints only: download it first "
-            "(e.g. `huggingface-cli download <repo> --local-dir <folder>`) and pass the folder")
+            f"{location} is not a local folder or file; pass a checkpoint folder (repo ids go through "
+            "from_pretrained, which downloads them)")
     folder = os.path.join(location, subfolder)
     tf_weights = tf_weights_in_folder(folder)
     if from_tf and tf_weights is not None:
         return tf_weights
-    candidates = [SAFETENSORS_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME] if use_safetensors is not False else []
-    if not use_safetensors:
-        candidates += [PYTORCH_WEIGHTS_NAME, PYTORCH_INDEX_NAME]
-    for candidate in candidates:
-        path = os.path.join(folder, _add_variant(candidate, variant))
+    for candidate in weight_candidates(variant, use_safetensors):
+        path = os.path.join(folder, candidate)
         if os.path.isfile(path):
             return path
-    safetensors_name = _add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
+    safetensors_name = add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
     if use_safetensors:
         raise CheckpointNotFoundError(f"Error no file named {safetensors_name} found in directory {location}.")
     hint = ""
     if tf_weights is not None:
         hint = f" It has TensorFlow weights ({os.path.basename(tf_weights)}): use `from_tf=True` to load them."
-    bin_name = _add_variant(PYTORCH_WEIGHTS_NAME, variant)
+    bin_name = add_variant(PYTORCH_WEIGHTS_NAME, variant)
     raise CheckpointNotFoundError(
         f"Error no file named {safetensors_name}, or {bin_name}, found in directory {location}.{hint}")
 

@@ -95,14 +95,14 @@ class PretrainedConfig:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: PathLike, *, subfolder: str = "",
                         return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
-        """Reads config.json from a folder (or a JSON file) and applies keyword overrides.
+        """Reads config.json from a folder, a JSON file or a Hub repo id, and applies keyword overrides.
 
         Overrides that name a field of the config replace it; the others are returned as unused
         when `return_unused_kwargs` is True (then the result is `(config, unused)`), as in
         transformers. Raises CheckpointNotFoundError without a config.json, CheckpointError for
         invalid JSON.
         """
-        config_dict, path = read_config_dict(pretrained_model_name_or_path, subfolder)
+        config_dict, path = read_config_dict(pretrained_model_name_or_path, subfolder, kwargs)
         config = _build(cls, config_dict, kwargs, path)
         unused = {key: value for key, value in kwargs.items() if not config.knows(key)}
         return (config, unused) if return_unused_kwargs else config
@@ -125,9 +125,18 @@ def _build(cls: type, config_dict: dict[str, Any], overrides: dict[str, Any], pa
     return config
 
 
-def read_config_dict(pretrained_model_name_or_path: PathLike, subfolder: str = "") -> tuple[dict[str, Any], str]:
-    """The parsed config.json of a folder (or the JSON file given) and its path."""
-    location = os.fspath(pretrained_model_name_or_path)
+def read_config_dict(pretrained_model_name_or_path: PathLike, subfolder: str = "",
+                     kwargs: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], str]:
+    """The parsed config.json of a folder, the JSON file given, or a repo id, and its path.
+
+    A repo id is fetched into the Hub cache with the Hub options popped from `kwargs` (revision,
+    cache_dir, token, proxies, local_files_only, ...: see warpload.hub).
+    """
+    from ..hub import HubOptions, resolve_pretrained
+
+    options = HubOptions.pop_from(kwargs if kwargs is not None else {})
+    location = resolve_pretrained(os.fspath(pretrained_model_name_or_path), options, subfolder=subfolder,
+                                  weights=False)
     path = os.path.join(location, subfolder, CONFIG_NAME) if os.path.isdir(location) else location
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(
@@ -299,7 +308,7 @@ class AutoConfig:
 
         Raises ValueError when the file has no `model_type`, CheckpointNotFoundError without a config.json.
         """
-        config_dict, path = read_config_dict(pretrained_model_name_or_path, subfolder)
+        config_dict, path = read_config_dict(pretrained_model_name_or_path, subfolder, kwargs)
         model_type = config_dict.get("model_type")
         if not model_type:
             raise ValueError(f"Unrecognized model in {os.fspath(pretrained_model_name_or_path)}. Should have a "

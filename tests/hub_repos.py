@@ -1,0 +1,121 @@
+"""The git repositories the test Hub serves: tiny random GPT-2 models written by transformers, several commits,
+branches and tags, a variant, a subfolder, a gated copy and a repo with `auto_map` remote code."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model_checkpoints import save_checkpoint, tiny_transformers_model
+
+GATED_REPO = "org/gated"
+GATED_TOKEN = "hf_gatedsecret"
+REMOTE_CODE_REPO = "org/remote-code"
+MAIN_REPO = "org/tiny-gpt2"
+
+_GIT = ["git", "-c", "user.name=warpload", "-c", "user.email=warpload@example.com", "-c", "commit.gpgsign=false"]
+
+REMOTE_MODEL_CODE = '''
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+class TinyRemoteConfig(GPT2Config):
+    model_type = "tiny-remote"
+
+
+class TinyRemoteForCausalLM(GPT2LMHeadModel):
+    config_class = TinyRemoteConfig
+'''
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run([*_GIT, *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _commit(repo: Path, message: str) -> str:
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", message)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def _clear(repo: Path) -> None:
+    for entry in repo.iterdir():
+        if entry.name != ".git":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+@dataclass
+class HubRepos:
+    """What the fixture committed: commits by name, and the state dict expected at each revision."""
+
+    commits: dict[str, str] = field(default_factory=dict)
+    states: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+def _save(model: torch.nn.Module, folder: Path, fmt: str, dtype: torch.dtype = torch.float32) -> dict:
+    save_checkpoint(model, folder, fmt, dtype)
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def build_repos(mirrors: Path) -> HubRepos:
+    """Creates the git repositories olah serves (mirrors/models/<org>/<name>)."""
+    built = HubRepos()
+    repo = mirrors / "models" / MAIN_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    # v1: one safetensors file.
+    built.states[(MAIN_REPO, "v1")] = _save(tiny_transformers_model("gpt2", seed=0), repo, "safetensors")
+    built.commits["v1"] = _commit(repo, "v1: safetensors")
+    _git(repo, "tag", "v1")
+    # main: safetensors next to .bin (never fetched), a fp16 variant, a subfolder, unrelated files.
+    _clear(repo)
+    model = tiny_transformers_model("gpt2", seed=1)
+    _save(model, repo / "bin", "bin")
+    (repo / "bin" / "pytorch_model.bin").rename(repo / "pytorch_model.bin")
+    shutil.rmtree(repo / "bin")
+    built.states[(MAIN_REPO, "main")] = _save(model, repo, "safetensors")
+    (repo / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7, "bos_token_id": 1}))
+    (repo / "optimizer.pt").write_bytes(b"\0" * 1024)
+    (repo / "README.md").write_text("tiny\n")
+    variant = tiny_transformers_model("gpt2", seed=2)
+    _save(variant, repo / "v", "safetensors", torch.float16)
+    (repo / "v" / "model.safetensors").rename(repo / "model.fp16.safetensors")
+    shutil.rmtree(repo / "v")
+    built.states[(MAIN_REPO, "fp16")] = {k: v.clone() for k, v in variant.state_dict().items()}
+    built.states[(MAIN_REPO, "sub")] = _save(tiny_transformers_model("gpt2", seed=3), repo / "sub", "safetensors")
+    built.commits["main"] = _commit(repo, "main: safetensors, bin, variant, subfolder")
+    # branch sharded: safetensors shards and an index; branch bin-only: pytorch_model.bin shards.
+    for branch, fmt, seed in (("sharded", "safetensors-sharded", 4), ("bin-only", "bin-sharded", 5)):
+        _git(repo, "checkout", "-q", "-b", branch, built.commits["main"])
+        _clear(repo)
+        built.states[(MAIN_REPO, branch)] = _save(tiny_transformers_model("gpt2", seed=seed), repo, fmt)
+        built.commits[branch] = _commit(repo, branch)
+    # branch broken-index: the index names a shard the commit lacks.
+    _git(repo, "checkout", "-q", "-b", "broken-index", built.commits["sharded"])
+    _git(repo, "rm", "-q", sorted(path.name for path in repo.glob("model-*.safetensors"))[-1])
+    built.commits["broken-index"] = _commit(repo, "a shard lost")
+    _git(repo, "checkout", "-q", "main")
+
+    gated = mirrors / "models" / GATED_REPO
+    gated.mkdir(parents=True)
+    _git(gated, "init", "-q", "-b", "main")
+    built.states[(GATED_REPO, "main")] = _save(tiny_transformers_model("gpt2", seed=6), gated, "safetensors")
+    _commit(gated, "gated")
+
+    remote = mirrors / "models" / REMOTE_CODE_REPO
+    remote.mkdir(parents=True)
+    _git(remote, "init", "-q", "-b", "main")
+    model = tiny_transformers_model("gpt2", seed=7)
+    built.states[(REMOTE_CODE_REPO, "main")] = _save(model, remote, "safetensors")
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="tiny-remote", architectures=["TinyRemoteForCausalLM"],
+                  auto_map={"AutoConfig": "modeling_tiny.TinyRemoteConfig",
+                            "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"})
+    (remote / "config.json").write_text(json.dumps(config))
+    (remote / "modeling_tiny.py").write_text(REMOTE_MODEL_CODE)
+    _commit(remote, "remote code")
+    return built

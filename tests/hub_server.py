@@ -1,0 +1,368 @@
+"""A Hub on 127.0.0.1 for the hub tests: git repos served by olah, a token-checking front, and a forwarding proxy.
+
+Layout of one session:
+
+    client ──(optional forwarding proxy, logs every request)──> front ──> olah (offline, local git mirrors)
+
+The front is a small reverse proxy that (1) logs requests, (2) answers 401 GatedRepo for the gated
+repo unless the right `Authorization: Bearer` header comes, (3) corrects olah's errors and (4) can
+cut a download after N bytes (a server dying mid-file), corrupt one, or pace all through one link.
+olah 0.5 reports an unknown revision and a missing file at a known revision as a missing
+repository (401 RepoNotFound); the Hub answers 404 RevisionNotFound / EntryNotFound, so the front
+asks git which case it is and rewrites the status.
+"""
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+from hub_repos import _GIT, GATED_REPO, GATED_TOKEN, MAIN_REPO, HubRepos, build_repos
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RequestLog:
+    """(method, path, authorization header) of every request a server saw, thread-safe."""
+
+    entries: list[tuple[str, str, Optional[str]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, method: str, path: str, authorization: Optional[str]) -> None:
+        with self.lock:
+            self.entries.append((method, path, authorization))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [path for _, path, _ in self.entries]
+
+
+_HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
+                "proxy-authorization", "trailer"}
+
+
+class Link:
+    """A shared bandwidth limit for every connection of a server (a token bucket of one link), in bytes/s."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.free_at = time.monotonic()
+
+    def send(self, nbytes: int) -> None:
+        with self.lock:
+            start = max(self.free_at, time.monotonic())
+            self.free_at = start + nbytes / self.rate
+            wait = self.free_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+
+def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, path: str,
+           cut_after: Optional[int] = None, link: Optional[Link] = None, corrupt: bool = False) -> None:
+    """Sends the handler's request to host:port and streams the answer back (optionally cut after N body bytes,
+    paced by `link`, or with its first byte flipped)."""
+    headers = {key: value for key, value in handler.headers.items() if key.lower() not in _HOP_HEADERS}
+    headers["Host"] = f"{host}:{port}"
+    upstream = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        upstream.request(handler.command, path, headers=headers)
+        response = upstream.getresponse()
+        handler.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in _HOP_HEADERS:
+                handler.send_header(key, value)
+        body = None
+        if response.getheader("Content-Length") is None and handler.command != "HEAD":
+            # olah streams files chunked; the Hub sends Content-Length, which is what lets a client tell a
+            # cut connection from the end of the file (and resume). Test files are small: buffer them.
+            body = response.read()
+            handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command == "HEAD":
+            return
+        sent = 0
+        chunks = iter([body]) if body is not None else iter(lambda: response.read(64 * 1024), b"")
+        for chunk in chunks:
+            if corrupt and sent == 0 and chunk:
+                chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+            if cut_after is not None and sent + len(chunk) > cut_after:
+                handler.wfile.write(chunk[: cut_after - sent])
+                handler.wfile.flush()
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            for start in range(0, len(chunk), 1 << 20):
+                piece = chunk[start:start + (1 << 20)]
+                if link is not None:
+                    link.send(len(piece))
+                handler.wfile.write(piece)
+            sent += len(chunk)
+    finally:
+        upstream.close()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class FrontServer:
+    """The reverse proxy in front of olah (see the module docstring)."""
+
+    def __init__(self, olah_port: int, mirrors: Path) -> None:
+        self.olah_port = olah_port
+        self.mirrors = mirrors
+        self.log = RequestLog()
+        # Body bytes to send of a file download before dropping the connection, for the next `cuts_left` downloads.
+        self.cut_after: Optional[int] = None
+        self.cuts_left = 0
+        # Safetensors downloads still to be sent with a flipped first byte (right size, wrong content).
+        self.corrupt_left = 0
+        # Bandwidth limit of file downloads (benchmarks/bench_hub.py); None: loopback speed.
+        self.link: Optional[Link] = None
+        # (path, Range header) of every file download.
+        self.ranges: list[tuple[str, Optional[str]]] = []
+        self.lock = threading.Lock()
+        self.server = _Server(("127.0.0.1", 0), self._handler_class())
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _repo_and_revision(self, path: str) -> tuple[Optional[str], Optional[str], Optional[str]]:
+        """(repo id, revision, file) of an /api/models/... or /{repo}/resolve/{rev}/{file} path."""
+        parts = urllib.parse.unquote(urllib.parse.urlsplit(path).path).strip("/").split("/")
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            revision = parts[5] if len(parts) >= 6 and parts[4] == "revision" else None
+            return "/".join(parts[2:4]), revision, None
+        if len(parts) >= 5 and parts[2] == "resolve":
+            return "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+        return None, None, None
+
+    def _olah_error(self, repo: Optional[str], revision: Optional[str]) -> Optional[tuple[int, str, str]]:
+        """The Hub's answer for a request olah called RepoNotFound, when git knows the repo."""
+        folder = self.mirrors / "models" / (repo or "_")
+        if repo is None or not (folder / ".git").is_dir() or revision is None:
+            return None
+        known = subprocess.run([*_GIT, "rev-parse", "--verify", "-q", f"{revision}^{{commit}}"], cwd=folder,
+                               capture_output=True).returncode == 0
+        if not known:
+            return 404, "RevisionNotFound", f"Invalid rev id: {revision}"
+        return 404, "EntryNotFound", "Entry not found"
+
+    def _handler_class(self) -> type:
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, status: int, code: str, message: str) -> None:
+                body = json.dumps({"error": message}).encode()
+                self.send_response(status)
+                self.send_header("X-Error-Code", code)
+                self.send_header("X-Error-Message", message)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                front.log.add(self.command, self.path, self.headers.get("Authorization"))
+                repo, revision, filename = front._repo_and_revision(self.path)
+                if repo == GATED_REPO and self.headers.get("Authorization") != f"Bearer {GATED_TOKEN}":
+                    self._answer(401, "GatedRepo", "Access to model org/gated is restricted. You must have "
+                                 "access to it and be authenticated to access it. Please log in.")
+                    return
+                if repo is not None:
+                    probe = http.client.HTTPConnection("127.0.0.1", front.olah_port, timeout=30)
+                    try:
+                        probe.request("HEAD", self.path)
+                        status = probe.getresponse().status
+                    finally:
+                        probe.close()
+                    error = front._olah_error(repo, revision) if status == 401 else None
+                    if error is not None:
+                        self._answer(*error)
+                        return
+                cut, corrupt = None, False
+                if filename is not None and self.command == "GET":
+                    with front.lock:
+                        front.ranges.append((self.path, self.headers.get("Range")))
+                        weights = filename.endswith("safetensors")
+                        if front.cut_after is not None and front.cuts_left > 0 and weights:
+                            front.cuts_left -= 1
+                            cut = front.cut_after
+                        if front.corrupt_left > 0 and weights:
+                            front.corrupt_left -= 1
+                            corrupt = True
+                _relay(self, "127.0.0.1", front.olah_port, self.path, cut, front.link if filename else None, corrupt)
+
+            do_HEAD = do_GET
+
+        return Handler
+
+
+class ForwardProxy:
+    """A plain-HTTP forwarding proxy (absolute-URI requests) that logs what it forwarded."""
+
+    def __init__(self) -> None:
+        self.log = RequestLog()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                proxy.log.add(self.command, self.path, self.headers.get("Authorization"))
+                target = url.path + (f"?{url.query}" if url.query else "")
+                _relay(self, url.hostname, url.port or 80, target)
+
+            do_HEAD = do_GET
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class OlahServer:
+    """olah-cli serving `mirrors` offline on a free port, ready when a revision answers."""
+
+    def __init__(self, root: Path, mirrors: Path, probe_repo: str = MAIN_REPO) -> None:
+        self.port = free_port()
+        self.probe_repo = probe_repo
+        config = root / "olah.toml"
+        config.write_text(
+            "[basic]\n"
+            f'host = "127.0.0.1"\nport = {self.port}\n'
+            f'repos-path = "{root / "olah-repos"}"\nmirrors-path = ["{mirrors}"]\n'
+            f'mirror-netloc = "127.0.0.1:{self.port}"\nmirror-lfs-netloc = "127.0.0.1:{self.port}"\n'
+            "[accessibility]\noffline = true\n")
+        cli = Path(sys.executable).with_name("olah-cli")
+        command = [os.fspath(cli)] if cli.exists() else [sys.executable, "-m", "olah.server"]
+        self.log_path = root / "olah.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([*command, "-c", os.fspath(config)], cwd=root, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        # olah answers 401 on /api/models/ORG/REPO when offline; a revision endpoint answers 200.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"olah exited ({self.process.returncode}): {self.log_path.read_text()[-2000:]}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", f"/api/models/{self.probe_repo}/revision/main")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"olah did not answer within {timeout} s: {self.log_path.read_text()[-2000:]}")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Hub:
+    """The running servers and what they serve."""
+
+    endpoint: str
+    front: FrontServer
+    proxy: ForwardProxy
+    olah: OlahServer
+    repos: HubRepos
+
+
+@pytest.fixture(scope="session", name="hub_session")
+def hub_session_fixture(tmp_path_factory) -> Iterator[Hub]:
+    """Repos, olah, the front and the proxy: built once per test session (~5 s)."""
+    root = tmp_path_factory.mktemp("hub")
+    mirrors = root / "mirrors"
+    repos = build_repos(mirrors)
+    olah = OlahServer(root, mirrors)
+    front = FrontServer(olah.port, mirrors)
+    proxy = ForwardProxy()
+    try:
+        yield Hub(front.endpoint, front, proxy, olah, repos)
+    finally:
+        proxy.close()
+        front.close()
+        olah.close()
+
+
+@pytest.fixture(name="hub")
+def hub_fixture(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Hub:
+    """HF_ENDPOINT at the front, an empty HF_HOME / cache and no token, for this test only.
+
+    huggingface_hub reads HF_ENDPOINT and the cache paths at import, so its constants are patched
+    as well as the environment (which subprocesses see).
+    """
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf_home"
+    values = {"HF_ENDPOINT": hub_session.endpoint, "HF_HOME": os.fspath(home),
+              "HF_HUB_CACHE": os.fspath(home / "hub")}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    for key in ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub_session.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        hub_session.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HOME", os.fspath(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.fspath(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", os.fspath(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", os.fspath(home / "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub_session.front.log.clear()
+    hub_session.proxy.log.clear()
+    hub_session.front.cut_after = None
+    hub_session.front.cuts_left = 0
+    hub_session.front.corrupt_left = 0
+    hub_session.front.ranges.clear()
+    return hub_session
