@@ -23,6 +23,7 @@ $(VENV)/.installed: $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/
 setup: $(VENV)/.installed
 
 demo: setup
+	$(BIN)/warpload generate --model gpt2 --ids "464,2068,7586,21831" --max-new-tokens 8
 	$(BIN)/warpload bench
 
 test: setup

@@ -56,3 +56,23 @@ def test_text_without_a_tokenizer_asks_for_ids(folder, capsys):
 def test_bad_ids_are_reported(folder, capsys):
     assert run_cli(str(folder), "5,x", "--ids") == 2
     assert "token ids" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [("5,6", "--ids"), ("somewhere", "5,6", "--ids", "--model", "gpt2")],
+                         ids=["neither", "both"])
+def test_path_or_synthetic_model_exactly_one(argv, capsys):
+    assert run_cli(*argv) == 2
+    assert "PATH or --model" in capsys.readouterr().err
+
+
+def test_synthetic_model_is_generated_once_and_loaded(monkeypatch, tmp_path, capsys):
+    from warpload import synthetic
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(synthetic, "SHAPES", {**synthetic.SHAPES, "gpt2": synthetic.GPT2Shape(
+        n_layer=1, n_embd=64, n_positions=16, vocab_size=50257)})
+    assert run_cli("--model", "gpt2", "5,6", "--ids", "--max-new-tokens", "3") == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().split(",")) == 3
+    assert "generating the synthetic gpt2 checkpoint" in err
+    assert (tmp_path / "warpload" / "synthetic-gpt2" / "config.json").is_file()

@@ -8,6 +8,8 @@ import time
 from typing import Any, Optional
 
 TOKENIZER_FILE = "tokenizer.json"
+# The synthetic checkpoints `--model` offers (warpload.synthetic.SHAPES, named here to keep the CLI cheap).
+SYNTHETIC_MODELS = ("gpt2", "gpt2-medium")
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
@@ -21,7 +23,10 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                     "package is installed; otherwise pass token ids with --ids. Prints the load time split into "
                     "resolve (find files), plan (config, headers, model skeleton), read (weights into parameters) and "
                     "first token.")
-    parser.add_argument("path", help="checkpoint folder (config.json and weights)")
+    parser.add_argument("path", nargs="?", help="checkpoint folder (config.json and weights) or Hub repo id")
+    parser.add_argument("--model", choices=sorted(SYNTHETIC_MODELS),
+                        help="instead of PATH, a synthetic GPT-2-shaped checkpoint with random weights (generated "
+                             "once under ~/.cache/warpload): the demo that needs no download")
     parser.add_argument("prompt", help=f"text, encoded with the folder's {TOKENIZER_FILE}; with --ids, token ids "
                                        "separated by commas or spaces")
     parser.add_argument("--ids", action="store_true", help="the prompt is token ids; output is token ids too")
@@ -43,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     from .models.auto import AutoModelForCausalLM
 
+    if (args.path is None) == (args.model is None):
+        print("warpload generate: give a checkpoint PATH or --model, not both", file=sys.stderr)
+        return 2
+    if args.model is not None:
+        from .cli import synthetic_checkpoint
+
+        args.path = os.path.dirname(synthetic_checkpoint(args.model))
     tokenizer = None if args.ids else _folder_tokenizer(args.path)
     if not args.ids and tokenizer is None:
         print(f"warpload generate: cannot encode text: {os.path.join(args.path, TOKENIZER_FILE)} is missing or the "
