@@ -11,6 +11,7 @@
 #include "engine.h"
 #include "errors.h"
 #include "io.h"
+#include "pickle_scan.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -49,6 +50,19 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
         row += kPlanColumns;
     }
     return ops;
+}
+
+const char* scan_status_name(PickleScanStatus status) {
+    switch (status) {
+        case PickleScanStatus::kComplete: return "complete";
+        case PickleScanStatus::kTruncated: return "truncated";
+        case PickleScanStatus::kForbiddenOpcode: return "forbidden opcode";
+        case PickleScanStatus::kMissingOperand: return "missing operand";
+        case PickleScanStatus::kMemoIndexTooLarge: return "memo index too large";
+        case PickleScanStatus::kTuplesTooDeep: return "tuples too deep";
+        case PickleScanStatus::kMarksTooDeep: return "marks too deep";
+    }
+    return "unknown";
 }
 
 // A buffer of zero bytes still needs a non-null address for the buffer protocol.
@@ -147,6 +161,37 @@ PYBIND11_MODULE(_core, m) {
             return py::bytes(out);
         },
         py::arg("src"), py::arg("src_dtype"), py::arg("dst_dtype"), "Converts a whole buffer; for tests.");
+
+    m.def(
+        "scan_pickle",
+        [](const py::buffer& data, int max_nesting) {
+            py::buffer_info info = data.request();
+            if (info.ndim != 1 || info.itemsize != 1) throw std::invalid_argument("scan_pickle takes a bytes-like object");
+            const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+            PickleScan scan;
+            {
+                py::gil_scoped_release release;
+                scan = scan_pickle(bytes, static_cast<size_t>(info.size), max_nesting);
+            }
+            py::list globals;
+            for (const PickleGlobal& global : scan.globals) {
+                globals.append(py::make_tuple(
+                    global.offset,
+                    py::bytes(reinterpret_cast<const char*>(bytes + global.module_begin), global.module_end - global.module_begin),
+                    py::bytes(reinterpret_cast<const char*>(bytes + global.name_begin), global.name_end - global.name_begin)));
+            }
+            return py::make_tuple(scan_status_name(scan.status), scan.position, scan.memo_index, globals);
+        },
+        py::arg("data"), py::arg("max_nesting"),
+        "Checks a weights-only pickle without running it: (status, position, memo index, [(offset, module, "
+        "name) of each GLOBAL before position]). Status 'complete' gives the length as position.");
+    m.def(
+        "weights_only_opcodes",
+        []() {
+            std::vector<uint8_t> codes = weights_only_opcodes();
+            return py::bytes(reinterpret_cast<const char*>(codes.data()), codes.size());
+        },
+        "The pickle opcodes scan_pickle accepts, as bytes.");
 
     m.def("evict_from_page_cache", &evict_from_page_cache, py::arg("path"),
           py::call_guard<py::gil_scoped_release>(), "Drops a file's pages from the page cache.");
