@@ -197,7 +197,8 @@ PickleScan scan_pickle(const uint8_t* data, size_t size, int max_nesting) {
             case kForbidden:
                 return end_with(PickleScanStatus::kForbiddenOpcode, pos);
         }
-        pos += length;  // past `size` when an argument is cut short: the loop ends, truncated
+        if (length > size - pos) return end_with(PickleScanStatus::kTruncated, pos);  // an argument cut short
+        pos += length;
     }
     return end_with(PickleScanStatus::kTruncated, pos);
 }

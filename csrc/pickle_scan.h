@@ -28,7 +28,8 @@ struct PickleGlobal {
 
 struct PickleScan {
     PickleScanStatus status;
-    size_t position;      // the length for kComplete, else the byte of the opcode that ended the scan
+    size_t position;      // the length for kComplete, else the byte of the opcode that ended the scan (size
+                          // when the data ends between opcodes)
     uint64_t memo_index;  // for kMemoIndexTooLarge
     std::vector<PickleGlobal> globals;  // every GLOBAL before `position`, in order
 };
