@@ -156,15 +156,17 @@ def test_scan_matches_the_reference_on_mutated_pickles(data, count, limit):
     assert scan(bytes(pkl), limit) == reference_scan(bytes(pkl), limit)
 
 
-# Opcodes with their arguments, drawn freely: stack underflows, stray marks, deep tuples, memo misses.
-_PIECES = st.sampled_from([b"(", b")", b"t", b"\x85", b"\x86", b"\x87", b"e", b"u", b"R", b"a", b"b", b"s", b"Q",
-                           b"N", b"K\x01", b"]", b"}", b"q\x00", b"q\x03", b"h\x00", b"h\x03", b"r\x01\x00\x00\x00",
-                           b"j\x01\x00\x00\x00", b"X\x01\x00\x00\x00a", b"U\x00", b"cmodule\nname\n", b"\x80\x02",
-                           b".", b"\x93"])
+# Opcodes with their arguments, drawn freely (half of them pushes, so sequences get past their first few
+# opcodes): stack underflows, stray marks, deep tuples, memo misses.
+_PIECES = st.one_of(
+    st.sampled_from([b"N", b"K\x01", b"]", b"}", b")", b"X\x01\x00\x00\x00a", b"U\x00", b"cmodule\nname\n",
+                     b"h\x00", b"j\x01\x00\x00\x00"]),
+    st.sampled_from([b"(", b"t", b"\x85", b"\x86", b"\x87", b"e", b"u", b"R", b"a", b"b", b"s", b"Q", b"q\x00",
+                     b"q\x03", b"r\x01\x00\x00\x00", b"\x80\x02", b".", b"\x93"]))
 
 
 @settings(max_examples=1000, deadline=None)
-@given(pieces=st.lists(_PIECES, max_size=40), limit=st.integers(1, 5), cut=st.integers(0, 8))
+@given(pieces=st.lists(_PIECES, max_size=60), limit=st.integers(1, 5), cut=st.integers(0, 8))
 def test_scan_matches_the_reference_on_random_opcode_sequences(pieces, limit, cut):
     data = b"".join(pieces)
     data = data[:max(len(data) - cut, 0)]
