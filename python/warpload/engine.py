@@ -7,7 +7,7 @@ from array import array
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from . import constants, system
-from .dtypes import DTYPES, copy_code, element_count, torch_dtype
+from .dtypes import DTYPES, copy_code, torch_dtype
 from .plan import LoadPlan
 
 if TYPE_CHECKING:
@@ -25,29 +25,42 @@ def open_files(paths: Sequence[str]) -> list:
     return [core().File(path) for path in paths]
 
 
-def tensor_view(buffer: Any, offset: int, dtype: str, shape: tuple[int, ...]) -> "torch.Tensor":
-    """A contiguous tensor over buffer[offset:], keeping buffer alive; it owns no copy of the bytes."""
+def storage_tensors(buffers: Sequence[Any], offsets: Sequence[int], dtypes: Sequence[str],
+                    numels: Sequence[int]) -> list["torch.Tensor"]:
+    """1-D tensors over buffers[i][offsets[i]:], numels[i] elements of dtypes[i] each, keeping their buffers
+    alive; they own no copy of the bytes."""
     import torch
 
-    torch_type = torch_dtype(dtype)
-    shape = torch_shape(dtype, shape)
-    count = element_count(shape)
-    if count == 0:
-        return torch.empty(shape, dtype=torch_type)
-    return torch.frombuffer(buffer, dtype=torch_type, count=count, offset=offset).view(shape)
+    tensors = []
+    for buffer, offset, dtype, numel in zip(buffers, offsets, dtypes, numels):
+        torch_type = torch_dtype(dtype)
+        count = numel // 2 if dtype == "F4" else numel  # torch_shape of (numel,)
+        if count == 0:
+            tensors.append(torch.empty(0, dtype=torch_type))
+        else:
+            tensors.append(torch.frombuffer(buffer, dtype=torch_type, count=count, offset=offset))
+    return tensors
 
 
 def wrap_tensors(plan: LoadPlan, storage_views: Sequence["torch.Tensor"]) -> dict[str, "torch.Tensor"]:
-    """Each planned tensor as a view of its storage; tensors of one storage share it, as torch.load gives."""
+    """Each planned tensor as a view of its storage (a 1-D tensor); tensors of one storage share it, as
+    torch.load gives. A storage's first 1-D tensor is the storage tensor itself: on 6,004 small tensors, a
+    view per tensor costs 10 ms."""
     tensors = {}
+    used = [False] * len(storage_views)
     for planned in plan.tensors:
         record = planned.record
         storage = storage_views[planned.storage]
         if record.is_storage_view:
             stride = record.stride if record.stride is not None else contiguous_stride(record.shape)
             tensors[record.name] = storage.as_strided(record.shape, stride, record.storage_offset)
+            continue
+        shape = torch_shape(record.dtype, record.shape)
+        if len(shape) == 1 and not used[planned.storage]:
+            tensors[record.name] = storage
         else:
-            tensors[record.name] = storage.view(torch_shape(record.dtype, record.shape))
+            tensors[record.name] = storage.view(shape)
+        used[planned.storage] = True
     return tensors
 
 
@@ -135,7 +148,10 @@ def materialize(plan: LoadPlan, device: Any = "cpu",
     buffer = execute_while_importing_torch(plan, files)
     import torch
 
-    storages = [tensor_view(buffer, s.dst_offset, s.dtype, (s.numel,)) for s in plan.storages]
+    # frombuffer reads a memoryview's buffer in half the time it takes to ask the HostBuffer itself.
+    view = memoryview(buffer)
+    storages = storage_tensors([view] * len(plan.storages), [s.dst_offset for s in plan.storages],
+                               [s.dtype for s in plan.storages], [s.numel for s in plan.storages])
     target = torch.device(device)
     if target.type != "cpu":
         # Storages move, then views are rebuilt on the device, so tied tensors stay tied there.
@@ -145,5 +161,7 @@ def materialize(plan: LoadPlan, device: Any = "cpu",
 
 def zero_copy_views(plan: LoadPlan, files: Mapping[str, Any]) -> dict[str, "torch.Tensor"]:
     """Tensors that view the mapped files directly: no copy, pages are read when first touched."""
-    storages = [tensor_view(files[s.path], s.offset, s.source_dtype, (s.numel,)) for s in plan.storages]
+    views = {path: memoryview(file) for path, file in files.items()}
+    storages = storage_tensors([views[s.path] for s in plan.storages], [s.offset for s in plan.storages],
+                               [s.source_dtype for s in plan.storages], [s.numel for s in plan.storages])
     return wrap_tensors(plan, storages)
