@@ -1,6 +1,7 @@
 """Zip archives as torch.save writes them: the central directory (zip64 included) and bounds-checked records."""
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
@@ -53,12 +54,16 @@ class ZipArchive:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDONLY)
+        # Read through a mapping: a local header costs a page fault instead of a pread system call and
+        # its Python wrapping (6,004 storages: 32 ms of preads). Like the engine's own mapping, it
+        # assumes the file is not truncated while it is read.
+        with open(path, "rb") as handle:
+            self.size = os.fstat(handle.fileno()).st_size
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
         try:
-            self.size = os.fstat(self._fd).st_size
             self.central_directory_offset, self.entries = self._read_central_directory()
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
 
     def __enter__(self) -> "ZipArchive":
@@ -68,26 +73,21 @@ class ZipArchive:
         self.close()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
     def _fail(self, problem: str, offset: Optional[int] = None) -> CheckpointError:
         return CheckpointError(f"{self.path}: {problem}", path=self.path, offset=offset)
 
-    def _pread(self, nbytes: int, offset: int) -> bytes:
+    def _check_range(self, nbytes: int, offset: int) -> None:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             raise self._fail(f"zip structure at byte {offset} ({nbytes} bytes) runs past the end of the "
                              f"file ({self.size} bytes); the file is truncated or corrupt", offset)
-        chunks = []
-        while nbytes > 0:
-            chunk = os.pread(self._fd, nbytes, offset)
-            if not chunk:
-                raise self._fail(f"the file shrank while being read (at byte {offset})", offset)
-            chunks.append(chunk)
-            nbytes -= len(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
+
+    def _pread(self, nbytes: int, offset: int) -> bytes:
+        self._check_range(nbytes, offset)
+        return self._map[offset:offset + nbytes] if nbytes else b""
 
     def _read_central_directory(self) -> tuple[int, dict[str, ZipEntry]]:
         end_offset, end = self._find_end_record()
@@ -191,8 +191,8 @@ class ZipArchive:
     def data_offset(self, entry: ZipEntry) -> int:
         """File offset of the entry's data: after its local header, whose name and extra lengths differ from
         the central directory's (torch pads the local extra field to align data to 64 bytes)."""
-        header = self._pread(_LOCAL.size, entry.header_offset)
-        signature, *_, name_len, extra_len = _LOCAL.unpack(header)
+        self._check_range(_LOCAL.size, entry.header_offset)
+        signature, *_, name_len, extra_len = _LOCAL.unpack_from(self._map, entry.header_offset)
         if signature != _LOCAL_SIGNATURE:
             raise self._fail(f"entry {entry.name!r}: no local header at byte {entry.header_offset}",
                              entry.header_offset)
