@@ -85,7 +85,7 @@ class ZipArchive:
             raise self._fail(f"zip structure at byte {offset} ({nbytes} bytes) runs past the end of the "
                              f"file ({self.size} bytes); the file is truncated or corrupt", offset)
 
-    def _pread(self, nbytes: int, offset: int) -> bytes:
+    def _bytes_at(self, nbytes: int, offset: int) -> bytes:
         self._check_range(nbytes, offset)
         return self._map[offset:offset + nbytes] if nbytes else b""
 
@@ -95,13 +95,13 @@ class ZipArchive:
         cd_limit = end_offset
         locator_offset = end_offset - _ZIP64_LOCATOR.size
         if locator_offset >= 0:
-            locator = _ZIP64_LOCATOR.unpack(self._pread(_ZIP64_LOCATOR.size, locator_offset))
+            locator = _ZIP64_LOCATOR.unpack(self._bytes_at(_ZIP64_LOCATOR.size, locator_offset))
             if locator[0] == _ZIP64_LOCATOR_SIGNATURE:
                 zip64_offset = locator[2]
                 if zip64_offset + _ZIP64_END.size > locator_offset:
                     raise self._fail(f"zip64 end record offset {zip64_offset} is not before its locator "
                                      f"(byte {locator_offset})", locator_offset)
-                zip64 = _ZIP64_END.unpack(self._pread(_ZIP64_END.size, zip64_offset))
+                zip64 = _ZIP64_END.unpack(self._bytes_at(_ZIP64_END.size, zip64_offset))
                 if zip64[0] != _ZIP64_END_SIGNATURE:
                     raise self._fail(f"no zip64 end record at byte {zip64_offset}, where the locator points",
                                      zip64_offset)
@@ -118,7 +118,7 @@ class ZipArchive:
                              f"at byte {cd_limit}; the file is truncated or corrupt", cd_offset)
         if count * _CENTRAL.size > cd_size:
             raise self._fail(f"{count} entries cannot fit in a central directory of {cd_size} bytes", cd_offset)
-        directory = self._pread(cd_size, cd_offset)
+        directory = self._bytes_at(cd_size, cd_offset)
         entries: dict[str, ZipEntry] = {}
         pos = 0
         for _ in range(count):
@@ -132,7 +132,7 @@ class ZipArchive:
         # The end record is the last thing in the file, followed by a comment of at most 64 KiB that may
         # itself contain the signature: the record is the one whose comment ends exactly at the end.
         tail_size = min(self.size, _END.size + _U16_MAX)
-        tail = self._pread(tail_size, self.size - tail_size)
+        tail = self._bytes_at(tail_size, self.size - tail_size)
         pos = tail.rfind(_END_SIGNATURE)
         while pos >= 0:
             if pos + _END.size <= len(tail) and pos + _END.size + _END.unpack_from(tail, pos)[-1] == len(tail):
@@ -208,7 +208,7 @@ class ZipArchive:
         if entry.size > limit:
             raise self._fail(f"entry {entry.name!r} is {entry.size} bytes, above the {limit}-byte limit for it; "
                              "the file is corrupt or hostile", entry.header_offset)
-        raw = self._pread(entry.compressed_size, self.data_offset(entry))
+        raw = self._bytes_at(entry.compressed_size, self.data_offset(entry))
         if entry.method == STORED:
             data = raw
         elif entry.method == DEFLATED:
