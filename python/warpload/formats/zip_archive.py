@@ -1,7 +1,6 @@
 """Zip archives as torch.save writes them: the central directory (zip64 included) and bounds-checked records."""
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import zlib
@@ -54,16 +53,12 @@ class ZipArchive:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        # Read through a mapping: a local header costs a page fault instead of a pread system call and
-        # its Python wrapping (6,004 storages: 32 ms of preads). Like the engine's own mapping, it
-        # assumes the file is not truncated while it is read.
-        with open(path, "rb") as handle:
-            self.size = os.fstat(handle.fileno()).st_size
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+        self._fd = os.open(path, os.O_RDONLY)
         try:
+            self.size = os.fstat(self._fd).st_size
             self.central_directory_offset, self.entries = self._read_central_directory()
         except BaseException:
-            self.close()
+            os.close(self._fd)
             raise
 
     def __enter__(self) -> "ZipArchive":
@@ -73,21 +68,26 @@ class ZipArchive:
         self.close()
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _fail(self, problem: str, offset: Optional[int] = None) -> CheckpointError:
         return CheckpointError(f"{self.path}: {problem}", path=self.path, offset=offset)
 
-    def _check_range(self, nbytes: int, offset: int) -> None:
+    def _pread(self, nbytes: int, offset: int) -> bytes:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             raise self._fail(f"zip structure at byte {offset} ({nbytes} bytes) runs past the end of the "
                              f"file ({self.size} bytes); the file is truncated or corrupt", offset)
-
-    def _bytes_at(self, nbytes: int, offset: int) -> bytes:
-        self._check_range(nbytes, offset)
-        return self._map[offset:offset + nbytes] if nbytes else b""
+        chunks = []
+        while nbytes > 0:
+            chunk = os.pread(self._fd, nbytes, offset)
+            if not chunk:
+                raise self._fail(f"the file shrank while being read (at byte {offset})", offset)
+            chunks.append(chunk)
+            nbytes -= len(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
 
     def _read_central_directory(self) -> tuple[int, dict[str, ZipEntry]]:
         end_offset, end = self._find_end_record()
@@ -95,13 +95,13 @@ class ZipArchive:
         cd_limit = end_offset
         locator_offset = end_offset - _ZIP64_LOCATOR.size
         if locator_offset >= 0:
-            locator = _ZIP64_LOCATOR.unpack(self._bytes_at(_ZIP64_LOCATOR.size, locator_offset))
+            locator = _ZIP64_LOCATOR.unpack(self._pread(_ZIP64_LOCATOR.size, locator_offset))
             if locator[0] == _ZIP64_LOCATOR_SIGNATURE:
                 zip64_offset = locator[2]
                 if zip64_offset + _ZIP64_END.size > locator_offset:
                     raise self._fail(f"zip64 end record offset {zip64_offset} is not before its locator "
                                      f"(byte {locator_offset})", locator_offset)
-                zip64 = _ZIP64_END.unpack(self._bytes_at(_ZIP64_END.size, zip64_offset))
+                zip64 = _ZIP64_END.unpack(self._pread(_ZIP64_END.size, zip64_offset))
                 if zip64[0] != _ZIP64_END_SIGNATURE:
                     raise self._fail(f"no zip64 end record at byte {zip64_offset}, where the locator points",
                                      zip64_offset)
@@ -118,7 +118,7 @@ class ZipArchive:
                              f"at byte {cd_limit}; the file is truncated or corrupt", cd_offset)
         if count * _CENTRAL.size > cd_size:
             raise self._fail(f"{count} entries cannot fit in a central directory of {cd_size} bytes", cd_offset)
-        directory = self._bytes_at(cd_size, cd_offset)
+        directory = self._pread(cd_size, cd_offset)
         entries: dict[str, ZipEntry] = {}
         pos = 0
         for _ in range(count):
@@ -132,7 +132,7 @@ class ZipArchive:
         # The end record is the last thing in the file, followed by a comment of at most 64 KiB that may
         # itself contain the signature: the record is the one whose comment ends exactly at the end.
         tail_size = min(self.size, _END.size + _U16_MAX)
-        tail = self._bytes_at(tail_size, self.size - tail_size)
+        tail = self._pread(tail_size, self.size - tail_size)
         pos = tail.rfind(_END_SIGNATURE)
         while pos >= 0:
             if pos + _END.size <= len(tail) and pos + _END.size + _END.unpack_from(tail, pos)[-1] == len(tail):
@@ -191,8 +191,8 @@ class ZipArchive:
     def data_offset(self, entry: ZipEntry) -> int:
         """File offset of the entry's data: after its local header, whose name and extra lengths differ from
         the central directory's (torch pads the local extra field to align data to 64 bytes)."""
-        self._check_range(_LOCAL.size, entry.header_offset)
-        signature, *_, name_len, extra_len = _LOCAL.unpack_from(self._map, entry.header_offset)
+        header = self._pread(_LOCAL.size, entry.header_offset)
+        signature, *_, name_len, extra_len = _LOCAL.unpack(header)
         if signature != _LOCAL_SIGNATURE:
             raise self._fail(f"entry {entry.name!r}: no local header at byte {entry.header_offset}",
                              entry.header_offset)
@@ -208,7 +208,7 @@ class ZipArchive:
         if entry.size > limit:
             raise self._fail(f"entry {entry.name!r} is {entry.size} bytes, above the {limit}-byte limit for it; "
                              "the file is corrupt or hostile", entry.header_offset)
-        raw = self._bytes_at(entry.compressed_size, self.data_offset(entry))
+        raw = self._pread(entry.compressed_size, self.data_offset(entry))
         if entry.method == STORED:
             data = raw
         elif entry.method == DEFLATED:
