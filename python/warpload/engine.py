@@ -32,8 +32,9 @@ def storage_tensors(buffers: Sequence[Any], offsets: Sequence[int], dtypes: Sequ
     import torch
 
     tensors = []
+    torch_types = {dtype: torch_dtype(dtype) for dtype in set(dtypes)}
     for buffer, offset, dtype, numel in zip(buffers, offsets, dtypes, numels):
-        torch_type = torch_dtype(dtype)
+        torch_type = torch_types[dtype]
         count = numel // 2 if dtype == "F4" else numel  # torch_shape of (numel,)
         if count == 0:
             tensors.append(torch.empty(0, dtype=torch_type))
@@ -86,16 +87,21 @@ def plan_table(plan: LoadPlan, dst_addresses: Sequence[int]) -> array:
     (a model's parameters), which must hold the storage in its planned dtype.
     """
     file_index = {path: i for i, path in enumerate(plan.paths)}
-    table = array("q")
+    codes = {(s.source_dtype, s.dtype): _engine_codes(s.source_dtype, s.dtype) for s in plan.storages}
+    cells: list[int] = []
     for storage, dst_address in zip(plan.storages, dst_addresses):
-        if storage.converts:
-            src_code, dst_code = DTYPES[storage.source_dtype].engine_code, DTYPES[storage.dtype].engine_code
-        else:
-            src_code = dst_code = copy_code(storage.source_dtype)
+        src_code, dst_code = codes[storage.source_dtype, storage.dtype]
         rows, cols = storage.transposed_from or (0, 0)
-        table.extend((file_index[storage.path], storage.offset, storage.nbytes, src_code, dst_address, dst_code,
-                      rows, cols))
-    return table
+        cells += (file_index[storage.path], storage.offset, storage.nbytes, src_code, dst_address, dst_code, rows, cols)
+    return array("q", cells)
+
+
+def _engine_codes(source_dtype: str, dtype: str) -> tuple[int, int]:
+    """The engine's (source, destination) dtype codes: a conversion's, or a plain copy of the source's width."""
+    if source_dtype != dtype:
+        return DTYPES[source_dtype].engine_code, DTYPES[dtype].engine_code
+    code = copy_code(source_dtype)
+    return code, code
 
 
 def run_table(plan: LoadPlan, dst_addresses: Sequence[int], files: Optional[Sequence[Any]] = None) -> None:

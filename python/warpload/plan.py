@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Optional, Sequence
 
 from .constants import TENSOR_ALIGNMENT
@@ -100,23 +101,25 @@ def target_dtype(source: str, requested: Optional[str]) -> str:
 
 def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> LoadPlan:
     """Lays the records' storages out, in file order, in one destination buffer, 64-byte aligned."""
-    file_index: dict[str, int] = {}
-    for record in records:
-        file_index.setdefault(record.path, len(file_index))
-    order = sorted(records, key=lambda r: (file_index[r.path], r.offset))
+    file_index = {path: i for i, path in enumerate(dict.fromkeys(record.path for record in records))}
+    order = sorted(records, key=attrgetter("offset"))
+    if len(file_index) > 1:
+        order.sort(key=lambda record: file_index[record.path])  # stable: by file, then offset
+    delivered = {source: target_dtype(source, dtype) for source in dict.fromkeys(record.dtype for record in order)}
     storages: list[PlannedStorage] = []
     storage_index: dict[tuple, int] = {}
     tensors = []
     cursor = 0
     for record in order:
-        out = target_dtype(record.dtype, dtype)
         key = (record.path, record.offset, record.nbytes, record.dtype, record.transpose)
-        if key not in storage_index:
+        index = storage_index.get(key)
+        if index is None:
+            out = delivered[record.dtype]
             nbytes = record.nbytes * DTYPES[out].bits // DTYPES[record.dtype].bits
             stored = (record.shape[1], record.shape[0]) if record.transpose else None
-            storage_index[key] = len(storages)
+            index = storage_index[key] = len(storages)
             storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, cursor, nbytes,
                                            stored))
             cursor += -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
-        tensors.append(PlannedTensor(record, storage_index[key]))
+        tensors.append(PlannedTensor(record, index))
     return LoadPlan(tuple(tensors), tuple(storages), tuple(file_index), cursor)
