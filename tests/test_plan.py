@@ -93,3 +93,16 @@ def test_storages_back_to_back_in_file_and_memory_share_an_engine_row(dtype):
         (548, 64, base + plan.storages[4].dst_offset, (4, 4))]
     # Destinations that are not back to back keep their rows.
     assert len(_rows(engine.plan_table(plan, [4096 * i for i in range(1, 6)]))) == 5
+
+
+@pytest.mark.parametrize("dtype, rows", [(None, 1), ("BF16", 2)])
+def test_gaps_between_storages_are_mirrored_so_one_row_copies_them(dtype, rows):
+    # Two storages 128 bytes apart in the file (a zip local header between them), as torch.save writes them.
+    records = [TensorRecord("a", "F32", (16,), "f", 64, 64), TensorRecord("b", "F32", (16,), "f", 256, 64)]
+    plan = plan_load(records, dtype)
+    if dtype is None:
+        assert plan.storages[1].dst_offset - plan.storages[0].dst_offset == 192
+    addresses = [(1 << 20) + s.dst_offset for s in plan.storages]
+    assert len(_rows(engine.plan_table(plan, addresses, copy_gaps=True))) == rows
+    # Memory the caller owns may hold something else between its tensors: no gap is copied into it.
+    assert len(_rows(engine.plan_table(plan, addresses))) == 2

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Optional, Sequence
 
-from .constants import TENSOR_ALIGNMENT
+from .constants import MIRRORED_GAP_MAX_BYTES, TENSOR_ALIGNMENT
 from .dtypes import CONVERSION_TARGETS, DTYPES, FLOAT_SOURCES
 from .errors import UnsupportedDtypeError
 
@@ -100,7 +100,11 @@ def target_dtype(source: str, requested: Optional[str]) -> str:
 
 
 def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> LoadPlan:
-    """Lays the records' storages out, in file order, in one destination buffer, 64-byte aligned."""
+    """Lays the records' storages out, in file order, in one destination buffer, 64-byte aligned.
+
+    A storage copied as it is, a short gap after another in the same file, keeps that gap in the buffer
+    when that keeps it aligned (MIRRORED_GAP_MAX_BYTES), so the engine can copy both in one row.
+    """
     file_index = {path: i for i, path in enumerate(dict.fromkeys(record.path for record in records))}
     order = sorted(records, key=attrgetter("offset"))
     if len(file_index) > 1:
@@ -110,6 +114,7 @@ def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> L
     storage_index: dict[tuple, int] = {}
     tensors = []
     cursor = 0
+    follows = None  # (path, src end, dst end) of the last storage copied as it is
     for record in order:
         key = (record.path, record.offset, record.nbytes, record.dtype, record.transpose)
         index = storage_index.get(key)
@@ -117,9 +122,16 @@ def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> L
             out = delivered[record.dtype]
             nbytes = record.nbytes * DTYPES[out].bits // DTYPES[record.dtype].bits
             stored = (record.shape[1], record.shape[0]) if record.transpose else None
+            dst_offset = cursor
+            plain = out == record.dtype and not record.transpose
+            if plain and follows is not None and follows[0] == record.path:
+                gap = record.offset - follows[1]
+                if 0 < gap <= MIRRORED_GAP_MAX_BYTES and (follows[2] + gap) % TENSOR_ALIGNMENT == 0:
+                    dst_offset = follows[2] + gap
             index = storage_index[key] = len(storages)
-            storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, cursor, nbytes,
-                                           stored))
-            cursor += -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+            storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, dst_offset,
+                                           nbytes, stored))
+            follows = (record.path, record.offset + record.nbytes, dst_offset + nbytes) if plain else None
+            cursor = dst_offset + -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
         tensors.append(PlannedTensor(record, index))
     return LoadPlan(tuple(tensors), tuple(storages), tuple(file_index), cursor)
