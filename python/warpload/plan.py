@@ -8,9 +8,10 @@ from typing import Optional, Sequence
 from .constants import MIRRORED_GAP_MAX_BYTES, TENSOR_ALIGNMENT
 from .dtypes import CONVERSION_TARGETS, DTYPES, FLOAT_SOURCES
 from .errors import UnsupportedDtypeError
+from .frozen import frozen_record
 
 
-@dataclass(frozen=True)
+@frozen_record
 class TensorRecord:
     """One tensor as a reader found it.
 
@@ -43,7 +44,7 @@ class TensorRecord:
         return self.stride is not None or self.storage_offset != 0
 
 
-@dataclass(frozen=True)
+@frozen_record
 class PlannedStorage:
     """A byte range to read, the dtype it is delivered in, and its place in the destination buffer."""
 
@@ -65,7 +66,7 @@ class PlannedStorage:
         return self.nbytes * 8 // DTYPES[self.source_dtype].bits
 
 
-@dataclass(frozen=True)
+@frozen_record
 class PlannedTensor:
     record: TensorRecord
     storage: int  # index into LoadPlan.storages

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..constants import ZIP_MAX_CENTRAL_DIRECTORY_BYTES
 from ..errors import CheckpointError, UnsupportedFormatError
+from ..frozen import frozen_record
 
 # PKWARE APPNOTE.TXT 4.3.7 (local header), 4.3.12 (central directory), 4.3.14-4.3.16 (zip64 end
 # records); formats.md 2.1.
@@ -31,7 +31,7 @@ STORED = 0
 DEFLATED = 8
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ZipEntry:
     """One central-directory entry. Sizes come from here: torch writes zeros in local headers (flag 0x08)."""
 
