@@ -79,15 +79,14 @@ class ZipArchive:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             raise self._fail(f"zip structure at byte {offset} ({nbytes} bytes) runs past the end of the "
                              f"file ({self.size} bytes); the file is truncated or corrupt", offset)
-        chunks = []
-        while nbytes > 0:
-            chunk = os.pread(self._fd, nbytes, offset)
+        data = os.pread(self._fd, nbytes, offset)
+        while len(data) < nbytes:  # a short read: the file shrank, or a read above Linux's 2 GiB cap
+            chunk = os.pread(self._fd, nbytes - len(data), offset + len(data))
             if not chunk:
-                raise self._fail(f"the file shrank while being read (at byte {offset})", offset)
-            chunks.append(chunk)
-            nbytes -= len(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
+                raise self._fail(f"the file shrank while being read (at byte {offset + len(data)})",
+                                 offset + len(data))
+            data += chunk
+        return data
 
     def _read_central_directory(self) -> tuple[int, dict[str, ZipEntry]]:
         end_offset, end = self._find_end_record()
