@@ -65,6 +65,14 @@ const char* scan_status_name(PickleScanStatus status) {
     return "unknown";
 }
 
+void check_in_file(const MappedFile& file, uint64_t offset, uint64_t nbytes) {
+    uint64_t end = offset + nbytes;
+    if (end < offset || end > file.size()) {
+        throw CheckpointError(file.path() + ": cannot read " + std::to_string(nbytes) + " bytes at offset " +
+                              std::to_string(offset) + ", the file has " + std::to_string(file.size()));
+    }
+}
+
 // A buffer of zero bytes still needs a non-null address for the buffer protocol.
 uint8_t empty_buffer_byte = 0;
 
@@ -94,15 +102,23 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "read",
             [](const MappedFile& file, uint64_t offset, uint64_t nbytes) {
-                uint64_t end = offset + nbytes;
-                if (end < offset || end > file.size()) {
-                    throw CheckpointError(file.path() + ": cannot read " + std::to_string(nbytes) +
-                                          " bytes at offset " + std::to_string(offset) + ", the file has " +
-                                          std::to_string(file.size()));
-                }
+                check_in_file(file, offset, nbytes);
                 return py::bytes(reinterpret_cast<const char*>(file.data() + offset), nbytes);
             },
             py::arg("offset"), py::arg("nbytes"), "Bytes [offset, offset+nbytes) of the file, bounds-checked.")
+        .def(
+            "read_spans",
+            [](const MappedFile& file, const std::vector<uint64_t>& offsets, uint64_t nbytes) {
+                for (uint64_t offset : offsets) check_in_file(file, offset, nbytes);
+                std::string out(offsets.size() * nbytes, '\0');
+                {
+                    py::gil_scoped_release release;
+                    for (size_t i = 0; i < offsets.size(); ++i) file.read_into(out.data() + i * nbytes, offsets[i], nbytes);
+                }
+                return py::bytes(out);
+            },
+            py::arg("offsets"), py::arg("nbytes"),
+            "nbytes at each offset, read with pread (not through the mapping) and concatenated, bounds-checked.")
         .def(
             "resident_fraction", [](const MappedFile& file) { return file.resident_fraction(0, file.size()); },
             "Fraction of the file's pages in the page cache.")

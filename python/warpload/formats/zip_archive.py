@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from ..constants import ZIP_MAX_CENTRAL_DIRECTORY_BYTES
 from ..errors import CheckpointError, UnsupportedFormatError
@@ -54,6 +54,7 @@ class ZipArchive:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY)
+        self._local_headers: dict[int, tuple] = {}  # by header offset, from read_local_headers
         try:
             self.size = os.fstat(self._fd).st_size
             self.central_directory_offset, self.entries = self._read_central_directory()
@@ -187,11 +188,26 @@ class ZipArchive:
             pos += length
         raise self._fail(f"entry {name!r} has 32-bit fields saturated at 0xFFFFFFFF but no zip64 extra field", at)
 
+    def read_local_headers(self, entries: Iterable[ZipEntry]) -> None:
+        """Reads the local headers of `entries` (those inside the file) in one engine call, for data_offset.
+
+        A pread from Python per header cost 6 ms for 6,004 storages; one call that preads them all, 1 ms.
+        Nothing is checked here: data_offset checks each header it uses.
+        """
+        from ..engine import core
+
+        offsets = [entry.header_offset for entry in entries if entry.header_offset <= self.size - _LOCAL.size]
+        if offsets:
+            raw = core().File(self.path).read_spans(offsets, _LOCAL.size)
+            self._local_headers.update(zip(offsets, _LOCAL.iter_unpack(raw)))
+
     def data_offset(self, entry: ZipEntry) -> int:
         """File offset of the entry's data: after its local header, whose name and extra lengths differ from
         the central directory's (torch pads the local extra field to align data to 64 bytes)."""
-        header = self._pread(_LOCAL.size, entry.header_offset)
-        signature, *_, name_len, extra_len = _LOCAL.unpack(header)
+        header = self._local_headers.get(entry.header_offset)
+        if header is None:
+            header = _LOCAL.unpack(self._pread(_LOCAL.size, entry.header_offset))
+        signature, *_, name_len, extra_len = header
         if signature != _LOCAL_SIGNATURE:
             raise self._fail(f"entry {entry.name!r}: no local header at byte {entry.header_offset}",
                              entry.header_offset)
