@@ -17,6 +17,7 @@
 #include "errors.h"
 #include "io.h"
 #include "tfbundle.h"
+#include "pickle_scan.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -132,6 +133,25 @@ void bind_tfbundle(py::module_& m) {
         py::arg("data"), py::arg("hardware") = py::none(), py::arg("value") = 0,
         "CRC-32C of a buffer (unmasked), continuing from value; hardware=True/False forces SSE4.2/table.");
     m.def("crc32c_has_hardware", &crc32c_has_hardware, "Whether this CPU has the SSE4.2 crc32 instruction.");
+const char* scan_status_name(PickleScanStatus status) {
+    switch (status) {
+        case PickleScanStatus::kComplete: return "complete";
+        case PickleScanStatus::kTruncated: return "truncated";
+        case PickleScanStatus::kForbiddenOpcode: return "forbidden opcode";
+        case PickleScanStatus::kMissingOperand: return "missing operand";
+        case PickleScanStatus::kMemoIndexTooLarge: return "memo index too large";
+        case PickleScanStatus::kTuplesTooDeep: return "tuples too deep";
+        case PickleScanStatus::kMarksTooDeep: return "marks too deep";
+    }
+    return "unknown";
+}
+
+void check_in_file(const MappedFile& file, uint64_t offset, uint64_t nbytes) {
+    uint64_t end = offset + nbytes;
+    if (end < offset || end > file.size()) {
+        throw CheckpointError(file.path() + ": cannot read " + std::to_string(nbytes) + " bytes at offset " +
+                              std::to_string(offset) + ", the file has " + std::to_string(file.size()));
+    }
 }
 
 // A buffer of zero bytes still needs a non-null address for the buffer protocol.
@@ -170,15 +190,23 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "read",
             [](const MappedFile& file, uint64_t offset, uint64_t nbytes) {
-                uint64_t end = offset + nbytes;
-                if (end < offset || end > file.size()) {
-                    throw CheckpointError(file.path() + ": cannot read " + std::to_string(nbytes) +
-                                          " bytes at offset " + std::to_string(offset) + ", the file has " +
-                                          std::to_string(file.size()));
-                }
+                check_in_file(file, offset, nbytes);
                 return py::bytes(reinterpret_cast<const char*>(file.data() + offset), nbytes);
             },
             py::arg("offset"), py::arg("nbytes"), "Bytes [offset, offset+nbytes) of the file, bounds-checked.")
+        .def(
+            "read_spans",
+            [](const MappedFile& file, const std::vector<uint64_t>& offsets, uint64_t nbytes) {
+                for (uint64_t offset : offsets) check_in_file(file, offset, nbytes);
+                std::string out(offsets.size() * nbytes, '\0');
+                {
+                    py::gil_scoped_release release;
+                    for (size_t i = 0; i < offsets.size(); ++i) file.read_into(out.data() + i * nbytes, offsets[i], nbytes);
+                }
+                return py::bytes(out);
+            },
+            py::arg("offsets"), py::arg("nbytes"),
+            "nbytes at each offset, read with pread (not through the mapping) and concatenated, bounds-checked.")
         .def(
             "resident_fraction", [](const MappedFile& file) { return file.resident_fraction(0, file.size()); },
             "Fraction of the file's pages in the page cache.")
@@ -284,6 +312,35 @@ PYBIND11_MODULE(_core, m) {
         py::arg("coalesce_gap") = 0, py::arg("coalesce_regions") = std::vector<std::pair<uint64_t, uint64_t>>(),
         "Runs a plan table of raw copies into device addresses through a ring of pinned buffers; returns counters.");
     bind_tfbundle(m);
+        "scan_pickle",
+        [](const py::buffer& data, int max_nesting) {
+            py::buffer_info info = data.request();
+            if (info.ndim != 1 || info.itemsize != 1) throw std::invalid_argument("scan_pickle takes a bytes-like object");
+            const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+            PickleScan scan;
+            {
+                py::gil_scoped_release release;
+                scan = scan_pickle(bytes, static_cast<size_t>(info.size), max_nesting);
+            }
+            py::list globals;
+            for (const PickleGlobal& global : scan.globals) {
+                globals.append(py::make_tuple(
+                    global.offset,
+                    py::bytes(reinterpret_cast<const char*>(bytes + global.module_begin), global.module_end - global.module_begin),
+                    py::bytes(reinterpret_cast<const char*>(bytes + global.name_begin), global.name_end - global.name_begin)));
+            }
+            return py::make_tuple(scan_status_name(scan.status), scan.position, scan.memo_index, globals);
+        },
+        py::arg("data"), py::arg("max_nesting"),
+        "Checks a weights-only pickle without running it: (status, position, memo index, [(offset, module, "
+        "name) of each GLOBAL before position]). Status 'complete' gives the length as position.");
+    m.def(
+        "weights_only_opcodes",
+        []() {
+            std::vector<uint8_t> codes = weights_only_opcodes();
+            return py::bytes(reinterpret_cast<const char*>(codes.data()), codes.size());
+        },
+        "The pickle opcodes scan_pickle accepts, as bytes.");
 
     m.def("evict_from_page_cache", &evict_from_page_cache, py::arg("path"),
           py::call_guard<py::gil_scoped_release>(), "Drops a file's pages from the page cache.");

@@ -70,3 +70,39 @@ def test_transposed_records_match_tensor_t(tmp_path, monkeypatch, source, target
 def test_only_plain_matrices_can_be_transposed():
     with pytest.raises(ValueError, match="2-D"):
         TensorRecord("w", "F32", (2, 3, 4), "f", 0, 96, transpose=True)
+
+
+
+def _rows(table) -> list[tuple[int, ...]]:
+    return [tuple(table[i:i + 8]) for i in range(0, len(table), 8)]
+
+
+@pytest.mark.parametrize("dtype", [None, "BF16"])
+def test_storages_back_to_back_in_file_and_memory_share_an_engine_row(dtype):
+    # Three F32 storages back to back in the file (128 bytes each, 64 as BF16: no alignment gap in memory),
+    # then an I64 one: the F32 ones merge; the I64 one (another dtype code) and a transposed one get rows of
+    # their own.
+    records = [TensorRecord(f"w{i}", "F32", (32,), "f", 100 + 128 * i, 128) for i in range(3)]
+    records += [TensorRecord("i", "I64", (8,), "f", 484, 64),
+                TensorRecord("t", "F32", (4, 4), "f", 548, 64, transpose=True)]
+    plan = plan_load(records, dtype)
+    base = 1 << 20
+    rows = _rows(engine.plan_table(plan, [base + s.dst_offset for s in plan.storages]))
+    assert [(row[1], row[2], row[4], row[6:]) for row in rows] == [
+        (100, 384, base, (0, 0)), (484, 64, base + plan.storages[3].dst_offset, (0, 0)),
+        (548, 64, base + plan.storages[4].dst_offset, (4, 4))]
+    # Destinations that are not back to back keep their rows.
+    assert len(_rows(engine.plan_table(plan, [4096 * i for i in range(1, 6)]))) == 5
+
+
+@pytest.mark.parametrize("dtype, rows", [(None, 1), ("BF16", 2)])
+def test_gaps_between_storages_are_mirrored_so_one_row_copies_them(dtype, rows):
+    # Two storages 128 bytes apart in the file (a zip local header between them), as torch.save writes them.
+    records = [TensorRecord("a", "F32", (16,), "f", 64, 64), TensorRecord("b", "F32", (16,), "f", 256, 64)]
+    plan = plan_load(records, dtype)
+    if dtype is None:
+        assert plan.storages[1].dst_offset - plan.storages[0].dst_offset == 192
+    addresses = [(1 << 20) + s.dst_offset for s in plan.storages]
+    assert len(_rows(engine.plan_table(plan, addresses, copy_gaps=True))) == rows
+    # Memory the caller owns may hold something else between its tensors: no gap is copied into it.
+    assert len(_rows(engine.plan_table(plan, addresses))) == 2

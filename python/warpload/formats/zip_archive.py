@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from ..constants import ZIP_MAX_CENTRAL_DIRECTORY_BYTES
 from ..errors import CheckpointError, UnsupportedFormatError
+from ..frozen import frozen_record
 
 # PKWARE APPNOTE.TXT 4.3.7 (local header), 4.3.12 (central directory), 4.3.14-4.3.16 (zip64 end
 # records); formats.md 2.1.
@@ -31,7 +31,7 @@ STORED = 0
 DEFLATED = 8
 
 
-@dataclass(frozen=True)
+@frozen_record
 class ZipEntry:
     """One central-directory entry. Sizes come from here: torch writes zeros in local headers (flag 0x08)."""
 
@@ -54,6 +54,7 @@ class ZipArchive:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY)
+        self._local_headers: dict[int, tuple] = {}  # by header offset, from read_local_headers
         try:
             self.size = os.fstat(self._fd).st_size
             self.central_directory_offset, self.entries = self._read_central_directory()
@@ -79,15 +80,14 @@ class ZipArchive:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             raise self._fail(f"zip structure at byte {offset} ({nbytes} bytes) runs past the end of the "
                              f"file ({self.size} bytes); the file is truncated or corrupt", offset)
-        chunks = []
-        while nbytes > 0:
-            chunk = os.pread(self._fd, nbytes, offset)
+        data = os.pread(self._fd, nbytes, offset)
+        while len(data) < nbytes:  # a short read: the file shrank, or a read above Linux's 2 GiB cap
+            chunk = os.pread(self._fd, nbytes - len(data), offset + len(data))
             if not chunk:
-                raise self._fail(f"the file shrank while being read (at byte {offset})", offset)
-            chunks.append(chunk)
-            nbytes -= len(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
+                raise self._fail(f"the file shrank while being read (at byte {offset + len(data)})",
+                                 offset + len(data))
+            data += chunk
+        return data
 
     def _read_central_directory(self) -> tuple[int, dict[str, ZipEntry]]:
         end_offset, end = self._find_end_record()
@@ -188,11 +188,26 @@ class ZipArchive:
             pos += length
         raise self._fail(f"entry {name!r} has 32-bit fields saturated at 0xFFFFFFFF but no zip64 extra field", at)
 
+    def read_local_headers(self, entries: Iterable[ZipEntry]) -> None:
+        """Reads the local headers of `entries` (those inside the file) in one engine call, for data_offset.
+
+        A pread from Python per header cost 6 ms for 6,004 storages; one call that preads them all, 1 ms.
+        Nothing is checked here: data_offset checks each header it uses.
+        """
+        from ..engine import core
+
+        offsets = [entry.header_offset for entry in entries if entry.header_offset <= self.size - _LOCAL.size]
+        if offsets:
+            raw = core().File(self.path).read_spans(offsets, _LOCAL.size)
+            self._local_headers.update(zip(offsets, _LOCAL.iter_unpack(raw)))
+
     def data_offset(self, entry: ZipEntry) -> int:
         """File offset of the entry's data: after its local header, whose name and extra lengths differ from
         the central directory's (torch pads the local extra field to align data to 64 bytes)."""
-        header = self._pread(_LOCAL.size, entry.header_offset)
-        signature, *_, name_len, extra_len = _LOCAL.unpack(header)
+        header = self._local_headers.get(entry.header_offset)
+        if header is None:
+            header = _LOCAL.unpack(self._pread(_LOCAL.size, entry.header_offset))
+        signature, *_, name_len, extra_len = header
         if signature != _LOCAL_SIGNATURE:
             raise self._fail(f"entry {entry.name!r}: no local header at byte {entry.header_offset}",
                              entry.header_offset)
