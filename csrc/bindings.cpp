@@ -133,6 +133,8 @@ void bind_tfbundle(py::module_& m) {
         py::arg("data"), py::arg("hardware") = py::none(), py::arg("value") = 0,
         "CRC-32C of a buffer (unmasked), continuing from value; hardware=True/False forces SSE4.2/table.");
     m.def("crc32c_has_hardware", &crc32c_has_hardware, "Whether this CPU has the SSE4.2 crc32 instruction.");
+}
+
 const char* scan_status_name(PickleScanStatus status) {
     switch (status) {
         case PickleScanStatus::kComplete: return "complete";
@@ -312,6 +314,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("coalesce_gap") = 0, py::arg("coalesce_regions") = std::vector<std::pair<uint64_t, uint64_t>>(),
         "Runs a plan table of raw copies into device addresses through a ring of pinned buffers; returns counters.");
     bind_tfbundle(m);
+
+    m.def(
         "scan_pickle",
         [](const py::buffer& data, int max_nesting) {
             py::buffer_info info = data.request();
