@@ -130,18 +130,11 @@ def safetensors_pinned_copy(folder: str, files: Sequence[str]) -> Any:
 
 
 def fastsafetensors_cuda(folder: str, files: Sequence[str]) -> Any:
-    from fastsafetensors import SafeTensorsFileLoader, SingleGroup
+    from fastsafetensors import SingleGroup
 
-    loader = SafeTensorsFileLoader(SingleGroup(), "cuda:0", nogds=True)
-    try:
-        loader.add_filenames({0: list(files)})
-        buffer = loader.copy_files_to_device()
-        # Its tensors share ownership of the device buffer and outlive close() (fastsafetensors 0.5).
-        tensors = {name: buffer.get_tensor(name) for name in loader.get_keys()}
-        buffer.close()
-        return tensors
-    finally:
-        loader.close()
+    from warpload.bench import fastsafetensors_load
+
+    return fastsafetensors_load(files, "cuda:0", SingleGroup())
 
 
 def runai_cuda(folder: str, files: Sequence[str]) -> Any:
