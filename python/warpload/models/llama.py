@@ -166,7 +166,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel, PreTrainedCausalLM):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        cls.config_class = cls.base_model_class.config_class
+        if "config_class" not in cls.__dict__:
+            cls.config_class = cls.base_model_class.config_class
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
