@@ -1,6 +1,7 @@
 """Tiny random checkpoints written by transformers (safetensors or .bin, one file or shards) for the model tests."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -25,13 +26,23 @@ TINY_CONFIGS = {
     "qwen3": ("Qwen3Config", dict(_LLAMA_SHAPE, head_dim=16, tie_word_embeddings=True, max_position_embeddings=16,
                                   rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
 }
+# rope_scaling of each variant transformers 5 implements for the Llama family (None: plain RoPE).
+# transformers' configs write into the rope_scaling dict they get: pass copies.
+ROPE_VARIANTS = {
+    "default": None,
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 16},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16},
+}
 FORMATS = ("safetensors", "safetensors-sharded", "bin", "bin-sharded")
 
 
 def tiny_transformers_model(arch: str, seed: int = 0, **overrides) -> "torch.nn.Module":
     """A randomly initialised transformers causal LM of the tiny `arch` config, in eval mode."""
     config_class, fields = TINY_CONFIGS[arch]
-    config = getattr(transformers, config_class)(**{**fields, **overrides})
+    config = getattr(transformers, config_class)(**copy.deepcopy({**fields, **overrides}))
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 

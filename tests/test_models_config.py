@@ -1,6 +1,7 @@
 """warpload's configs read and write config.json as transformers does; RoPE parameters and frequencies match it."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,25 +12,16 @@ import transformers  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # noqa: E402
 
-from model_checkpoints import TINY_CONFIGS  # noqa: E402
+from model_checkpoints import ROPE_VARIANTS, TINY_CONFIGS  # noqa: E402
 from warpload import AutoConfig  # noqa: E402
 from warpload.errors import CheckpointError, CheckpointNotFoundError  # noqa: E402
 from warpload.models import config as configs  # noqa: E402
 from warpload.models.rope import inverse_frequencies  # noqa: E402
 
-ROPE_VARIANTS = {
-    "default": None,
-    "linear": {"rope_type": "linear", "factor": 2.0},
-    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
-    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 16},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16},
-}
-
 
 def transformers_config(arch, **overrides):
     class_name, fields = TINY_CONFIGS[arch]
-    return getattr(transformers, class_name)(**{**fields, **overrides})
+    return getattr(transformers, class_name)(**copy.deepcopy({**fields, **overrides}))
 
 
 @pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
@@ -91,16 +83,16 @@ def test_overrides_are_consumed_as_transformers_consumes_them(tmp_path):
 
 @pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
 def test_legacy_rope_fields_standardise_like_transformers(variant):
-    scaling = ROPE_VARIANTS[variant]
-    fields = {**TINY_CONFIGS["llama"][1], "rope_scaling": scaling, "rope_theta": 5000.0}
-    assert configs.LlamaConfig(**fields).rope_parameters == transformers.LlamaConfig(**fields).rope_parameters
+    fields = {**TINY_CONFIGS["llama"][1], "rope_scaling": ROPE_VARIANTS[variant], "rope_theta": 5000.0}
+    assert (configs.LlamaConfig(**copy.deepcopy(fields)).rope_parameters
+            == transformers.LlamaConfig(**copy.deepcopy(fields)).rope_parameters)
 
 
 @pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
 def test_inverse_frequencies_match_transformers(variant):
     fields = {**TINY_CONFIGS["llama"][1], "rope_scaling": ROPE_VARIANTS[variant], "rope_theta": 5000.0}
-    reference = transformers.LlamaConfig(**fields)
-    ours, our_scale = inverse_frequencies(configs.LlamaConfig(**fields))
+    reference = transformers.LlamaConfig(**copy.deepcopy(fields))
+    ours, our_scale = inverse_frequencies(configs.LlamaConfig(**copy.deepcopy(fields)))
     rope_type = reference.rope_parameters["rope_type"]
     if rope_type == "default":
         theirs, their_scale = LlamaRotaryEmbedding.compute_default_rope_parameters(reference)

@@ -8,8 +8,8 @@ pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
 from conftest import same_bits  # noqa: E402
-from model_checkpoints import (FORMATS, TINY_CONFIGS, left_padded_prompts, save_checkpoint,  # noqa: E402
-                               tiny_transformers_model)
+from model_checkpoints import (FORMATS, ROPE_VARIANTS, TINY_CONFIGS, left_padded_prompts,  # noqa: E402
+                               save_checkpoint, tiny_transformers_model)
 from warpload import AutoModelForCausalLM  # noqa: E402
 from warpload.models import gpt2, llama  # noqa: E402
 
@@ -53,6 +53,42 @@ def test_builtin_model_matches_transformers(arch, fmt, dtype, tmp_path):
     assert list(ours_state) == list(reference_state)
     for name, tensor in reference_state.items():
         assert same_bits(ours_state[name], tensor), name
+
+
+def assert_same_logits_and_greedy_text(ours, reference, prompt_length=9):
+    """Logits of left-padded prompts within 1e-5 (fp32) and 20 greedy tokens identical."""
+    ids, mask = left_padded_prompts()
+    ids = torch.cat([ids, ids], dim=1)[:, :prompt_length] if prompt_length > ids.shape[1] else ids
+    mask = torch.cat([mask, torch.ones_like(mask)], dim=1)[:, :ids.shape[1]]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, attention_mask=mask).logits,
+                                   reference(ids, attention_mask=mask).logits, rtol=0, atol=1e-5)
+    generated = ours.generate(ids, attention_mask=mask, max_new_tokens=20, pad_token_id=0)
+    expected = reference.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert generated.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_rope_scaling_variants_match_transformers(family, variant, tmp_path):
+    # 18-token prompts + 20 new tokens run past max_position_embeddings (16), so dynamic RoPE
+    # rescales mid-generation and yarn/llama3 cover positions beyond their original context.
+    reference = tiny_transformers_model(family, rope_scaling=ROPE_VARIANTS[variant], max_position_embeddings=16)
+    assert reference.config.rope_parameters["rope_type"] == (variant if ROPE_VARIANTS[variant] else "default")
+    ours = AutoModelForCausalLM.from_pretrained(save_checkpoint(reference, tmp_path))
+    assert ours.model.rotary_emb.rope_type == reference.model.rotary_emb.rope_type
+    assert_same_logits_and_greedy_text(ours, reference, prompt_length=18)
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_tie_word_embeddings_setting_matches_transformers(family, tie, tmp_path):
+    reference = tiny_transformers_model(family, tie_word_embeddings=tie)
+    assert (reference.lm_head.weight is reference.get_input_embeddings().weight) == tie
+    folder = save_checkpoint(reference, tmp_path)
+    ours = AutoModelForCausalLM.from_pretrained(folder)
+    assert (ours.lm_head.weight is ours.get_input_embeddings().weight) == tie
+    assert_same_logits_and_greedy_text(ours, transformers.AutoModelForCausalLM.from_pretrained(folder))
 
 
 def test_saved_state_dict_loads_back_into_transformers(arch, tmp_path):

@@ -329,16 +329,19 @@ def test_without_transformers_an_unknown_architecture_lists_the_builtins(tmp_pat
     assert "GPT2LMHeadModel" in str(error.value) and "pip install transformers" in str(error.value)
 
 
-def test_builtin_path_never_imports_transformers(tmp_path):
-    folder = save_checkpoint(tiny_transformers_model("llama"), tmp_path)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_builtin_path_never_imports_transformers_or_dynamo(arch, tmp_path):
+    # torch._dynamo is what meta-device arithmetic (torch._refs) imports on first use: 1 s of a
+    # fresh process's load, once paid by the rotary frequencies computed on meta.
+    folder = save_checkpoint(tiny_transformers_model(arch), tmp_path)
     code = (
         "import sys, torch, warpload\n"
         f"model = warpload.AutoModelForCausalLM.from_pretrained({str(folder)!r})\n"
         "model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3)\n"
-        "print('transformers' in sys.modules)\n"
+        "print('transformers' in sys.modules, 'torch._dynamo' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False False"
 
 
 def test_config_is_not_shared_with_the_caller_state_dict(tmp_path):

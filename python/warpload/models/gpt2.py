@@ -8,8 +8,7 @@ from torch import nn
 
 from .attention import KVCache, attend, causal_mask
 from .config import GPT2Config, PretrainedConfig
-from .modeling import (ACTIVATIONS, BaseModelOutput, Conv1D, PreTrainedCausalLM, PreTrainedModel, decoding_positions,
-                       embedding)
+from .modeling import ACTIVATIONS, Conv1D, DecoderStack, PreTrainedCausalLM, PreTrainedModel, embedding
 
 
 class GPT2Attention(nn.Module):
@@ -80,7 +79,9 @@ class GPT2PreTrainedModel(PreTrainedModel):
         return problems
 
 
-class GPT2Model(GPT2PreTrainedModel):
+class GPT2Model(GPT2PreTrainedModel, DecoderStack):
+    input_embeddings_name = "wte"
+
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         self.embed_dim = config.hidden_size
@@ -90,20 +91,13 @@ class GPT2Model(GPT2PreTrainedModel):
         self.h = nn.ModuleList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.wte
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
-                use_cache: Optional[bool] = None) -> BaseModelOutput:
-        """Hidden states after the final layer norm (arguments as PreTrainedCausalLM.forward)."""
-        cache, past_length, position_ids = decoding_positions(self.config, input_ids, position_ids, past_key_values,
-                                                              use_cache)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                      position_ids: torch.Tensor, past_length: int, cache: Optional[KVCache]) -> torch.Tensor:
         hidden_states = self.drop(self.wte(input_ids) + self.wpe(position_ids))
         mask = causal_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], past_length, None, input_ids.device)
         for block in self.h:
             hidden_states = block(hidden_states, mask, cache)
-        return BaseModelOutput(self.ln_f(hidden_states), cache)
+        return self.ln_f(hidden_states)
 
 
 class GPT2LMHeadModel(GPT2PreTrainedModel, PreTrainedCausalLM):

@@ -9,19 +9,32 @@ from torch import nn
 
 from .attention import KVCache, attend, causal_mask
 from .config import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
-from .modeling import (ACTIVATIONS, BaseModelOutput, PreTrainedCausalLM, PreTrainedModel, decoding_positions,
-                       embedding)
+from .modeling import ACTIVATIONS, DecoderStack, PreTrainedCausalLM, PreTrainedModel, embedding
 from .rope import ROPE_TYPES, RotaryEmbedding, apply_rotary
 
 
 @dataclass(frozen=True)
 class AttentionLayout:
-    """What distinguishes one family's attention layer from Llama's."""
+    """What distinguishes one family's attention layers from Llama's.
 
-    qkv_bias: bool
-    o_bias: bool
-    qk_norm: bool
-    sliding_window: Optional[int]
+    A bias of None follows config.attention_bias; `sliding` says which layers use
+    config.sliding_window: "none", "all" (Mistral) or those marked "sliding_attention" in
+    config.layer_types (Qwen2, Qwen3, where use_sliding_window sets them).
+    """
+
+    qkv_bias: Optional[bool] = None
+    o_bias: Optional[bool] = None
+    qk_norm: bool = False
+    sliding: str = "none"
+
+    def bias(self, config: PretrainedConfig, fixed: Optional[bool]) -> bool:
+        return config.attention_bias if fixed is None else fixed
+
+    def sliding_window(self, config: PretrainedConfig, layer_idx: int) -> Optional[int]:
+        if self.sliding == "all" or (self.sliding == "layer_types"
+                                     and config.layer_types[layer_idx] == "sliding_attention"):
+            return config.sliding_window
+        return None
 
 
 class RMSNorm(nn.Module):
@@ -61,12 +74,13 @@ class LlamaAttention(nn.Module):
         self.layer_idx = layer_idx
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim ** -0.5
-        self.sliding_window = layout.sliding_window
+        self.sliding_window = layout.sliding_window(config, layer_idx)
         hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
-        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=layout.qkv_bias)
-        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=layout.qkv_bias)
-        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=layout.qkv_bias)
-        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=layout.o_bias)
+        qkv_bias = layout.bias(config, layout.qkv_bias)
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=layout.bias(config, layout.o_bias))
         if layout.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
@@ -119,30 +133,21 @@ class LlamaPreTrainedModel(PreTrainedModel):
         return problems
 
 
-class LlamaModel(LlamaPreTrainedModel):
+class LlamaModel(LlamaPreTrainedModel, DecoderStack):
+    input_embeddings_name = "embed_tokens"
+    attention_layout = AttentionLayout()
+
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList([LlamaDecoderLayer(config, i, self.attention_layout(config, i))
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config, i, self.attention_layout)
                                      for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
-    @staticmethod
-    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
-        bias = config.attention_bias
-        return AttentionLayout(qkv_bias=bias, o_bias=bias, qk_norm=False, sliding_window=None)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
-                use_cache: Optional[bool] = None) -> BaseModelOutput:
-        """Hidden states after the final norm (arguments as PreTrainedCausalLM.forward)."""
-        cache, past_length, position_ids = decoding_positions(self.config, input_ids, position_ids, past_key_values,
-                                                              use_cache)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                      position_ids: torch.Tensor, past_length: int, cache: Optional[KVCache]) -> torch.Tensor:
         hidden_states = self.embed_tokens(input_ids)
         masks = {
             window: causal_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], past_length, window,
@@ -152,12 +157,17 @@ class LlamaModel(LlamaPreTrainedModel):
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_embeddings, masks[layer.self_attn.sliding_window], cache)
-        return BaseModelOutput(self.norm(hidden_states), cache)
+        return self.norm(hidden_states)
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel, PreTrainedCausalLM):
     tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     base_model_class: type[LlamaModel] = LlamaModel
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" not in cls.__dict__:
+            cls.config_class = cls.base_model_class.config_class
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
@@ -165,48 +175,28 @@ class LlamaForCausalLM(LlamaPreTrainedModel, PreTrainedCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
 
-def _layer_window(config: PretrainedConfig, layer_idx: int) -> Optional[int]:
-    # Qwen2/Qwen3 slide only on layers marked "sliding_attention" (set when use_sliding_window is on).
-    return config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
-
-
 class MistralModel(LlamaModel):
     config_class = MistralConfig
-
-    @staticmethod
-    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
-        return AttentionLayout(qkv_bias=False, o_bias=False, qk_norm=False, sliding_window=config.sliding_window)
+    attention_layout = AttentionLayout(qkv_bias=False, o_bias=False, sliding="all")
 
 
 class MistralForCausalLM(LlamaForCausalLM):
-    config_class = MistralConfig
     base_model_class = MistralModel
 
 
 class Qwen2Model(LlamaModel):
     config_class = Qwen2Config
-
-    @staticmethod
-    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
-        return AttentionLayout(qkv_bias=True, o_bias=False, qk_norm=False,
-                               sliding_window=_layer_window(config, layer_idx))
+    attention_layout = AttentionLayout(qkv_bias=True, o_bias=False, sliding="layer_types")
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
-    config_class = Qwen2Config
     base_model_class = Qwen2Model
 
 
 class Qwen3Model(LlamaModel):
     config_class = Qwen3Config
-
-    @staticmethod
-    def attention_layout(config: PretrainedConfig, layer_idx: int) -> AttentionLayout:
-        bias = config.attention_bias
-        return AttentionLayout(qkv_bias=bias, o_bias=bias, qk_norm=True,
-                               sliding_window=_layer_window(config, layer_idx))
+    attention_layout = AttentionLayout(qk_norm=True, sliding="layer_types")
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
-    config_class = Qwen3Config
     base_model_class = Qwen3Model

@@ -161,6 +161,35 @@ class PreTrainedModel(nn.Module):
                 module.reset_buffers(device)
 
 
+class DecoderStack(nn.Module):
+    """A base model (GPT2Model, LlamaModel): token embeddings named `input_embeddings_name`, then
+    layers over a cache; subclasses implement `hidden_states`."""
+
+    config: PretrainedConfig
+    input_embeddings_name: ClassVar[str]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return getattr(self, self.input_embeddings_name)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
+                use_cache: Optional[bool] = None) -> BaseModelOutput:
+        """Hidden states after the final norm (arguments as PreTrainedCausalLM.forward)."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = KVCache()
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)[None]
+        cache = past_key_values if use_cache else None
+        return BaseModelOutput(self.hidden_states(input_ids, attention_mask, position_ids, past_length, cache), cache)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                      position_ids: torch.Tensor, past_length: int, cache: Optional[KVCache]) -> torch.Tensor:
+        """The last hidden states of `input_ids` at `position_ids`, after `past_length` cached tokens."""
+        raise NotImplementedError
+
+
 class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
     """A base model (the attribute named base_model_prefix) under an `lm_head`; generates.
 
@@ -195,16 +224,3 @@ class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, -logits_to_keep:, :]
         return CausalLMOutput(self.lm_head(hidden_states), outputs.past_key_values)
 
-
-def decoding_positions(config: PretrainedConfig, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor],
-                       past_key_values: Optional[KVCache],
-                       use_cache: Optional[bool]) -> tuple[Optional[KVCache], int, torch.Tensor]:
-    """For a base model's forward: the cache this call appends to (None when not caching), the
-    number of tokens already cached, and the positions (default: that number + 0, 1, ...)."""
-    use_cache = config.use_cache if use_cache is None else use_cache
-    if use_cache and past_key_values is None:
-        past_key_values = KVCache()
-    past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-    if position_ids is None:
-        position_ids = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)[None]
-    return (past_key_values if use_cache else None), past_length, position_ids

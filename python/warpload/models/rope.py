@@ -124,7 +124,14 @@ class RotaryEmbedding(nn.Module):
         self.config = config
         self.rope_type = config.rope_parameters["rope_type"]
         self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
-        inv_freq, self.attention_scaling = inverse_frequencies(config)
+        device = torch.empty(0).device
+        if device.type == "meta":
+            # Built on meta by from_pretrained, which calls reset_buffers on the real device. Computing
+            # here would run meta arithmetic through torch._refs, whose first use imports torch._dynamo:
+            # 1.0 s of a fresh process's TinyLlama load on the 2-core VM.
+            inv_freq, self.attention_scaling = torch.empty(0), 1.0
+        else:
+            inv_freq, self.attention_scaling = inverse_frequencies(config, device)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
