@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -176,6 +177,22 @@ struct PrefaultChunk {
     uint64_t end;
 };
 
+// Reads of a cold chunk go through pread in pieces of this size before the chunk is mapped.
+constexpr size_t kPrefaultReadBytes = size_t(1) << 20;
+
+// Brings a chunk that is not wholly in the page cache into it with pread, before it is mapped: on
+// the 2-core VM a cold 1.42 GB file took 0.47-0.73 s this way against 0.62-0.92 s for
+// MADV_POPULATE_READ alone, whose page faults read around each fault in small requests while
+// pread reads ahead sequentially. The bytes land in a small per-thread scratch buffer, once.
+void read_if_cold(const PrefaultChunk& chunk, std::vector<uint8_t>& scratch) {
+    if (chunk.file->resident_fraction(chunk.begin, chunk.end - chunk.begin) >= 1.0) return;
+    chunk.file->advise_sequential_reads(chunk.begin, chunk.end - chunk.begin);
+    scratch.resize(kPrefaultReadBytes);
+    for (uint64_t offset = chunk.begin; offset < chunk.end; offset += kPrefaultReadBytes) {
+        chunk.file->read_into(scratch.data(), offset, std::min<uint64_t>(kPrefaultReadBytes, chunk.end - offset));
+    }
+}
+
 // Kernels before 5.14 answer EINVAL to MADV_POPULATE_READ; remembered so later chunks skip it.
 std::atomic<bool> populate_read_unsupported{false};
 
@@ -235,7 +252,9 @@ bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, cons
     std::atomic<bool> touched{false};
     std::lock_guard<std::mutex> lock(shared_pool_mutex());
     ThreadPool& pool = shared_pool(num_threads);
-    pool.run(chunks.size(), [&](size_t i, size_t) {
+    std::vector<std::vector<uint8_t>> scratch(pool.size());
+    pool.run(chunks.size(), [&](size_t i, size_t worker) {
+        read_if_cold(chunks[i], scratch[worker]);
         if (use_madvise && populate_read(chunks[i])) return;
         touched.store(true, std::memory_order_relaxed);
         touch_pages(chunks[i]);
