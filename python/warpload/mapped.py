@@ -38,10 +38,16 @@ def why_not_mapped(record: TensorRecord, dtype: "torch.dtype", device: Any) -> O
         return "it is transposed while loading (TensorFlow layout)"
     if info.torch_name is None or f"torch.{info.torch_name}" != str(dtype):
         return f"it is stored as {record.dtype} and the model wants {dtype} (pass dtype= matching the file)"
-    if info.bits % 8 or record.offset % (info.bits // 8):
+    if not aligned_in_file(record):
         return (f"its bytes start at offset {record.offset}, not a multiple of its {info.bits}-bit element size "
                 "(legacy .bin files do not align tensors; re-save the checkpoint as safetensors)")
     return None
+
+
+def aligned_in_file(record: TensorRecord) -> bool:
+    """Whether record's bytes start on a multiple of its element size (whole bytes for packed dtypes),
+    so a tensor can view them where they are."""
+    return record.offset % max(DTYPES[record.dtype].bits // 8, 1) == 0
 
 
 def map_records(records: Mapping[str, TensorRecord], dtypes: Mapping[str, "torch.dtype"], device: Any,
