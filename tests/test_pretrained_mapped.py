@@ -80,11 +80,16 @@ def test_mapped_parameters_view_the_checkpoint_and_match_owned_and_transformers(
         [(n, p.requires_grad, p.is_leaf) for n, p in reference.named_parameters()]
 
 
+@needs_proc_maps
+@pytest.mark.parametrize("backend", ["warpload", "transformers"])
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-def test_tied_embeddings_stay_one_mapped_parameter(tmp_path, fmt):
-    folder = save_checkpoint(tiny_transformers_model("qwen3"), tmp_path / "qwen3", fmt)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    assert model.lm_head.weight is model.model.embed_tokens.weight
+@pytest.mark.parametrize("arch", ["gpt2", "qwen3"])
+def test_tied_embeddings_stay_one_mapped_parameter(tmp_path, arch, fmt, backend):
+    folder = save_checkpoint(tiny_transformers_model(arch), tmp_path / arch, fmt)
+    model = AutoModelForCausalLM.from_pretrained(folder, backend=backend)
+    embeddings = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is embeddings
+    assert mapping_of(embeddings.data_ptr())[0].endswith(WEIGHT_SUFFIXES)
     reference = transformers.AutoModelForCausalLM.from_pretrained(folder)
     torch.testing.assert_close(logits(model), logits(reference), rtol=0, atol=1e-5)
 
