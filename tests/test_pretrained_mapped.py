@@ -13,6 +13,7 @@ import transformers  # noqa: E402
 
 from conftest import same_bits  # noqa: E402
 from model_checkpoints import FORMATS, left_padded_prompts, save_checkpoint, tiny_transformers_model  # noqa: E402
+import warpload.tensors  # noqa: E402
 from warpload import AutoModelForCausalLM, engine, mapped  # noqa: E402
 from warpload.errors import CheckpointError, ZeroCopyError  # noqa: E402
 from warpload.plan import TensorRecord  # noqa: E402
@@ -199,3 +200,12 @@ def test_prefault_reads_ranges_and_checks_bounds(tmp_path, use_madvise):
     assert populated is (use_madvise and kernel >= (5, 14))
     with pytest.raises(CheckpointError, match=r"cannot map 4096 bytes at offset 3141634, the file has 3145728"):
         engine.core().prefault([file], [(0, (3 << 20) - 4096 + 2, 4096)], 0, use_madvise)
+
+
+def test_gpu_targets_keep_the_engine_path(gpt2_checkpoints):
+    path = os.fspath(gpt2_checkpoints["safetensors"] / "model.safetensors")
+    record = next(r for r in warpload.tensors._checkpoint_records(path) if r.dtype == "F32")
+    gpu = torch.device("cuda", 0)
+    assert mapped.map_records({"w": record}, {"w": torch.float32}, gpu, mapped.AUTO) == {}
+    with pytest.raises(ZeroCopyError, match=f"tensor '{re.escape(record.name)}' .* loaded to cuda:0"):
+        mapped.map_records({"w": record}, {"w": torch.float32}, gpu, mapped.REQUIRED)
