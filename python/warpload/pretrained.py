@@ -15,7 +15,7 @@ from .constants import PYTORCH_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
 from .dtypes import DTYPES, FLOAT_SOURCES
 from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
 from .hub import HubOptions, add_variant, resolve_pretrained, weight_candidates
-from .mapped import zero_copy_mode
+from .mapped import AUTO, zero_copy_mode
 from .plan import TensorRecord
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
@@ -377,7 +377,7 @@ def _first_float_dtype(sources: dict[str, "Source"]) -> Any:
 def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, model_kwargs: dict[str, Any],
                   sources: dict[str, "Source"], dtype: "torch.dtype", ignore_mismatched_sizes: bool,
                   folder: Optional[str], fill_device: Any = "cpu",
-                  zero_copy: str = "auto") -> tuple[Any, Any, float]:
+                  zero_copy: str = AUTO) -> tuple[Any, Any, float]:
     import torch
 
     from .models.config import GenerationConfig
@@ -401,7 +401,7 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
                             dtype: "torch.dtype", attn_implementation: Optional[str],
                             trust_remote_code: Optional[bool], ignore_mismatched_sizes: bool,
                             folder: Optional[str], fill_device: Any = "cpu",
-                            zero_copy: str = "auto") -> tuple[Any, Any, float]:
+                            zero_copy: str = AUTO) -> tuple[Any, Any, float]:
     from .models import transformers_backend
 
     hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, trust_remote_code)
