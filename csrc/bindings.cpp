@@ -348,5 +348,18 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("evict_from_page_cache", &evict_from_page_cache, py::arg("path"),
           py::call_guard<py::gil_scoped_release>(), "Drops a file's pages from the page cache.");
+    m.def(
+        "prefault",
+        [](const std::vector<std::shared_ptr<MappedFile>>& files,
+           const std::vector<std::tuple<uint32_t, uint64_t, uint64_t>>& rows, size_t num_threads, bool use_madvise) {
+            std::vector<FileRange> ranges;
+            ranges.reserve(rows.size());
+            for (const auto& [file, offset, nbytes] : rows) ranges.push_back({file, offset, nbytes});
+            py::gil_scoped_release release;
+            return prefault_ranges(files, ranges, num_threads, use_madvise);
+        },
+        py::arg("files"), py::arg("ranges"), py::arg("num_threads") = 0, py::arg("use_madvise") = true,
+        "Maps every page of the (file, offset, nbytes) ranges of the files' mappings in parallel, reading them "
+        "when cold; True when MADV_POPULATE_READ did it, False when pages were touched one by one.");
     m.def("available_cores", &available_cores, "Cores this process may run on.");
 }

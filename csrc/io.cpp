@@ -6,11 +6,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "errors.h"
+#include "thread_pool.h"
 
 namespace warpload {
 
@@ -159,6 +163,103 @@ void populate_for_write(void* ptr, size_t nbytes) {
     (void)ptr;
     (void)nbytes;
 #endif
+}
+
+namespace {
+
+// Work unit of prefault_ranges: large enough that one madvise call has the kernel read ahead in
+// big requests on a cold file, small enough that 2-16 threads share a 100 MB shard evenly.
+constexpr uint64_t kPrefaultChunk = uint64_t(8) << 20;
+
+struct PrefaultChunk {
+    const MappedFile* file;
+    uint64_t begin;  // page-aligned offset in the file
+    uint64_t end;
+};
+
+// Reads of a cold chunk go through pread in pieces of this size before the chunk is mapped.
+constexpr size_t kPrefaultReadBytes = size_t(1) << 20;
+
+// Brings a chunk that is not wholly in the page cache into it with pread, before it is mapped: on
+// the 2-core VM a cold 1.42 GB file took 0.47-0.73 s this way against 0.62-0.92 s for
+// MADV_POPULATE_READ alone, whose page faults read around each fault in small requests while
+// pread reads ahead sequentially. The bytes land in a small per-thread scratch buffer, once.
+void read_if_cold(const PrefaultChunk& chunk, std::vector<uint8_t>& scratch) {
+    if (chunk.file->resident_fraction(chunk.begin, chunk.end - chunk.begin) >= 1.0) return;
+    chunk.file->advise_sequential_reads(chunk.begin, chunk.end - chunk.begin);
+    scratch.resize(kPrefaultReadBytes);
+    for (uint64_t offset = chunk.begin; offset < chunk.end; offset += kPrefaultReadBytes) {
+        chunk.file->read_into(scratch.data(), offset, std::min<uint64_t>(kPrefaultReadBytes, chunk.end - offset));
+    }
+}
+
+// Kernels before 5.14 answer EINVAL to MADV_POPULATE_READ; remembered so later chunks skip it.
+std::atomic<bool> populate_read_unsupported{false};
+
+// Whether MADV_POPULATE_READ mapped the chunk; false when the kernel does not know the advice.
+bool populate_read(const PrefaultChunk& chunk) {
+#ifdef MADV_POPULATE_READ
+    if (populate_read_unsupported.load(std::memory_order_relaxed)) return false;
+    uint8_t* begin = chunk.file->data() + chunk.begin;
+    size_t length = static_cast<size_t>(chunk.end - chunk.begin);
+    while (::madvise(begin, length, MADV_POPULATE_READ) != 0) {
+        int err = errno;
+        if (err == EINTR || err == EAGAIN) continue;
+        if (err == EINVAL) {
+            populate_read_unsupported.store(true, std::memory_order_relaxed);
+            return false;
+        }
+        throw IOError(describe_errno(chunk.file->path() + ": cannot read bytes " + std::to_string(chunk.begin) +
+                                         "-" + std::to_string(chunk.end) + " of the mapping",
+                                     err),
+                      err);
+    }
+    return true;
+#else
+    (void)chunk;
+    return false;
+#endif
+}
+
+void touch_pages(const PrefaultChunk& chunk) {
+    const volatile uint8_t* data = chunk.file->data();
+    uint8_t sink = 0;
+    for (uint64_t offset = chunk.begin; offset < chunk.end; offset += page_size()) sink ^= data[offset];
+    (void)sink;
+}
+
+}  // namespace
+
+bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<FileRange>& ranges,
+                     size_t num_threads, bool use_madvise) {
+    const uint64_t page = page_size();
+    std::vector<PrefaultChunk> chunks;
+    for (const FileRange& range : ranges) {
+        if (range.file >= files.size() || files[range.file] == nullptr) {
+            throw CheckpointError("prefault range names file " + std::to_string(range.file) + " of " +
+                                  std::to_string(files.size()));
+        }
+        const MappedFile& file = *files[range.file];
+        uint64_t end = range.offset + range.nbytes;
+        if (end < range.offset || end > file.size()) {
+            throw CheckpointError(file.path() + ": cannot map " + std::to_string(range.nbytes) + " bytes at offset " +
+                                  std::to_string(range.offset) + ", the file has " + std::to_string(file.size()));
+        }
+        for (uint64_t begin = range.offset / page * page; begin < end; begin += kPrefaultChunk) {
+            chunks.push_back({&file, begin, begin + kPrefaultChunk < end ? begin + kPrefaultChunk : end});
+        }
+    }
+    std::atomic<bool> touched{false};
+    std::lock_guard<std::mutex> lock(shared_pool_mutex());
+    ThreadPool& pool = shared_pool(num_threads);
+    std::vector<std::vector<uint8_t>> scratch(pool.size());
+    pool.run(chunks.size(), [&](size_t i, size_t worker) {
+        read_if_cold(chunks[i], scratch[worker]);
+        if (use_madvise && populate_read(chunks[i])) return;
+        touched.store(true, std::memory_order_relaxed);
+        touch_pages(chunks[i]);
+    });
+    return !chunks.empty() && !touched.load();
 }
 
 }  // namespace warpload

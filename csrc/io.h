@@ -5,7 +5,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace warpload {
 
@@ -70,5 +72,22 @@ void advise_hugepages(void* ptr, size_t nbytes);
 // Faults in every page of [ptr, ptr+nbytes) for writing in one call (MADV_POPULATE_WRITE, Linux
 // 5.14+; a no-op before), instead of one page fault per 4 KiB page during the copy.
 void populate_for_write(void* ptr, size_t nbytes);
+
+// Bytes [offset, offset+nbytes) of files[file], for prefault_ranges.
+struct FileRange {
+    uint32_t file;
+    uint64_t offset;
+    uint64_t nbytes;
+};
+
+// Enters every page of the ranges into the page tables of the files' mappings, in 8 MiB chunks
+// spread over the shared thread pool (num_threads as for execute_plan): tensors viewing the
+// mappings are then used without one page fault per 4 KiB. A chunk not wholly in the page cache
+// (mincore) is first read with pread, so a cold file is read in parallel, sequentially per chunk.
+// Maps with MADV_POPULATE_READ (Linux 5.14+) when use_madvise and the kernel has it, else reads
+// one byte per page. Returns whether MADV_POPULATE_READ did the work. Throws CheckpointError for a
+// range outside its file, IOError when the kernel cannot read a page (the file shrank, a disk error).
+bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<FileRange>& ranges,
+                     size_t num_threads, bool use_madvise);
 
 }  // namespace warpload

@@ -42,6 +42,10 @@ ENV_HUGE_PAGES = "WARPLOAD_HUGE_PAGES"
 # Read by csrc/convert.cpp once per process: forces the scalar conversion kernels (for tests
 # that hold the SIMD and scalar paths to the same bits).
 ENV_DISABLE_SIMD = "WARPLOAD_DISABLE_SIMD"
+# from_pretrained's zero_copy= when it is not passed (mapped.py): auto (default; CPU parameters view
+# the mapped checkpoint when no conversion is needed), 0 (owned copies), 1 (map every tensor or raise).
+ENV_ZERO_COPY = "WARPLOAD_ZERO_COPY"
+ZERO_COPY_VALUES = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
 
 READ_METHODS = {"auto": 0, "mmap": 1, "pread": 2}
 
@@ -76,6 +80,14 @@ def read_method() -> int:
     if value not in READ_METHODS:
         raise ValueError(f"{ENV_READ_METHOD}={value!r}: choose one of {', '.join(READ_METHODS)}")
     return READ_METHODS[value]
+
+
+def zero_copy() -> "str | bool":
+    """from_pretrained's default zero_copy from WARPLOAD_ZERO_COPY: "auto", True or False."""
+    value = os.environ.get(ENV_ZERO_COPY, "auto").lower()
+    if value not in ZERO_COPY_VALUES:
+        raise ValueError(f"{ENV_ZERO_COPY}={value!r}: choose auto, 1 (map every tensor) or 0 (owned copies)")
+    return ZERO_COPY_VALUES[value]
 
 
 def positive_int_env(name: str, default: int) -> int:

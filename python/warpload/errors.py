@@ -39,6 +39,11 @@ class UnsupportedDtypeError(WarploadError, TypeError):
     """A tensor's dtype has no torch equivalent here, or cannot be converted as asked."""
 
 
+class ZeroCopyError(WarploadError, ValueError):
+    """zero_copy=True was asked, and a tensor cannot view the checkpoint file (a conversion, a transpose,
+    unaligned bytes, a GPU target)."""
+
+
 class CheckpointNotFoundError(WarploadError, FileNotFoundError):
     """The path does not exist, or a directory holds no checkpoint warpload recognises."""
 

@@ -15,6 +15,7 @@ from .constants import PYTORCH_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
 from .dtypes import DTYPES, FLOAT_SOURCES
 from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
 from .hub import HubOptions, add_variant, resolve_pretrained, weight_candidates
+from .mapped import AUTO, zero_copy_mode
 from .plan import TensorRecord
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
@@ -61,13 +62,19 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
                     low_cpu_mem_usage: Optional[bool] = None, use_safetensors: Optional[bool] = None,
                     variant: Optional[str] = None, subfolder: str = "", generation_config: Any = None,
                     attn_implementation: Optional[str] = None, trust_remote_code: Optional[bool] = None,
-                    backend: str = "auto", from_tf: bool = False, from_flax: bool = False, **kwargs: Any) -> Any:
+                    backend: str = "auto", from_tf: bool = False, from_flax: bool = False,
+                    zero_copy: Union[None, bool, str] = None, **kwargs: Any) -> Any:
     """Loads a causal LM from a local checkpoint like transformers 5's from_pretrained.
 
-    The model is built on the meta device; every parameter is then allocated once, in its final
-    dtype, and the engine copies (and converts) the checkpoint's bytes straight into it: no
-    intermediate state dict, peak memory near the model's size. `low_cpu_mem_usage` is accepted
-    and changes nothing: loading is always low-memory.
+    The model is built on the meta device. On the CPU, a parameter stored in its final dtype (no
+    transpose, bytes aligned to its element size: always in safetensors and zip .bin) views the
+    memory-mapped checkpoint, copy-on-write, as transformers 5 gives it; its pages are read and
+    mapped in parallel during the call, so the first forward takes no page faults (mapped.py).
+    Every other parameter is allocated once, in its final dtype, and the engine copies (and
+    converts) the checkpoint's bytes straight into it: no intermediate state dict, peak memory
+    near the model's size. zero_copy=None (WARPLOAD_ZERO_COPY, default "auto") maps where
+    possible, False always copies, True maps every tensor or raises ZeroCopyError naming the one
+    that cannot be. `low_cpu_mem_usage` is accepted and changes nothing: loading is always low-memory.
 
     backend="auto" uses the built-in class for the config's model_type (GPT-2, Llama, Mistral,
     Qwen2, Qwen3; `model_class` when called as Class.from_pretrained) unless the config or an
@@ -95,6 +102,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     """
     started = time.perf_counter()
     _reject_unsupported(kwargs, from_flax)
+    mapping = zero_copy_mode(zero_copy)
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     for option in IGNORED_OPTIONS:
@@ -137,10 +145,10 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     if use_transformers:
         model, info, planned = _load_with_transformers(
             location, config, subfolder, kwargs, model_class, model_args, sources, torch_type, attn_implementation,
-            trust_remote_code, ignore_mismatched_sizes, folder, fill_device)
+            trust_remote_code, ignore_mismatched_sizes, folder, fill_device, mapping)
     else:
         model, info, planned = _load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
-                                             ignore_mismatched_sizes, folder, fill_device)
+                                             ignore_mismatched_sizes, folder, fill_device, mapping)
     if generation_config is not None:
         model.generation_config = generation_config
     if device.type != "cpu":
@@ -368,7 +376,8 @@ def _first_float_dtype(sources: dict[str, "Source"]) -> Any:
 
 def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, model_kwargs: dict[str, Any],
                   sources: dict[str, "Source"], dtype: "torch.dtype", ignore_mismatched_sizes: bool,
-                  folder: Optional[str], fill_device: Any = "cpu") -> tuple[Any, Any, float]:
+                  folder: Optional[str], fill_device: Any = "cpu",
+                  zero_copy: str = AUTO) -> tuple[Any, Any, float]:
     import torch
 
     from .models.config import GenerationConfig
@@ -378,7 +387,7 @@ def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, mode
         model = cls(config, *model_args, **model_kwargs)
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
-    info = load_builtin(model, sources, dtype, ignore_mismatched_sizes, fill_device)
+    info = load_builtin(model, sources, dtype, ignore_mismatched_sizes, fill_device, zero_copy)
     report = info.report()
     if report:
         logger.warning("%s load report from %s:\n%s", cls.__name__, folder or "the given state_dict", report)
@@ -391,7 +400,8 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
                             model_class: Optional[type], model_args: tuple, sources: dict[str, "Source"],
                             dtype: "torch.dtype", attn_implementation: Optional[str],
                             trust_remote_code: Optional[bool], ignore_mismatched_sizes: bool,
-                            folder: Optional[str], fill_device: Any = "cpu") -> tuple[Any, Any, float]:
+                            folder: Optional[str], fill_device: Any = "cpu",
+                            zero_copy: str = AUTO) -> tuple[Any, Any, float]:
     from .models import transformers_backend
 
     hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, trust_remote_code)
@@ -402,6 +412,7 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
                                                trust_remote_code)
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
-    info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes, fill_device)
+    info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes, fill_device,
+                                     zero_copy)
     transformers_backend.load_generation_config(model, folder)
     return model, info, planned

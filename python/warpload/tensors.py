@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import engine
 from .constants import CHECKPOINT_NAMES
-from .dtypes import DTYPES, dtype_name
+from .dtypes import dtype_name
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from .formats import detect_format
 from .formats.registry import format_for_path
 from .formats.tf_bundle import bundle_in_folder
 from .formats.safetensors import read_header
 from .gc_pause import without_gc_pauses
+from .mapped import aligned_in_file
 from .plan import LoadPlan, TensorRecord, plan_load
 
 if TYPE_CHECKING:
@@ -187,9 +188,7 @@ def _mapped_tensors(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
     files = {path: engine.core().File(path) for path in plan.paths}
     aligned, unaligned = [], []
     for planned in plan.tensors:
-        storage = plan.storages[planned.storage]
-        itemsize = max(DTYPES[storage.source_dtype].bits // 8, 1)
-        (aligned if storage.offset % itemsize == 0 else unaligned).append(planned.record)
+        (aligned if aligned_in_file(planned.record) else unaligned).append(planned.record)
     tensors = engine.zero_copy_views(plan_load(aligned), files)
     if unaligned:
         copies = plan_load(unaligned)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import WarploadError
+from ..mapped import AUTO, map_records
 from ..placement import load_into
 from ..plan import TensorRecord
 
@@ -88,20 +89,24 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
           extra_keys: Iterable[str], dtype: torch.dtype,
-          device: Union[str, torch.device] = "cpu") -> list[torch.Tensor]:
+          device: Union[str, torch.device] = "cpu", zero_copy: str = AUTO) -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
-    Storage is allocated once per key, in `dtype` for floating tensors (the model's dtype
-    otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left untouched
-    until the engine writes it, so the operating system backs it only then. `state_dict=` tensors
-    already in the right dtype become the parameters themselves, as in transformers. Returns the
-    tensors put into the model.
+    On the CPU, a checkpoint tensor stored in its final dtype views the memory-mapped file
+    (copy-on-write, prefaulted in parallel; mapped.py) unless zero_copy is OWNED, as transformers
+    5 gives. Other storage is allocated once per key, in `dtype` for floating tensors (the model's
+    dtype otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left
+    untouched until the engine writes it, so the operating system backs it only then.
+    `state_dict=` tensors already in the right dtype become the parameters themselves, as in
+    transformers. Returns the tensors put into the model.
     """
     meta = model.state_dict(keep_vars=True)
 
+    def wanted(key: str) -> torch.dtype:
+        return dtype if meta[key].is_floating_point() else meta[key].dtype
+
     def empty(key: str) -> torch.Tensor:
-        tensor = meta[key]
-        return torch.empty(tensor.shape, dtype=dtype if tensor.is_floating_point() else tensor.dtype, device=device)
+        return torch.empty(meta[key].shape, dtype=wanted(key), device=device)
 
     targets: dict[str, torch.Tensor] = {}
     records: dict[str, TensorRecord] = {}
@@ -109,14 +114,16 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     for key, name in assignments.items():
         source = sources[name]
         if isinstance(source, TensorRecord):
-            targets[key] = empty(key)
             records[key] = source
         elif _adoptable(source, meta[key], dtype):
             targets[key] = source.detach()
         else:
             targets[key] = empty(key)
             copies[key] = source
-    load_into({key: targets[key] for key in records}, records)
+    targets.update(map_records(records, {key: wanted(key) for key in records}, device, zero_copy))
+    owned = {key: empty(key) for key in records if key not in targets}
+    load_into(owned, {key: records[key] for key in owned})
+    targets.update(owned)
     with torch.no_grad():
         for key, source in copies.items():
             targets[key].copy_(source)
@@ -162,8 +169,10 @@ def _same_source(a: Source, b: Source) -> bool:
 
 
 def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype: torch.dtype,
-                 ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu") -> LoadingInfo:
-    """Fills a meta-built warpload model: loads what matches, initialises the rest, ties, computes buffers.
+                 ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu",
+                 zero_copy: str = AUTO) -> LoadingInfo:
+    """Fills a meta-built warpload model: loads what matches (zero_copy as for place), initialises the
+    rest, ties, computes buffers.
 
     Tying follows transformers 5: a tied output embedding missing from the checkpoint takes the
     input embedding's Parameter (it is never allocated); a checkpoint with only the output one
@@ -194,7 +203,7 @@ def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype:
                                type(model).__name__, source, target)
     tied_targets = {target for target, _ in ties}
     uninitialised = (info.missing_keys | {key for key, _, _ in info.mismatched_keys}) - tied_targets
-    place(model, sources, assignments, sorted(uninitialised), dtype, device)
+    place(model, sources, assignments, sorted(uninitialised), dtype, device, zero_copy)
     for key in uninitialised:
         model.init_parameter(key)
     for target, source in compare:
