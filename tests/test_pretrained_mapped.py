@@ -209,3 +209,20 @@ def test_gpu_targets_keep_the_engine_path(gpt2_checkpoints):
     assert mapped.map_records({"w": record}, {"w": torch.float32}, gpu, mapped.AUTO) == {}
     with pytest.raises(ZeroCopyError, match=f"tensor '{re.escape(record.name)}' .* loaded to cuda:0"):
         mapped.map_records({"w": record}, {"w": torch.float32}, gpu, mapped.REQUIRED)
+
+
+@needs_proc_maps
+def test_auto_copies_cold_files_and_maps_warm_ones(gpt2_checkpoints):
+    folder = gpt2_checkpoints["safetensors"]
+    weights = os.fspath(folder / "model.safetensors")
+
+    engine.core().evict_from_page_cache(weights)
+    if engine.core().File(weights).resident_fraction() >= mapped.constants.MAP_WARM_FRACTION:
+        pytest.skip("this file system keeps the file cached through POSIX_FADV_DONTNEED")
+    assert backing_files(AutoModelForCausalLM.from_pretrained(folder)) == {""}
+
+    engine.core().evict_from_page_cache(weights)
+    assert backing_files(AutoModelForCausalLM.from_pretrained(folder, zero_copy=True)) == {weights}
+
+    # The load above read the whole file: warm now, so auto maps it.
+    assert backing_files(AutoModelForCausalLM.from_pretrained(folder)) == {weights}

@@ -45,6 +45,10 @@ ENV_DISABLE_SIMD = "WARPLOAD_DISABLE_SIMD"
 # from_pretrained's zero_copy= when it is not passed (mapped.py): auto (default; CPU parameters view
 # the mapped checkpoint when no conversion is needed), 0 (owned copies), 1 (map every tensor or raise).
 ENV_ZERO_COPY = "WARPLOAD_ZERO_COPY"
+# zero_copy="auto" maps a checkpoint file only when at least this share of it is in the page cache.
+# Measured on GPT-2 medium (1.42 GB), load + first forward: warm, mapped 0.17 s vs owned copies
+# 0.46 s; cold, owned copies (parallel pread into the parameters) 0.74 s vs mapped 0.95 s.
+MAP_WARM_FRACTION = 0.9
 ZERO_COPY_VALUES = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
 
 READ_METHODS = {"auto": 0, "mmap": 1, "pread": 2}

@@ -53,7 +53,8 @@ def aligned_in_file(record: TensorRecord) -> bool:
 def map_records(records: Mapping[str, TensorRecord], dtypes: Mapping[str, "torch.dtype"], device: Any,
                 mode: str) -> dict[str, "torch.Tensor"]:
     """Tensors viewing the checkpoint files for the keys of records that can be mapped (all of them, or none
-    with mode OWNED), their pages read and entered into the page tables in parallel before returning.
+    with mode OWNED; with AUTO only those whose file is mostly in the page cache: cold files copy faster
+    than they map), their pages read and entered into the page tables in parallel before returning.
 
     Writes to the tensors stay in this process (MAP_PRIVATE copy-on-write); the files stay mapped
     while any tensor of theirs lives. Raises ZeroCopyError (mode REQUIRED) naming the first key
@@ -70,13 +71,20 @@ def map_records(records: Mapping[str, TensorRecord], dtypes: Mapping[str, "torch
         elif mode == REQUIRED:
             raise ZeroCopyError(f"zero_copy=True: tensor {record.name!r} of {record.path} cannot view the file: "
                                 f"{reason}. Pass zero_copy=None to copy such tensors, or False to copy all.")
+    files = {path: engine.core().File(path) for path in {record.path for record in mappable.values()}}
+    if mode == AUTO:
+        mappable = {key: record for key, record in mappable.items() if is_warm(files[record.path])}
     if not mappable:
         return {}
     plan = plan_load(list(mappable.values()))
-    files = {path: engine.core().File(path) for path in plan.paths}
     prefault(plan, files)
     views = engine.zero_copy_views(plan, files)
     return {key: views[record.name] for key, record in mappable.items()}
+
+
+def is_warm(file: Any) -> bool:
+    """Whether enough of the file is in the page cache for mapping it to beat copying it (constants.py)."""
+    return file.resident_fraction() >= constants.MAP_WARM_FRACTION
 
 
 def prefault(plan: LoadPlan, files: Mapping[str, Any]) -> bool:
