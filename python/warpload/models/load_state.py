@@ -25,6 +25,8 @@ class ShapeMismatchError(WarploadError, RuntimeError):
 
 # A checkpoint tensor: a record the engine reads, or a tensor given through `state_dict=`.
 Source = Union[TensorRecord, torch.Tensor]
+# Fills preallocated tensors with the checkpoint tensors records name: placement.load_into, or a ShardStream.
+Fill = Callable[[Mapping[str, torch.Tensor], Mapping[str, TensorRecord]], None]
 
 
 @dataclass
@@ -79,7 +81,8 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
             info.unexpected_keys.add(key)
             continue
         info.missing_keys.discard(key)
-        if tuple(source.shape) != tuple(model_shapes[key]):
+        # No shape: a shard still downloading, checked when it lands (shard_stream.py).
+        if source.shape is not None and tuple(source.shape) != tuple(model_shapes[key]):
             info.mismatched_keys.add((key, torch.Size(source.shape), torch.Size(model_shapes[key])))
         else:
             assignments[key] = name
@@ -87,15 +90,16 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 
 
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
-          extra_keys: Iterable[str], dtype: torch.dtype,
-          device: Union[str, torch.device] = "cpu") -> list[torch.Tensor]:
+          extra_keys: Iterable[str], dtype: torch.dtype, device: Union[str, torch.device] = "cpu",
+          fill: Fill = load_into) -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     Storage is allocated once per key, in `dtype` for floating tensors (the model's dtype
     otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left untouched
     until the engine writes it, so the operating system backs it only then. `state_dict=` tensors
     already in the right dtype become the parameters themselves, as in transformers. Returns the
-    tensors put into the model.
+    tensors put into the model. `fill(targets, records)` copies the records' bytes (shard_stream.py
+    passes one that waits for each shard's download).
     """
     meta = model.state_dict(keep_vars=True)
 
@@ -116,7 +120,7 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
         else:
             targets[key] = empty(key)
             copies[key] = source
-    load_into({key: targets[key] for key in records}, records)
+    fill({key: targets[key] for key in records}, records)
     with torch.no_grad():
         for key, source in copies.items():
             targets[key].copy_(source)
@@ -162,7 +166,8 @@ def _same_source(a: Source, b: Source) -> bool:
 
 
 def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype: torch.dtype,
-                 ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu") -> LoadingInfo:
+                 ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu",
+                 fill: Fill = load_into) -> LoadingInfo:
     """Fills a meta-built warpload model: loads what matches, initialises the rest, ties, computes buffers.
 
     Tying follows transformers 5: a tied output embedding missing from the checkpoint takes the
@@ -194,7 +199,7 @@ def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype:
                                type(model).__name__, source, target)
     tied_targets = {target for target, _ in ties}
     uninitialised = (info.missing_keys | {key for key, _, _ in info.mismatched_keys}) - tied_targets
-    place(model, sources, assignments, sorted(uninitialised), dtype, device)
+    place(model, sources, assignments, sorted(uninitialised), dtype, device, fill)
     for key in uninitialised:
         model.init_parameter(key)
     for target, source in compare:
