@@ -57,6 +57,12 @@ def test_first_shard_loads_before_the_last_one_lands_and_matches_a_local_load(hu
     assert info == reference_info
 
 
+def test_transformers_backend_loads_shards_as_they_land_too(hub, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, backend="transformers")
+    assert len(model.load_timings.shards) == _shard_count(hub)
+    _assert_same_model(model, AutoModelForCausalLM.from_pretrained(_local(hub), backend="transformers"))
+
+
 @pytest.mark.parametrize("overrides", [dict(n_layer=5), dict(n_layer=7)], ids=["unexpected", "missing"])
 def test_key_sets_from_the_index_equal_a_local_load(hub, tmp_path, overrides):
     model, info = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, output_loading_info=True,

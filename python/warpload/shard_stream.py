@@ -1,16 +1,17 @@
 """Loading a sharded safetensors checkpoint while it downloads: each shard fills its parameters as it lands."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional, TextIO
 
-from .errors import HeaderError
 from .placement import load_into
 from .plan import TensorRecord
+from .tensors import _checkpoint_records as read_records
+from .tensors import read_weight_map
+from .tf_checkpoint import is_tf_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -52,14 +53,7 @@ class ShardStream:
         self.index_path = index_path
         self.started = started
         self.timings: list[ShardTiming] = []
-        try:
-            with open(index_path, encoding="utf-8") as handle:
-                weight_map = json.load(handle)["weight_map"]
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise TypeError("weight_map must map tensor names to file names")
-        except (ValueError, KeyError, TypeError) as err:
-            raise HeaderError(f"{index_path}: not a valid shard index ({err!r})", path=index_path) from err
-        self.weight_map: dict[str, str] = weight_map
+        self.weight_map = read_weight_map(index_path)
 
     def placeholders(self) -> dict[str, TensorRecord]:
         """A record per index name: its shard's future path, no shape (match_keys skips the shape check;
@@ -73,9 +67,6 @@ class ShardStream:
 
         Raises the download's HubError, CheckpointError for unreadable shards, NeedsWholeCheckpoint.
         """
-        from .tensors import _checkpoint_records as read_records
-        from .tf_checkpoint import is_tf_safetensors
-
         keys_by_name: dict[str, list[str]] = {}
         for key, record in records.items():
             keys_by_name.setdefault(record.name, []).append(key)
