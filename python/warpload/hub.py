@@ -5,7 +5,8 @@ shares: `models--org--name/{blobs,refs,snapshots}`. One listing request (`model_
 revision: commit + file names) decides which files exist; then only config.json,
 generation_config.json, the chosen weights (the index first, then its shards, in parallel) and,
 with trust_remote_code=True, the repo's Python files are fetched. Local folders and files pass
-through unchanged.
+through unchanged. start_pretrained returns before the shards are in (ShardDownloads), so that
+from_pretrained loads each shard as it lands (shard_stream.py).
 """
 from __future__ import annotations
 

@@ -88,8 +88,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     generation_config, attn_implementation, trust_remote_code (transformers backend), and config
     overrides as keywords (n_layer=2, rope_theta=...). A repo id is resolved through the Hub cache
     with revision, cache_dir, force_download, local_files_only, token, proxies, code_revision
-    (see warpload.hub); for a local folder those are ignored, as transformers does.
-    `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
+    (see warpload.hub); for a local folder those are ignored, as transformers does. A sharded
+    safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
+    (shard_stream.py). `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
     without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
     safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
