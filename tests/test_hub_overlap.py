@@ -125,8 +125,9 @@ class _Terminal(io.StringIO):
 
 
 @pytest.mark.parametrize("stream, disabled, shown", [(io.StringIO, "", False), (_Terminal, "1", False),
-                                                     (_Terminal, "", True)],
-                         ids=["not-a-terminal", "HF_HUB_DISABLE_PROGRESS_BARS", "terminal"])
+                                                     (_Terminal, "true", False), (_Terminal, "", True),
+                                                     (_Terminal, "0", True)],
+                         ids=["not-a-terminal", "disabled-1", "disabled-true", "terminal", "terminal-disabled-0"])
 def test_progress_line_only_on_a_terminal_without_hf_hub_disable_progress_bars(monkeypatch, stream, disabled,
                                                                                 shown):
     monkeypatch.setattr(shard_stream, "PROGRESS_MIN_BYTES", 0)

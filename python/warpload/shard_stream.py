@@ -96,9 +96,9 @@ class ShardStream:
 
 
 def progress_enabled(stream: TextIO) -> bool:
-    """Whether a progress line may be written: `stream` is a terminal and HF_HUB_DISABLE_PROGRESS_BARS is unset
-    (huggingface_hub's switch, so one setting silences downloads and loading alike)."""
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip():
+    """Whether a progress line may be written: `stream` is a terminal and HF_HUB_DISABLE_PROGRESS_BARS is not
+    true (huggingface_hub's switch and its reading of it, so one setting silences downloads and loading alike)."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
         return False
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
