@@ -16,6 +16,9 @@ GATED_REPO = "org/gated"
 GATED_TOKEN = "hf_gatedsecret"
 REMOTE_CODE_REPO = "org/remote-code"
 MAIN_REPO = "org/tiny-gpt2"
+# Six shards of about 1 MB: the front's link sends 1 MiB pieces one after another, so paced shards land in turn.
+SHARDED_REPO = "org/sharded-gpt2"
+SHARDED_MODEL = dict(n_embd=128, n_layer=6, vocab_size=2000)
 
 _GIT = ["git", "-c", "user.name=warpload", "-c", "user.email=warpload@example.com", "-c", "commit.gpgsign=false"]
 
@@ -118,4 +121,11 @@ def build_repos(mirrors: Path) -> HubRepos:
     (remote / "config.json").write_text(json.dumps(config))
     (remote / "modeling_tiny.py").write_text(REMOTE_MODEL_CODE)
     _commit(remote, "remote code")
+    sharded = mirrors / "models" / SHARDED_REPO
+    sharded.mkdir(parents=True)
+    _git(sharded, "init", "-q", "-b", "main")
+    model = tiny_transformers_model("gpt2", seed=8, **SHARDED_MODEL)
+    model.save_pretrained(sharded, max_shard_size="1MB")
+    built.states[(SHARDED_REPO, "main")] = {k: v.clone() for k, v in model.state_dict().items()}
+    built.commits["sharded-main"] = _commit(sharded, "six shards")
     return built

@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 
@@ -143,6 +143,8 @@ class FrontServer:
         self.link: Optional[Link] = None
         # (path, Range header) of every file download.
         self.ranges: list[tuple[str, Optional[str]]] = []
+        # Called with the path of each weights download before it is relayed (a test stops olah there).
+        self.before_weights: Optional[Callable[[str], None]] = None
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler_class())
         self.port = self.server.server_address[1]
@@ -223,6 +225,9 @@ class FrontServer:
                         if front.corrupt_left > 0 and weights:
                             front.corrupt_left -= 1
                             corrupt = True
+                hook = front.before_weights
+                if hook is not None and filename is not None and filename.endswith("safetensors"):
+                    hook(self.path)
                 _relay(self, "127.0.0.1", front.olah_port, self.path, cut, front.link if filename else None, corrupt)
 
             do_HEAD = do_GET
@@ -276,10 +281,15 @@ class OlahServer:
             "[accessibility]\noffline = true\n")
         cli = Path(sys.executable).with_name("olah-cli")
         command = [os.fspath(cli)] if cli.exists() else [sys.executable, "-m", "olah.server"]
+        self.command = [*command, "-c", os.fspath(config)]
+        self.root = root
         self.log_path = root / "olah.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([*command, "-c", os.fspath(config)], cwd=root, stdout=log,
-                                            stderr=subprocess.STDOUT)
+        self.start()
+
+    def start(self) -> None:
+        """Starts olah (again, after close: same port, same repos) and waits until it answers."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -359,10 +369,14 @@ def hub_fixture(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", os.fspath(home / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", os.fspath(home / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    if hub_session.olah.process.poll() is not None:  # a test stopped it
+        hub_session.olah.start()
     hub_session.front.log.clear()
     hub_session.proxy.log.clear()
     hub_session.front.cut_after = None
     hub_session.front.cuts_left = 0
     hub_session.front.corrupt_left = 0
     hub_session.front.ranges.clear()
+    hub_session.front.link = None
+    hub_session.front.before_weights = None
     return hub_session

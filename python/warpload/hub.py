@@ -5,7 +5,8 @@ shares: `models--org--name/{blobs,refs,snapshots}`. One listing request (`model_
 revision: commit + file names) decides which files exist; then only config.json,
 generation_config.json, the chosen weights (the index first, then its shards, in parallel) and,
 with trust_remote_code=True, the repo's Python files are fetched. Local folders and files pass
-through unchanged.
+through unchanged. start_pretrained returns before the shards are in (ShardDownloads), so that
+from_pretrained loads each shard as it lands (shard_stream.py).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import hashlib
 import json
 import os
 import threading
+import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
@@ -117,14 +119,88 @@ def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "
     GatedRepoError, RevisionNotFoundError, EntryNotFoundError, NotCachedError (all HubError, an
     OSError) naming repo, revision and file.
     """
+    location, shards = start_pretrained(location, options, subfolder=subfolder, variant=variant,
+                                        use_safetensors=use_safetensors, from_tf=from_tf,
+                                        trust_remote_code=trust_remote_code, weights=weights)
+    if shards is not None:
+        with shards:
+            shards.wait()
+    return location
+
+
+def start_pretrained(location: str, options: HubOptions, *, subfolder: str = "", variant: Optional[str] = None,
+                     use_safetensors: Optional[bool] = None, from_tf: bool = False,
+                     trust_remote_code: Optional[bool] = None,
+                     weights: bool = True) -> tuple[str, Optional["ShardDownloads"]]:
+    """resolve_pretrained, returning as soon as everything but the shards of a sharded checkpoint is cached.
+
+    Returns (folder, shards): shards is None when nothing is left to download; otherwise its files
+    are still downloading in parallel, and the caller iterates `shards.completed()` (or `wait()`)
+    and closes it (a context manager), which also ends this call's proxy routing. Raises as
+    resolve_pretrained does; a shard's error is raised by completed() / wait().
+    """
     if os.path.exists(location):
-        return location
+        return location, None
     _check_repo_id(location)
     request = _Request(location, options, subfolder)
-    with _call_proxies(options.proxies):
+    with contextlib.ExitStack() as routing:
+        routing.enter_context(_call_proxies(options.proxies))
         if options.offline:
-            return request.from_cache(variant, use_safetensors, from_tf, weights)
-        return request.download(variant, use_safetensors, from_tf, trust_remote_code, weights)
+            return request.from_cache(variant, use_safetensors, from_tf, weights), None
+        snapshot, shards = request.download(variant, use_safetensors, from_tf, trust_remote_code, weights)
+        if shards is not None:
+            shards.keep_open(routing.pop_all())
+        return snapshot, shards
+
+
+class ShardDownloads:
+    """The shards of one resolution, downloading in parallel in the caller's context (its proxies).
+
+    `landed` maps each shard name to the time.perf_counter() at which its checked file was in the
+    cache, so callers can show that loading overlapped the download.
+    """
+
+    def __init__(self, request: "_Request", names: list[str], commit: str, folder: str) -> None:
+        self.folder = folder
+        self.names = names
+        self.landed: dict[str, float] = {}
+        self._routing = contextlib.ExitStack()
+        self._pool = ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(names)))
+        self._futures = [self._pool.submit(contextvars.copy_context().run, self._fetch, request, name, commit)
+                         for name in names]
+
+    def _fetch(self, request: "_Request", name: str, commit: str) -> str:
+        path = request._fetch_checked(name, commit)
+        self.landed[name] = time.perf_counter()
+        return path
+
+    def keep_open(self, routing: contextlib.ExitStack) -> None:
+        """Takes over the proxy routing of the call, to end it once the downloads are over."""
+        self._routing.enter_context(routing)
+
+    def completed(self) -> Iterator[str]:
+        """The snapshot path of each shard, in the order the downloads finish; a failed one raises its HubError."""
+        for future in as_completed(self._futures):
+            yield future.result()
+
+    def wait(self) -> None:
+        """Returns when every shard is cached; raises the first failure seen."""
+        for _ in self.completed():
+            pass
+
+    def close(self) -> None:
+        """Cancels downloads not yet started, waits for the running ones (their files are written
+        atomically, so none is left half), then ends the proxy routing."""
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._routing.close()
+
+    def __enter__(self) -> "ShardDownloads":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _check_repo_id(location: str) -> None:
@@ -260,7 +336,8 @@ class _Request:
         return info.sha, names
 
     def download(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool,
-                 trust_remote_code: Optional[bool], weights: bool) -> str:
+                 trust_remote_code: Optional[bool], weights: bool) -> tuple[str, Optional[ShardDownloads]]:
+        """(snapshot, shards still downloading or None) once config, index and the other files are cached."""
         commit, listing = self._listing()
         files = set(listing)
         if CONFIG_NAME not in files:
@@ -269,17 +346,26 @@ class _Request:
         config_path = self._fetch_checked(CONFIG_NAME, self.revision)
         snapshot = _snapshot_root(config_path, self.subfolder)
         wanted = [GENERATION_CONFIG_NAME] if weights and GENERATION_CONFIG_NAME in files else []
+        shard_names: list[str] = []
         if weights:
             chosen = self._choose_weights(files, listing, variant, use_safetensors, from_tf)
             if chosen.endswith(".json"):
                 self._fetch_checked(chosen, commit)
-                wanted += self._shards(os.path.join(snapshot, self._path(chosen)), files, listing)
+                shard_names = self._shards(os.path.join(snapshot, self._path(chosen)), files, listing)
             else:
                 wanted.append(chosen)
         if trust_remote_code is True and "auto_map" in _read_json(config_path):
             wanted += self._code_files(listing, commit)
-        self._fetch_all(wanted, commit)
-        return snapshot
+        # The shards start first: they are the long part, and the caller can load them as they land.
+        shards = ShardDownloads(self, shard_names, commit, os.path.join(snapshot, self.subfolder)) \
+            if shard_names else None
+        try:
+            self._fetch_all(wanted, commit)
+        except BaseException:
+            if shards is not None:
+                shards.close()
+            raise
+        return snapshot, shards
 
     def _code_files(self, listing: list[str], commit: str) -> list[str]:
         code = [name for name in listing if name.endswith(".py")]

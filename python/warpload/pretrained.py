@@ -14,9 +14,11 @@ from . import cuda
 from .constants import PYTORCH_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
 from .dtypes import DTYPES, FLOAT_SOURCES
 from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
-from .hub import HubOptions, add_variant, resolve_pretrained, weight_candidates
+from .hub import HubOptions, ShardDownloads, add_variant, start_pretrained, weight_candidates
 from .mapped import AUTO, zero_copy_mode
+from .placement import load_into
 from .plan import TensorRecord
+from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
 from .tensors import _checkpoint_records as read_records
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from .models.config import PretrainedConfig
-    from .models.load_state import Source
+    from .models.load_state import Fill, Source
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +50,15 @@ class ArchitectureNotSupportedError(WarploadError, ValueError):
 
 @dataclass(frozen=True)
 class LoadTimings:
-    """Seconds from_pretrained spent finding files, planning (config, headers, meta model, keys) and reading."""
+    """Seconds from_pretrained spent finding files, planning (config, headers, meta model, keys) and reading;
+    with shards still downloading when planning starts, resolve_s ends when config and index are in and
+    read_s overlaps the rest of the download."""
 
     resolve_s: float
     plan_s: float
     read_s: float
+    # An overlapped load of a downloading sharded checkpoint: when each shard landed and was loaded.
+    shards: tuple[ShardTiming, ...] = ()
 
 
 def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathLike[str]"]], *model_args: Any,
@@ -89,8 +95,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     generation_config, attn_implementation, trust_remote_code (transformers backend), and config
     overrides as keywords (n_layer=2, rope_theta=...). A repo id is resolved through the Hub cache
     with revision, cache_dir, force_download, local_files_only, token, proxies, code_revision
-    (see warpload.hub); for a local folder those are ignored, as transformers does.
-    `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
+    (see warpload.hub); for a local folder those are ignored, as transformers does. A sharded
+    safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
+    (shard_stream.py). `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
     without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
     safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
@@ -110,45 +117,72 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     hub_options = HubOptions.pop_from(kwargs)
     name = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
     location = name
+    shards: Optional[ShardDownloads] = None
     if name is not None and state_dict is None:
-        location = resolve_pretrained(name, hub_options, subfolder=subfolder, variant=variant,
-                                      use_safetensors=use_safetensors, from_tf=from_tf,
-                                      trust_remote_code=trust_remote_code)
-    if state_dict is not None and location is not None:
-        raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
-                         "Use one of the two loading strategies.")
-    device = _target_device(device_map)
-    # Parameters are allocated where they end up when the engine can fill that device directly.
-    fill_device = device if cuda.wanted(device) else "cpu"
-    weights = None if state_dict is not None else resolve_weight_files(
-        location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors, from_tf=from_tf)
-    tf_weights = None if weights is None else _tf_checkpoint(weights, from_tf)
-    resolved = time.perf_counter()
+        location, shards = start_pretrained(name, hub_options, subfolder=subfolder, variant=variant,
+                                            use_safetensors=use_safetensors, from_tf=from_tf,
+                                            trust_remote_code=trust_remote_code)
+    try:
+        if state_dict is not None and location is not None:
+            raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
+                             "Use one of the two loading strategies.")
+        device = _target_device(device_map)
+        # Parameters are allocated where they end up when the engine can fill that device directly.
+        fill_device = device if cuda.wanted(device) else "cpu"
+        weights = None if state_dict is not None else resolve_weight_files(
+            location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors, from_tf=from_tf)
+        stream = _shard_stream(shards, weights, started)
+        tf_weights = None if weights is None or stream is not None else _tf_checkpoint(weights, from_tf)
+        resolved = time.perf_counter()
 
-    if config is None and from_tf and location is not None and os.path.isdir(location):
-        config = _openai_gpt2_config(os.path.join(location, subfolder))
-    model_config, model_kwargs = _load_config(location, config, subfolder, kwargs, model_class)
-    builtin, reasons = _builtin_choice(model_config, model_class, attn_implementation)
-    use_transformers = _use_transformers(backend, reasons)
-    sources: Union[dict[str, Source], TFCheckpoint]
-    if state_dict is not None:
-        sources = dict(state_dict)
-    elif tf_weights is not None:
-        sources = tf_weights
-    else:
-        sources = {record.name: record for record in _weight_records(weights)}
-    class_name = (model_class or builtin or type(model_config)).__name__
-    stored = sources if not isinstance(sources, TFCheckpoint) else {
-        tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
-    torch_type = resolve_dtype(dtype if dtype is not None else torch_dtype, model_config, weights, stored, class_name)
-    folder = os.path.join(location, subfolder) if location is not None and os.path.isdir(location) else None
-    if use_transformers:
-        model, info, planned = _load_with_transformers(
-            location, config, subfolder, kwargs, model_class, model_args, sources, torch_type, attn_implementation,
-            trust_remote_code, ignore_mismatched_sizes, folder, fill_device, mapping)
-    else:
-        model, info, planned = _load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
-                                             ignore_mismatched_sizes, folder, fill_device, mapping)
+        if config is None and from_tf and location is not None and os.path.isdir(location):
+            config = _openai_gpt2_config(os.path.join(location, subfolder))
+        model_config, model_kwargs = _load_config(location, config, subfolder, kwargs, model_class)
+        builtin, reasons = _builtin_choice(model_config, model_class, attn_implementation)
+        use_transformers = _use_transformers(backend, reasons)
+        class_name = (model_class or builtin or type(model_config)).__name__
+        requested = dtype if dtype is not None else torch_dtype
+        if stream is not None and requested in (None, "auto") and not (getattr(model_config, "dtype", None)
+                                                                        or _index_dtype(weights)):
+            stream = None  # the dtype is the first shard's: wait for the download, as below
+        folder = os.path.join(location, subfolder) if location is not None and os.path.isdir(location) else None
+
+        def load(stream: Optional[ShardStream],
+                 tf_weights: Optional[TFCheckpoint]) -> tuple[Any, Any, float, "torch.dtype"]:
+            sources: Union[dict[str, Source], TFCheckpoint]
+            if stream is None and shards is not None:
+                shards.wait()
+            if state_dict is not None:
+                sources = dict(state_dict)
+            elif tf_weights is not None:
+                sources = tf_weights
+            elif stream is not None:
+                sources = stream.placeholders()
+            else:
+                sources = {record.name: record for record in _weight_records(weights)}
+            stored = sources if not isinstance(sources, TFCheckpoint) else {
+                tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
+            torch_type = resolve_dtype(requested, model_config, weights, stored, class_name)
+            fill = stream if stream is not None else load_into
+            if use_transformers:
+                return (*_load_with_transformers(
+                    location, config, subfolder, kwargs, model_class, model_args, sources, torch_type,
+                    attn_implementation, trust_remote_code, ignore_mismatched_sizes, folder, fill_device, mapping,
+                    fill),
+                    torch_type)
+            return (*_load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
+                                   ignore_mismatched_sizes, folder, fill_device, mapping, fill), torch_type)
+
+        try:
+            model, info, planned, torch_type = load(stream, tf_weights)
+        except NeedsWholeCheckpoint as reason:
+            logger.info("%s: loading after the whole download (%s)", name, reason)
+            stream = None
+            shards.wait()
+            model, info, planned, torch_type = load(None, _tf_checkpoint(weights, from_tf))
+    finally:
+        if shards is not None:
+            shards.close()
     if generation_config is not None:
         model.generation_config = generation_config
     if device.type != "cpu":
@@ -156,7 +190,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     model.config.dtype = torch_type
     model.config.name_or_path = name or ""
     model.eval()
-    model.load_timings = LoadTimings(resolved - started, planned - resolved, time.perf_counter() - planned)
+    model.load_timings = LoadTimings(resolved - started, planned - resolved, time.perf_counter() - planned,
+                                     tuple(stream.timings) if stream is not None else ())
     return (model, info.to_dict()) if output_loading_info else model
 
 
@@ -376,8 +411,8 @@ def _first_float_dtype(sources: dict[str, "Source"]) -> Any:
 
 def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, model_kwargs: dict[str, Any],
                   sources: dict[str, "Source"], dtype: "torch.dtype", ignore_mismatched_sizes: bool,
-                  folder: Optional[str], fill_device: Any = "cpu",
-                  zero_copy: str = AUTO) -> tuple[Any, Any, float]:
+                  folder: Optional[str], fill_device: Any = "cpu", zero_copy: str = AUTO,
+                  fill: "Fill" = load_into) -> tuple[Any, Any, float]:
     import torch
 
     from .models.config import GenerationConfig
@@ -387,7 +422,7 @@ def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, mode
         model = cls(config, *model_args, **model_kwargs)
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
-    info = load_builtin(model, sources, dtype, ignore_mismatched_sizes, fill_device, zero_copy)
+    info = load_builtin(model, sources, dtype, ignore_mismatched_sizes, fill_device, zero_copy, fill)
     report = info.report()
     if report:
         logger.warning("%s load report from %s:\n%s", cls.__name__, folder or "the given state_dict", report)
@@ -401,7 +436,7 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
                             dtype: "torch.dtype", attn_implementation: Optional[str],
                             trust_remote_code: Optional[bool], ignore_mismatched_sizes: bool,
                             folder: Optional[str], fill_device: Any = "cpu",
-                            zero_copy: str = AUTO) -> tuple[Any, Any, float]:
+                            zero_copy: str = AUTO, fill: "Fill" = load_into) -> tuple[Any, Any, float]:
     from .models import transformers_backend
 
     hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, trust_remote_code)
@@ -413,6 +448,17 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
     info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes, fill_device,
-                                     zero_copy)
+                                     zero_copy, fill)
     transformers_backend.load_generation_config(model, folder)
     return model, info, planned
+
+
+def _shard_stream(shards: Optional[ShardDownloads], weights: Optional[str], started: float) -> Optional[ShardStream]:
+    """The stream that loads a sharded safetensors checkpoint while its shards download; None (after
+    waiting for the download) for other weights, which need every file before planning."""
+    if shards is None:
+        return None
+    if weights is not None and re.search(r"\.safetensors\.index(\.[^./]+)?\.json$", weights):
+        return ShardStream(shards, weights, started)
+    shards.wait()
+    return None

@@ -240,8 +240,8 @@ def _weights_in_folder(folder: str) -> str:
     )
 
 
-def _sharded_records(index_path: str) -> list[TensorRecord]:
-    """Records of every shard an index names, checked against its weight_map."""
+def read_weight_map(index_path: str) -> dict[str, str]:
+    """The `weight_map` of a shard index: tensor name -> shard file name. Raises HeaderError when invalid."""
     try:
         with open(index_path, encoding="utf-8") as handle:
             weight_map = json.load(handle)["weight_map"]
@@ -249,6 +249,12 @@ def _sharded_records(index_path: str) -> list[TensorRecord]:
             raise TypeError("weight_map must map tensor names to file names")
     except (ValueError, KeyError, TypeError) as err:
         raise HeaderError(f"{index_path}: not a valid shard index ({err!r})", path=index_path) from err
+    return weight_map
+
+
+def _sharded_records(index_path: str) -> list[TensorRecord]:
+    """Records of every shard an index names, checked against its weight_map."""
+    weight_map = read_weight_map(index_path)
     folder = os.path.dirname(index_path)
     records: list[TensorRecord] = []
     owner: dict[str, str] = {}

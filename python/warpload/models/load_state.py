@@ -26,6 +26,8 @@ class ShapeMismatchError(WarploadError, RuntimeError):
 
 # A checkpoint tensor: a record the engine reads, or a tensor given through `state_dict=`.
 Source = Union[TensorRecord, torch.Tensor]
+# Fills preallocated tensors with the checkpoint tensors records name: placement.load_into, or a ShardStream.
+Fill = Callable[[Mapping[str, torch.Tensor], Mapping[str, TensorRecord]], None]
 
 
 @dataclass
@@ -80,7 +82,8 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
             info.unexpected_keys.add(key)
             continue
         info.missing_keys.discard(key)
-        if tuple(source.shape) != tuple(model_shapes[key]):
+        # No shape: a shard still downloading, checked when it lands (shard_stream.py).
+        if source.shape is not None and tuple(source.shape) != tuple(model_shapes[key]):
             info.mismatched_keys.add((key, torch.Size(source.shape), torch.Size(model_shapes[key])))
         else:
             assignments[key] = name
@@ -88,8 +91,8 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 
 
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
-          extra_keys: Iterable[str], dtype: torch.dtype,
-          device: Union[str, torch.device] = "cpu", zero_copy: str = AUTO) -> list[torch.Tensor]:
+          extra_keys: Iterable[str], dtype: torch.dtype, device: Union[str, torch.device] = "cpu",
+          zero_copy: str = AUTO, fill: Fill = load_into) -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     On the CPU, a checkpoint tensor stored in its final dtype views the memory-mapped file
@@ -98,7 +101,8 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     dtype otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left
     untouched until the engine writes it, so the operating system backs it only then.
     `state_dict=` tensors already in the right dtype become the parameters themselves, as in
-    transformers. Returns the tensors put into the model.
+    transformers. Returns the tensors put into the model. `fill(targets, records)` copies the
+    records' bytes (shard_stream.py passes one that waits for each shard's download).
     """
     meta = model.state_dict(keep_vars=True)
 
@@ -120,9 +124,11 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
         else:
             targets[key] = empty(key)
             copies[key] = source
-    targets.update(map_records(records, {key: wanted(key) for key in records}, device, zero_copy))
+    # Files still downloading (a fill from shard_stream.py) are copied as they land, never mapped.
+    if fill is load_into:
+        targets.update(map_records(records, {key: wanted(key) for key in records}, device, zero_copy))
     owned = {key: empty(key) for key in records if key not in targets}
-    load_into(owned, {key: records[key] for key in owned})
+    fill(owned, {key: records[key] for key in owned})
     targets.update(owned)
     with torch.no_grad():
         for key, source in copies.items():
@@ -170,9 +176,9 @@ def _same_source(a: Source, b: Source) -> bool:
 
 def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype: torch.dtype,
                  ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu",
-                 zero_copy: str = AUTO) -> LoadingInfo:
-    """Fills a meta-built warpload model: loads what matches (zero_copy as for place), initialises the
-    rest, ties, computes buffers.
+                 zero_copy: str = AUTO, fill: Fill = load_into) -> LoadingInfo:
+    """Fills a meta-built warpload model: loads what matches (zero_copy and fill as for place),
+    initialises the rest, ties, computes buffers.
 
     Tying follows transformers 5: a tied output embedding missing from the checkpoint takes the
     input embedding's Parameter (it is never allocated); a checkpoint with only the output one
@@ -203,7 +209,7 @@ def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype:
                                type(model).__name__, source, target)
     tied_targets = {target for target, _ in ties}
     uninitialised = (info.missing_keys | {key for key, _, _ in info.mismatched_keys}) - tied_targets
-    place(model, sources, assignments, sorted(uninitialised), dtype, device, zero_copy)
+    place(model, sources, assignments, sorted(uninitialised), dtype, device, zero_copy, fill)
     for key in uninitialised:
         model.init_parameter(key)
     for target, source in compare:

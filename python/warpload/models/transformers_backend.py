@@ -9,9 +9,10 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .config import GENERATION_CONFIG_NAME, PretrainedConfig
 from ..mapped import AUTO
-from .load_state import LoadingInfo, Source, match_keys, place
+from ..placement import load_into
+from .config import GENERATION_CONFIG_NAME, PretrainedConfig
+from .load_state import Fill, LoadingInfo, Source, match_keys, place
 
 INSTALL_HINT = "install it with `pip install transformers` (version 5 or newer)"
 
@@ -80,12 +81,13 @@ def checkpoint_renamer(model: nn.Module) -> Callable[[str], str]:
 
 
 def load(model: nn.Module, sources: dict[str, Source], dtype: torch.dtype, name: Optional[str],
-         ignore_mismatched_sizes: bool, device: Any = "cpu", zero_copy: str = AUTO) -> LoadingInfo:
-    """Fills a meta-built transformers model through the engine (zero_copy as for place), then lets
-    transformers finish it."""
+         ignore_mismatched_sizes: bool, device: Any = "cpu", zero_copy: str = AUTO,
+         fill: Fill = load_into) -> LoadingInfo:
+    """Fills a meta-built transformers model through the engine (zero_copy and fill as for place),
+    then lets transformers finish it."""
     shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
     assignments, info = match_keys(sources, shapes, model.base_model_prefix, checkpoint_renamer(model))
-    for tensor in place(model, sources, assignments, (), dtype, device, zero_copy):
+    for tensor in place(model, sources, assignments, (), dtype, device, zero_copy, fill):
         # transformers initialises every tensor without this flag when it finalises the model.
         tensor._is_hf_initialized = True
     return _finalize(model, info, name, ignore_mismatched_sizes)

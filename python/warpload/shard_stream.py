@@ -1,0 +1,135 @@
+"""Loading a sharded safetensors checkpoint while it downloads: each shard fills its parameters as it lands."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Optional, TextIO
+
+from .placement import load_into
+from .plan import TensorRecord
+from .tensors import _checkpoint_records as read_records
+from .tensors import read_weight_map
+from .tf_checkpoint import is_tf_safetensors
+
+if TYPE_CHECKING:
+    import torch
+
+    from .hub import ShardDownloads
+
+# A load reporting progress: at least this many bytes, and still running after PROGRESS_AFTER_S.
+PROGRESS_MIN_BYTES = 256 << 20
+PROGRESS_AFTER_S = 1.0
+
+
+class NeedsWholeCheckpoint(Exception):
+    """The stream met what only the whole checkpoint's headers decide (a shape that differs from the model's,
+    TF-format safetensors, a shard that disagrees with the index): load the usual way once all shards are in."""
+
+
+@dataclass(frozen=True)
+class ShardTiming:
+    """One shard of an overlapped load, in seconds since from_pretrained started: when its file was in the
+    cache, and when the engine started and finished filling its parameters."""
+
+    shard: str
+    landed_s: float
+    load_start_s: float
+    load_end_s: float
+
+
+class ShardStream:
+    """The fill function of `place` for a checkpoint whose shards are still downloading.
+
+    `placeholders()` gives one record per tensor the index names, without dtype or shape, so that
+    keys are matched (missing and unexpected sets) from the index alone; the parameters are then
+    allocated from the model's shapes, and `__call__` fills them shard by shard in the order the
+    downloads finish, checking every real header against the index and the model first.
+    """
+
+    def __init__(self, downloads: "ShardDownloads", index_path: str, started: float) -> None:
+        self.downloads = downloads
+        self.index_path = index_path
+        self.started = started
+        self.timings: list[ShardTiming] = []
+        self.weight_map = read_weight_map(index_path)
+
+    def placeholders(self) -> dict[str, TensorRecord]:
+        """A record per index name: its shard's future path, no shape (match_keys skips the shape check;
+        __call__ does it), a distinct offset so no two are taken for one storage."""
+        return {name: TensorRecord(name=name, dtype="", shape=None, path=os.path.join(self.downloads.folder, shard),  # type: ignore[arg-type]
+                                   offset=position, nbytes=0)
+                for position, (name, shard) in enumerate(self.weight_map.items())}
+
+    def __call__(self, targets: Mapping[str, "torch.Tensor"], records: Mapping[str, TensorRecord]) -> None:
+        """Fills targets[key] from the tensor records[key] names, shard by shard as downloads finish.
+
+        Raises the download's HubError, CheckpointError for unreadable shards, NeedsWholeCheckpoint.
+        """
+        keys_by_name: dict[str, list[str]] = {}
+        for key, record in records.items():
+            keys_by_name.setdefault(record.name, []).append(key)
+        first_shard = min(self.weight_map.values(), default="")
+        progress = LoadProgress(len(self.downloads.names))
+        for path in self.downloads.completed():
+            shard = os.path.basename(path)
+            if shard == first_shard and is_tf_safetensors(path):
+                raise NeedsWholeCheckpoint(f"{path} holds TensorFlow-format safetensors")
+            found = read_records(path)
+            if {record.name for record in found} != {n for n, s in self.weight_map.items() if s == shard}:
+                raise NeedsWholeCheckpoint(f"{path} holds other tensors than {self.index_path} maps to it")
+            chosen_targets, chosen = {}, {}
+            for record in found:
+                for key in keys_by_name.get(record.name, ()):
+                    if tuple(record.shape) != tuple(targets[key].shape):
+                        raise NeedsWholeCheckpoint(f"{record.name} has shape {record.shape}, the model "
+                                                   f"{tuple(targets[key].shape)}")
+                    chosen_targets[key], chosen[key] = targets[key], record
+            load_start = time.perf_counter()
+            load_into(chosen_targets, chosen)
+            load_end = time.perf_counter()
+            self.timings.append(ShardTiming(shard, self.downloads.landed[shard] - self.started,
+                                            load_start - self.started, load_end - self.started))
+            progress.advance(sum(record.nbytes for record in found))
+        progress.close()
+
+
+def progress_enabled(stream: TextIO) -> bool:
+    """Whether a progress line may be written: `stream` is a terminal and HF_HUB_DISABLE_PROGRESS_BARS is not
+    true (huggingface_hub's switch and its reading of it, so one setting silences downloads and loading alike)."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class LoadProgress:
+    """One line on stderr, rewritten in place, for loads past PROGRESS_MIN_BYTES still running after
+    PROGRESS_AFTER_S: shards filled and bytes read. Silent when progress_enabled says so."""
+
+    def __init__(self, shards: int, stream: Optional[TextIO] = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = progress_enabled(self.stream)
+        self.shards = shards
+        self.done = 0
+        self.nbytes = 0
+        self.started = time.perf_counter()
+        self.shown = False
+
+    def advance(self, nbytes: int) -> None:
+        self.done += 1
+        self.nbytes += nbytes
+        elapsed = time.perf_counter() - self.started
+        if not self.enabled or self.nbytes < PROGRESS_MIN_BYTES or elapsed < PROGRESS_AFTER_S:
+            return
+        self.stream.write(f"\rLoading checkpoint shards: {self.done}/{self.shards}, "
+                          f"{self.nbytes / 1e9:.2f} GB in {elapsed:.1f} s")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+

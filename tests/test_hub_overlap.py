@@ -1,0 +1,150 @@
+"""Sharded checkpoints from the Hub load shard by shard while later shards download (shard_stream.py),
+against olah behind the throttling front (tests/hub_server.py)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+
+import pytest
+
+pytest.importorskip("olah", reason="the hub tests serve repos with olah (pip install olah)")
+
+import torch  # noqa: E402
+
+from hub_repos import SHARDED_REPO  # noqa: E402
+from hub_server import Link, hub_fixture, hub_session_fixture  # noqa: E402,F401
+from warpload import errors, shard_stream  # noqa: E402
+from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
+from warpload.models.load_state import ShapeMismatchError  # noqa: E402
+
+# 6 MB through a 6 MB/s link: each <= 1 MB shard takes <= 0.17 s, the whole download ~1 s.
+LINK_BYTES_PER_S = 6e6
+
+
+def _local(hub) -> str:
+    return os.fspath(hub.front.mirrors / "models" / SHARDED_REPO)
+
+
+def _shard_count(hub) -> int:
+    return len(list((hub.front.mirrors / "models" / SHARDED_REPO).glob("model-*.safetensors")))
+
+
+def _cache_blobs(cache) -> list:
+    return sorted((cache / f"models--{SHARDED_REPO.replace('/', '--')}" / "blobs").iterdir())
+
+
+def _assert_same_model(model, reference) -> None:
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+
+
+def test_first_shard_loads_before_the_last_one_lands_and_matches_a_local_load(hub, tmp_path):
+    hub.front.link = Link(LINK_BYTES_PER_S)
+    model, info = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, output_loading_info=True)
+    shards = model.load_timings.shards
+    assert len(shards) == _shard_count(hub)
+    assert all(shard.landed_s <= shard.load_start_s <= shard.load_end_s for shard in shards)
+    first_load = min(shard.load_start_s for shard in shards)
+    last_landed = max(shard.landed_s for shard in shards)
+    assert first_load < last_landed, shards
+    reference, reference_info = AutoModelForCausalLM.from_pretrained(_local(hub), output_loading_info=True)
+    assert reference.load_timings.shards == ()
+    _assert_same_model(model, reference)
+    assert info == reference_info
+
+
+def test_transformers_backend_loads_shards_as_they_land_too(hub, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, backend="transformers")
+    assert len(model.load_timings.shards) == _shard_count(hub)
+    _assert_same_model(model, AutoModelForCausalLM.from_pretrained(_local(hub), backend="transformers"))
+
+
+@pytest.mark.parametrize("overrides", [dict(n_layer=5), dict(n_layer=7)], ids=["unexpected", "missing"])
+def test_key_sets_from_the_index_equal_a_local_load(hub, tmp_path, overrides):
+    model, info = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, output_loading_info=True,
+                                                       **overrides)
+    assert len(model.load_timings.shards) == _shard_count(hub)
+    _, reference_info = AutoModelForCausalLM.from_pretrained(_local(hub), output_loading_info=True, **overrides)
+    assert info == reference_info
+    assert info["unexpected_keys"] or info["missing_keys"]
+
+
+def test_shape_mismatch_found_mid_stream_raises_what_a_local_load_raises(hub, tmp_path):
+    with pytest.raises(ShapeMismatchError) as local:
+        AutoModelForCausalLM.from_pretrained(_local(hub), vocab_size=1999)
+    with pytest.raises(ShapeMismatchError) as streamed:
+        AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, vocab_size=1999)
+    assert str(streamed.value) == str(local.value)
+    # ignore_mismatched_sizes: the same keys initialised anew, everything else loaded.
+    model, info = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, vocab_size=1999,
+                                                       ignore_mismatched_sizes=True, output_loading_info=True)
+    reference, reference_info = AutoModelForCausalLM.from_pretrained(_local(hub), vocab_size=1999,
+                                                                     ignore_mismatched_sizes=True,
+                                                                     output_loading_info=True)
+    assert info == reference_info and info["mismatched_keys"]
+    mismatched = {key for key, _, _ in info["mismatched_keys"]} | {"lm_head.weight"}
+    for name, tensor in reference.state_dict().items():
+        if name not in mismatched:
+            assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_olah_killed_during_a_shard_download_then_restarted_ends_with_a_correct_model(hub, tmp_path):
+    hub.front.link = Link(LINK_BYTES_PER_S)
+    stopped = threading.Event()
+
+    def stop_olah(path: str) -> None:
+        if not stopped.is_set():
+            stopped.set()
+            hub.olah.process.kill()
+            hub.olah.process.wait()
+
+    hub.front.before_weights = stop_olah
+    # A shard's failure ends the call with the download's typed error: no model, partly filled or not.
+    with pytest.raises(errors.HubError):
+        AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path)
+    assert stopped.is_set()
+    hub.front.before_weights = None
+    hub.olah.start()
+    model = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path)
+    _assert_same_model(model, AutoModelForCausalLM.from_pretrained(_local(hub)))
+    blobs = _cache_blobs(tmp_path)
+    assert not [blob.name for blob in blobs if blob.name.endswith(".incomplete")]
+    # olah serves plain git: every blob is named by its git blob id, so each must hash to its name.
+    for blob in blobs:
+        data = blob.read_bytes()
+        assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob.name
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream, disabled, shown", [(io.StringIO, "", False), (_Terminal, "1", False),
+                                                     (_Terminal, "true", False), (_Terminal, "", True),
+                                                     (_Terminal, "0", True)],
+                         ids=["not-a-terminal", "disabled-1", "disabled-true", "terminal", "terminal-disabled-0"])
+def test_progress_line_only_on_a_terminal_without_hf_hub_disable_progress_bars(monkeypatch, stream, disabled,
+                                                                                shown):
+    monkeypatch.setattr(shard_stream, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(shard_stream, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", disabled)
+    out = stream()
+    progress = shard_stream.LoadProgress(2, out)
+    progress.advance(10**9)
+    progress.advance(10**9)
+    progress.close()
+    text = out.getvalue()
+    assert bool(text) == shown
+    if shown:
+        assert text.count("\r") == 2 and "Loading checkpoint shards: 2/2, 2.00 GB in " in text
+        assert text.endswith("\n") and text.count("\n") == 1
+
+
+def test_overlapped_load_writes_nothing_to_a_captured_stderr(hub, tmp_path, capfd):
+    AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path)
+    assert "Loading checkpoint shards" not in capfd.readouterr().err
