@@ -73,7 +73,8 @@ def map_records(records: Mapping[str, TensorRecord], dtypes: Mapping[str, "torch
                                 f"{reason}. Pass zero_copy=None to copy such tensors, or False to copy all.")
     files = {path: engine.core().File(path) for path in {record.path for record in mappable.values()}}
     if mode == AUTO:
-        mappable = {key: record for key, record in mappable.items() if is_warm(files[record.path])}
+        warm = {path for path, file in files.items() if is_warm(file)}  # one mincore pass per file
+        mappable = {key: record for key, record in mappable.items() if record.path in warm}
     if not mappable:
         return {}
     plan = plan_load(list(mappable.values()))
