@@ -21,8 +21,9 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
+
+from warpload.bench import Timing
 
 GB = 1e9
 MIB = 1 << 20
@@ -198,14 +199,6 @@ def set_cache_state(files: Sequence[str], cache: str) -> list[str]:
     return [note for note in (set_one(path, cache) for path in files) if note]
 
 
-@dataclass
-class Row:
-    case: str
-    cache: str
-    seconds: list[float] = field(default_factory=list)
-    error: Optional[str] = None
-
-
 def time_case(run: Callable[[], Any]) -> float:
     import torch
 
@@ -223,16 +216,16 @@ def time_case(run: Callable[[], Any]) -> float:
 
 
 def run(folder: str, files: Sequence[str], caches: Sequence[str], repeat: int,
-        cases: Sequence[str]) -> tuple[list[Row], list[str]]:
+        cases: Sequence[str]) -> tuple[list[Timing], list[str]]:
     rows, notes = [], []
     for cache in caches:
-        current = [Row(case, cache) for case in cases]
+        current = [Timing(case, cache) for case in cases]
         if cache == "cold":
-            current.insert(0, Row("limit: disk sequential read", cache))
+            current.insert(0, Timing("limit: disk sequential read", cache))
         for repetition in range(repeat):
             print(f"{cache}: repetition {repetition + 1}/{repeat}", file=sys.stderr)
             for row in current:
-                if row.error:
+                if row.skipped:
                     continue
                 notes += [n for n in set_cache_state(files, cache) if n not in notes]
                 try:
@@ -243,22 +236,22 @@ def run(folder: str, files: Sequence[str], caches: Sequence[str], repeat: int,
                     else:
                         row.seconds.append(time_case(lambda c=row.case: CASES[c](folder, files)))
                 except Exception as err:  # an absent peer or its failure is reported, not hidden
-                    row.error = f"{type(err).__name__}: {err}"
+                    row.skipped = f"{type(err).__name__}: {err}"
         rows += current
     return rows, notes
 
 
-def report(rows: Sequence[Row], nbytes: int, h2d_s: float, notes: Sequence[str], header: dict[str, str]) -> str:
+def report(rows: Sequence[Timing], nbytes: int, h2d_s: float, notes: Sequence[str], header: dict[str, str]) -> str:
     """A markdown block: machine and versions, the table (ratios to safetensors cuda and the limits), notes."""
-    medians = {(r.case, r.cache): statistics.median(r.seconds) for r in rows if r.seconds and not r.error}
+    medians = {(r.case, r.cache): statistics.median(r.seconds) for r in rows if r.seconds and not r.skipped}
     h2d_gbs = H2D_BYTES / h2d_s / GB
     lines = [f"- {key}: {value}" for key, value in header.items()]
     lines += [f"- limit: pinned host-to-device {h2d_gbs:.1f} GB/s (1 GiB, best of 5)",
               f"- goals: {GOALS}", "",
               "| case | cache | median s | GB/s | vs safetensors cuda | vs limit |", "|---|---|---:|---:|---:|---:|"]
     for row in rows:
-        if row.error or not row.seconds:
-            lines.append(f"| {row.case} | {row.cache} | skipped: {row.error} | | | |")
+        if row.skipped or not row.seconds:
+            lines.append(f"| {row.case} | {row.cache} | skipped: {row.skipped} | | | |")
             continue
         median = medians[(row.case, row.cache)]
         speed = nbytes / median / GB
@@ -313,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cases = [case.strip() for case in args.cases.split(",") if case.strip()]
     unknown = [case for case in cases if case not in CASES]
     if unknown:
-        parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
+        parser.skipped(f"unknown cases {unknown}; choose from {list(CASES)}")
     files = write_checkpoint(args.dir, int(args.size_gb * GB), args.dtype, int(args.shard_gb * GB))
     nbytes = sum(os.path.getsize(path) for path in files)
     h2d_s = pinned_h2d_seconds()

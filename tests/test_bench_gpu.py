@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import same_bits
 from warpload import load_checkpoint
+from warpload.bench import Timing
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
 
@@ -48,11 +49,11 @@ def test_checkpoint_is_sharded_indexed_and_reused(bench_gpu, tmp_path):
 
 
 def test_report_states_ratios_against_safetensors_and_the_limits(bench_gpu):
-    rows = [bench_gpu.Row("limit: disk sequential read", "cold", [2.0]),
-            bench_gpu.Row("warpload", "warm", [0.5, 0.4, 0.6]),
-            bench_gpu.Row(bench_gpu.BASELINE, "warm", [5.0]),
-            bench_gpu.Row("warpload", "cold", [2.5]),
-            bench_gpu.Row("instanttensor", "warm", error="ModuleNotFoundError: instanttensor")]
+    rows = [Timing("limit: disk sequential read", "cold", [2.0]),
+            Timing("warpload", "warm", [0.5, 0.4, 0.6]),
+            Timing(bench_gpu.BASELINE, "warm", [5.0]),
+            Timing("warpload", "cold", [2.5]),
+            Timing("instanttensor", "warm", skipped="ModuleNotFoundError: instanttensor")]
     # 10 GB; pinned H2D: 1 GiB in 0.0214748 s = 50 GB/s.
     text = bench_gpu.report(rows, 10 * 10**9, bench_gpu.H2D_BYTES / 50e9, [], {"gpu": "test"})
     assert "| warpload | warm | 0.500 | 20.00 | 10.00x | 40% |" in text
