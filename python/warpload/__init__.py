@@ -17,7 +17,7 @@ _LAZY = {
     "AutoConfig": "models.config",
 }
 
-__all__ = ["load_file", "safe_open", "load_checkpoint", "errors", "__version__"]
+__all__ = ["load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:
