@@ -270,16 +270,9 @@ def report(rows: Sequence[Timing], nbytes: int, h2d_s: float, notes: Sequence[st
 def header_info(folder: str, files: Sequence[str], nbytes: int, dtype: str, repeat: int) -> dict[str, str]:
     import torch
 
-    from importlib import metadata
+    from warpload.bench import machine_info, package_versions
 
-    from warpload.bench import machine_info
-
-    versions = {}
-    for package in PEER_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    versions = package_versions(PEER_PACKAGES)
     properties = torch.cuda.get_device_properties(0)
     return {
         "gpu": f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}",

@@ -420,9 +420,10 @@ def _bracketed(sys_path: str) -> str:
     return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
+    """Installed version of each package, "not installed" for the absent ones."""
     versions = {}
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
