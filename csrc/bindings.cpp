@@ -218,6 +218,11 @@ PYBIND11_MODULE(_core, m) {
                                    {static_cast<py::ssize_t>(file.size())}, {1}, /*readonly=*/false);
         });
 
+    py::class_<Progress, std::shared_ptr<Progress>>(
+        m, "Progress", "Bytes a running execute / cuda_execute / prefault has finished; read it from another thread.")
+        .def(py::init<>())
+        .def_property_readonly("bytes", &Progress::bytes);
+
     py::class_<HostBuffer, std::shared_ptr<HostBuffer>>(m, "HostBuffer", py::buffer_protocol())
         .def(py::init<size_t, bool>(), py::arg("nbytes"), py::arg("huge_pages") = false)
         .def_property_readonly("size", &HostBuffer::size)
@@ -232,10 +237,12 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "execute",
         [](const std::vector<std::shared_ptr<MappedFile>>& files, const py::buffer& table, int method,
-           size_t num_threads, size_t chunk_bytes, bool huge_pages, bool populate) {
+           size_t num_threads, size_t chunk_bytes, bool huge_pages, bool populate,
+           const std::shared_ptr<Progress>& progress) {
             if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
             std::vector<CopyOp> ops = decode_plan(table);
             ExecuteOptions options;
+            options.progress = progress.get();
             options.method = static_cast<ReadMethod>(method);
             options.num_threads = num_threads;
             if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
@@ -246,6 +253,7 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("files"), py::arg("table"), py::arg("method") = 0, py::arg("num_threads") = 0,
         py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false, py::arg("populate") = true,
+        py::arg("progress") = nullptr,
         "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_address, dst_dtype, "
         "transpose_rows, transpose_cols; 0, 0 for a plain copy).");
 
@@ -282,10 +290,12 @@ PYBIND11_MODULE(_core, m) {
         [](const std::vector<std::string>& candidates, const std::vector<std::shared_ptr<MappedFile>>& files,
            const py::buffer& table, int device, size_t buffer_bytes, size_t num_buffers, size_t num_streams,
            size_t num_threads, int method, uint64_t coalesce_gap,
-           const std::vector<std::pair<uint64_t, uint64_t>>& coalesce_regions) {
+           const std::vector<std::pair<uint64_t, uint64_t>>& coalesce_regions,
+           const std::shared_ptr<Progress>& progress) {
             if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
             std::vector<CopyOp> ops = decode_plan(table);
             CudaOptions options;
+            options.progress = progress.get();
             options.device = device;
             options.buffer_bytes = buffer_bytes;
             options.num_buffers = num_buffers;
@@ -312,6 +322,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("runtime_candidates"), py::arg("files"), py::arg("table"), py::arg("device"), py::arg("buffer_bytes"),
         py::arg("num_buffers"), py::arg("num_streams"), py::arg("num_threads") = 0, py::arg("method") = 0,
         py::arg("coalesce_gap") = 0, py::arg("coalesce_regions") = std::vector<std::pair<uint64_t, uint64_t>>(),
+        py::arg("progress") = nullptr,
         "Runs a plan table of raw copies into device addresses through a ring of pinned buffers; returns counters.");
     bind_tfbundle(m);
 
@@ -351,14 +362,16 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "prefault",
         [](const std::vector<std::shared_ptr<MappedFile>>& files,
-           const std::vector<std::tuple<uint32_t, uint64_t, uint64_t>>& rows, size_t num_threads, bool use_madvise) {
+           const std::vector<std::tuple<uint32_t, uint64_t, uint64_t>>& rows, size_t num_threads, bool use_madvise,
+           const std::shared_ptr<Progress>& progress) {
             std::vector<FileRange> ranges;
             ranges.reserve(rows.size());
             for (const auto& [file, offset, nbytes] : rows) ranges.push_back({file, offset, nbytes});
             py::gil_scoped_release release;
-            return prefault_ranges(files, ranges, num_threads, use_madvise);
+            return prefault_ranges(files, ranges, num_threads, use_madvise, progress.get());
         },
         py::arg("files"), py::arg("ranges"), py::arg("num_threads") = 0, py::arg("use_madvise") = true,
+        py::arg("progress") = nullptr,
         "Maps every page of the (file, offset, nbytes) ranges of the files' mappings in parallel, reading them "
         "when cold; True when MADV_POPULATE_READ did it, False when pages were touched one by one.");
     m.def("available_cores", &available_cores, "Cores this process may run on.");

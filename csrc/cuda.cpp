@@ -395,6 +395,7 @@ CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared
                 }
             }
             rt.check(rt.event_record(pipeline.event(slot), stream), "cudaEventRecord");
+            for (const Read& read : batch.reads) report(options.progress, read.length);
             turns.pass_turn(index);
         } catch (const Cancelled&) {
             throw;

@@ -75,6 +75,8 @@ struct CudaOptions {
     // allocations the caller owns whose gaps are padding. Elsewhere a gap may be someone's memory.
     uint64_t coalesce_gap = 0;
     std::vector<std::pair<uint64_t, uint64_t>> coalesce_regions;
+    // Advanced by each batch's source bytes once its copies are queued; nullptr: nobody watches.
+    Progress* progress = nullptr;
 };
 
 struct CudaStats {

@@ -217,6 +217,7 @@ void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const s
     std::vector<Scratch> scratch(pool.size());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
         copy_chunk(*files[chunks[i].op->file], chunks[i], options.populate, scratch[worker]);
+        report(options.progress, chunks[i].src_len);
     });
 }
 

@@ -8,6 +8,7 @@
 
 #include "dtype.h"
 #include "io.h"
+#include "progress.h"
 
 namespace warpload {
 
@@ -43,6 +44,8 @@ struct ExecuteOptions {
     bool huge_pages = false;
     // Fault each chunk's destination in with one MADV_POPULATE_WRITE before copying into it.
     bool populate = true;
+    // Advanced by each chunk's source bytes as it completes; nullptr: nobody watches.
+    Progress* progress = nullptr;
 };
 
 // Checks every operation (file index, bounds with overflow checks, element size, dtype pair,

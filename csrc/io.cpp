@@ -175,6 +175,7 @@ struct PrefaultChunk {
     const MappedFile* file;
     uint64_t begin;  // page-aligned offset in the file
     uint64_t end;
+    uint64_t range_bytes;  // bytes of the requested range inside [begin, end): what progress counts
 };
 
 // Reads of a cold chunk go through pread in pieces of this size before the chunk is mapped.
@@ -231,7 +232,7 @@ void touch_pages(const PrefaultChunk& chunk) {
 }  // namespace
 
 bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<FileRange>& ranges,
-                     size_t num_threads, bool use_madvise) {
+                     size_t num_threads, bool use_madvise, Progress* progress) {
     const uint64_t page = page_size();
     std::vector<PrefaultChunk> chunks;
     for (const FileRange& range : ranges) {
@@ -246,7 +247,8 @@ bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, cons
                                   std::to_string(range.offset) + ", the file has " + std::to_string(file.size()));
         }
         for (uint64_t begin = range.offset / page * page; begin < end; begin += kPrefaultChunk) {
-            chunks.push_back({&file, begin, begin + kPrefaultChunk < end ? begin + kPrefaultChunk : end});
+            uint64_t chunk_end = begin + kPrefaultChunk < end ? begin + kPrefaultChunk : end;
+            chunks.push_back({&file, begin, chunk_end, chunk_end - std::max(begin, range.offset)});
         }
     }
     std::atomic<bool> touched{false};
@@ -255,9 +257,11 @@ bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, cons
     std::vector<std::vector<uint8_t>> scratch(pool.size());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
         read_if_cold(chunks[i], scratch[worker]);
-        if (use_madvise && populate_read(chunks[i])) return;
-        touched.store(true, std::memory_order_relaxed);
-        touch_pages(chunks[i]);
+        if (!use_madvise || !populate_read(chunks[i])) {
+            touched.store(true, std::memory_order_relaxed);
+            touch_pages(chunks[i]);
+        }
+        report(progress, chunks[i].range_bytes);
     });
     return !chunks.empty() && !touched.load();
 }

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "progress.h"
+
 namespace warpload {
 
 // An open checkpoint file. The whole file is mapped MAP_PRIVATE with PROT_READ|PROT_WRITE so
@@ -87,7 +89,8 @@ struct FileRange {
 // Maps with MADV_POPULATE_READ (Linux 5.14+) when use_madvise and the kernel has it, else reads
 // one byte per page. Returns whether MADV_POPULATE_READ did the work. Throws CheckpointError for a
 // range outside its file, IOError when the kernel cannot read a page (the file shrank, a disk error).
+// `progress` (may be nullptr) is advanced by each chunk's bytes as it is mapped.
 bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<FileRange>& ranges,
-                     size_t num_threads, bool use_madvise);
+                     size_t num_threads, bool use_madvise, Progress* progress = nullptr);
 
 }  // namespace warpload

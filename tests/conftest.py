@@ -1,6 +1,7 @@
 """Shared test helpers: raw safetensors writers and tensors of every dtype safetensors supports."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -71,3 +72,10 @@ def assert_same_state(loaded: dict, expected: dict, convert=None) -> None:
     assert [name for name in loaded if loaded[name].numel()] == non_empty
     for name, tensor in expected.items():
         assert same_bits(loaded[name], convert(tensor) if convert else tensor), name
+
+
+class Terminal(io.StringIO):
+    """A captured stream that says it is a terminal, for the progress lines that only show on one."""
+
+    def isatty(self) -> bool:
+        return True

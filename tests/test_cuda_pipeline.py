@@ -19,12 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURES, SAVEABLE_DTYPES, assert_same_state, random_tensor, same_bits
-from warpload import constants, cuda, engine, load_checkpoint, load_file as warpload_load_file, safe_open
+from conftest import FIXTURES, SAVEABLE_DTYPES, Terminal, assert_same_state, random_tensor, same_bits
+from warpload import constants, cuda, engine, load_checkpoint, progress, load_file as warpload_load_file, safe_open
 from warpload.dtypes import dtype_name
 from warpload.errors import CheckpointError, CudaError, CudaUnavailableError
 from warpload.formats.safetensors import read_header
 from warpload.plan import plan_load
+from warpload.progress import LoadProgress
 from warpload.tensors import _checkpoint_records
 
 FAKE_SOURCE = Path(__file__).parent / "fake_cudart" / "fake_cudart.c"
@@ -175,6 +176,20 @@ def test_tensor_far_larger_than_the_ring_is_split_and_buffers_are_recycled(fake,
     assert stats["pinned_bytes"] == 2 * MIB
     assert stats["batches"] >= 20  # 20 MiB through 2 buffers of 1 MiB: each reused about 10 times
     assert fake.stats()["host_bytes_peak"] == 2 * MIB
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["raw", "converted-on-device"])
+def test_progress_counts_every_source_byte_sent_through_the_ring(fake, tmp_path, monkeypatch, dtype):
+    small_ring(monkeypatch, buffer_mb=1, buffers=2)
+    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    tensors = {"a": torch.randn(3 * MIB), "b": torch.randn(1000).half(), "c": torch.arange(7)}
+    path = tmp_path / "counted.safetensors"
+    save_file(tensors, os.fspath(path))
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    with LoadProgress(nbytes, Terminal()) as watched:
+        load_via_fake(path, dtype)
+    assert watched.counter.bytes == nbytes
 
 
 @pytest.mark.parametrize("threads", ["1", "3", "8"])

@@ -11,6 +11,7 @@ from . import constants, engine
 from .constants import TENSOR_ALIGNMENT
 from .dtypes import torch_dtype
 from .plan import LoadPlan, PlannedStorage, TensorRecord
+from .progress import current_counter
 
 if TYPE_CHECKING:
     import torch
@@ -106,7 +107,7 @@ def copy_to_device(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any
     return engine.core().cuda_execute(
         [runtime] if runtime else runtime_candidates(), list(files), engine.plan_table(raw, addresses), device_index,
         ring.buffer_bytes, ring.num_buffers, constants.CUDA_STREAMS, constants.num_threads(), constants.read_method(),
-        TENSOR_ALIGNMENT, list(regions))
+        TENSOR_ALIGNMENT, list(regions), progress=current_counter())
 
 
 # Source bytes of converted or transposed storages pass through a device staging buffer of at

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 from . import constants, system
 from .dtypes import DTYPES, copy_code, torch_dtype
 from .plan import LoadPlan
+from .progress import current_counter
 
 if TYPE_CHECKING:
     import torch
@@ -130,7 +131,7 @@ def run_table(plan: LoadPlan, dst_addresses: Sequence[int], files: Optional[Sequ
     if files is None:
         files = open_files(plan.paths)
     core().execute(list(files), plan_table(plan, dst_addresses, copy_gaps=copy_gaps), constants.read_method(),
-                   constants.num_threads(), huge_pages=system.use_huge_pages())
+                   constants.num_threads(), huge_pages=system.use_huge_pages(), progress=current_counter())
 
 
 def execute(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:

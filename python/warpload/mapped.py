@@ -7,6 +7,7 @@ from . import constants, engine
 from .dtypes import DTYPES
 from .errors import CheckpointError, ZeroCopyError
 from .plan import LoadPlan, TensorRecord, plan_load
+from .progress import current_counter
 
 if TYPE_CHECKING:
     import torch
@@ -104,4 +105,5 @@ def prefault(plan: LoadPlan, files: Mapping[str, Any]) -> bool:
         else:
             spans.append([file, storage.offset, end])
     ranges = [(file, begin, end - begin) for file, begin, end in spans if end > begin]
-    return engine.core().prefault([files[path] for path in plan.paths], ranges, constants.num_threads())
+    return engine.core().prefault([files[path] for path in plan.paths], ranges, constants.num_threads(),
+                                  progress=current_counter())

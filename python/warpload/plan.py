@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from .constants import MIRRORED_GAP_MAX_BYTES, TENSOR_ALIGNMENT
 from .dtypes import CONVERSION_TARGETS, DTYPES, FLOAT_SOURCES
@@ -82,6 +82,12 @@ class LoadPlan:
     storages: tuple[PlannedStorage, ...]
     paths: tuple[str, ...]              # files in the order the engine's rows refer to them
     total_nbytes: int                   # size of the destination buffer
+
+
+def stored_bytes(records: Iterable[TensorRecord]) -> int:
+    """Bytes of the distinct storages the records read: tensors sharing a storage (tied weights and
+    slices in a .bin) count it once."""
+    return sum(nbytes for _, _, nbytes in {(record.path, record.offset, record.nbytes) for record in records})
 
 
 def target_dtype(source: str, requested: Optional[str]) -> str:

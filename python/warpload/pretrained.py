@@ -17,7 +17,8 @@ from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
 from .hub import HubOptions, ShardDownloads, add_variant, start_pretrained, weight_candidates
 from .mapped import AUTO, zero_copy_mode
 from .placement import load_into
-from .plan import TensorRecord
+from .plan import TensorRecord, stored_bytes
+from .progress import LoadProgress
 from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
@@ -97,7 +98,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     with revision, cache_dir, force_download, local_files_only, token, proxies, code_revision
     (see warpload.hub); for a local folder those are ignored, as transformers does. A sharded
     safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
-    (shard_stream.py). `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
+    (shard_stream.py). Long loads show one progress line on a terminal (progress.py).
+    `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
     without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
     safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
@@ -164,14 +166,17 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
                 tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
             torch_type = resolve_dtype(requested, model_config, weights, stored, class_name)
             fill = stream if stream is not None else load_into
-            if use_transformers:
-                return (*_load_with_transformers(
-                    location, config, subfolder, kwargs, model_class, model_args, sources, torch_type,
-                    attn_implementation, trust_remote_code, ignore_mismatched_sizes, folder, fill_device, mapping,
-                    fill),
-                    torch_type)
-            return (*_load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
-                                   ignore_mismatched_sizes, folder, fill_device, mapping, fill), torch_type)
+            total = stream.total_bytes if stream is not None else stored_bytes(
+                record for record in stored.values() if isinstance(record, TensorRecord))
+            with LoadProgress(total):
+                if use_transformers:
+                    return (*_load_with_transformers(
+                        location, config, subfolder, kwargs, model_class, model_args, sources, torch_type,
+                        attn_implementation, trust_remote_code, ignore_mismatched_sizes, folder, fill_device,
+                        mapping, fill),
+                        torch_type)
+                return (*_load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
+                                       ignore_mismatched_sizes, folder, fill_device, mapping, fill), torch_type)
 
         try:
             model, info, planned, torch_type = load(stream, tf_weights)

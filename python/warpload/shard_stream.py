@@ -1,11 +1,11 @@
 """Loading a sharded safetensors checkpoint while it downloads: each shard fills its parameters as it lands."""
 from __future__ import annotations
 
+import json
 import os
-import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional, TextIO
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from .placement import load_into
 from .plan import TensorRecord
@@ -17,11 +17,6 @@ if TYPE_CHECKING:
     import torch
 
     from .hub import ShardDownloads
-
-# A load reporting progress: at least this many bytes, and still running after PROGRESS_AFTER_S.
-PROGRESS_MIN_BYTES = 256 << 20
-PROGRESS_AFTER_S = 1.0
-
 
 class NeedsWholeCheckpoint(Exception):
     """The stream met what only the whole checkpoint's headers decide (a shape that differs from the model's,
@@ -54,6 +49,7 @@ class ShardStream:
         self.started = started
         self.timings: list[ShardTiming] = []
         self.weight_map = read_weight_map(index_path)
+        self.total_bytes = index_total_size(index_path)
 
     def placeholders(self) -> dict[str, TensorRecord]:
         """A record per index name: its shard's future path, no shape (match_keys skips the shape check;
@@ -71,7 +67,6 @@ class ShardStream:
         for key, record in records.items():
             keys_by_name.setdefault(record.name, []).append(key)
         first_shard = min(self.weight_map.values(), default="")
-        progress = LoadProgress(len(self.downloads.names))
         for path in self.downloads.completed():
             shard = os.path.basename(path)
             if shard == first_shard and is_tf_safetensors(path):
@@ -91,45 +86,11 @@ class ShardStream:
             load_end = time.perf_counter()
             self.timings.append(ShardTiming(shard, self.downloads.landed[shard] - self.started,
                                             load_start - self.started, load_end - self.started))
-            progress.advance(sum(record.nbytes for record in found))
-        progress.close()
 
 
-def progress_enabled(stream: TextIO) -> bool:
-    """Whether a progress line may be written: `stream` is a terminal and HF_HUB_DISABLE_PROGRESS_BARS is not
-    true (huggingface_hub's switch and its reading of it, so one setting silences downloads and loading alike)."""
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-        return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-class LoadProgress:
-    """One line on stderr, rewritten in place, for loads past PROGRESS_MIN_BYTES still running after
-    PROGRESS_AFTER_S: shards filled and bytes read. Silent when progress_enabled says so."""
-
-    def __init__(self, shards: int, stream: Optional[TextIO] = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = progress_enabled(self.stream)
-        self.shards = shards
-        self.done = 0
-        self.nbytes = 0
-        self.started = time.perf_counter()
-        self.shown = False
-
-    def advance(self, nbytes: int) -> None:
-        self.done += 1
-        self.nbytes += nbytes
-        elapsed = time.perf_counter() - self.started
-        if not self.enabled or self.nbytes < PROGRESS_MIN_BYTES or elapsed < PROGRESS_AFTER_S:
-            return
-        self.stream.write(f"\rLoading checkpoint shards: {self.done}/{self.shards}, "
-                          f"{self.nbytes / 1e9:.2f} GB in {elapsed:.1f} s")
-        self.stream.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
-
+def index_total_size(index_path: str) -> Optional[int]:
+    """The tensor bytes a shard index announces (`metadata.total_size`, written by transformers and
+    huggingface_hub), or None when it has none."""
+    with open(index_path, encoding="utf-8") as handle:
+        total = json.load(handle).get("metadata", {}).get("total_size")
+    return total if isinstance(total, int) and total >= 0 else None
