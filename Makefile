@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch (a looser pin pulls the multi-GB CUDA build).
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean tinyproxy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ demo: setup
 	$(BIN)/warpload generate --model gpt2 --ids "464,2068,7586,21831" --max-new-tokens 8
 	$(BIN)/warpload bench
 
-test: setup
+# The hub tests' HTTP proxy is tinyproxy, from Debian's packages: installed when missing and apt-get
+# can run (root, as on CI); elsewhere the proxy tests skip saying how to install it (on CI they fail).
+tinyproxy:
+	@command -v tinyproxy >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null; } || \
+		echo "tinyproxy not installed: the proxy tests will skip (apt-get install tinyproxy)"
+
+test: setup tinyproxy
 	$(BIN)/python -m pytest tests -q
 
 bench: setup

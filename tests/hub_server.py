@@ -1,8 +1,8 @@
-"""A Hub on 127.0.0.1 for the hub tests: git repos served by olah, a token-checking front, and a forwarding proxy.
+"""A Hub on 127.0.0.1 for the hub tests: git repos served by olah, a token-checking front, and tinyproxy.
 
 Layout of one session:
 
-    client ──(optional forwarding proxy, logs every request)──> front ──> olah (offline, local git mirrors)
+    client ──(optional tinyproxy, logs every request)──> front ──> olah (offline, local git mirrors)
 
 The front is a small reverse proxy that (1) logs requests, (2) answers 401 GatedRepo for the gated
 repo unless the right `Authorization: Bearer` header comes, (3) corrects olah's errors and (4) can
@@ -17,6 +17,8 @@ import http.client
 import http.server
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -235,35 +237,66 @@ class FrontServer:
         return Handler
 
 
-class ForwardProxy:
-    """A plain-HTTP forwarding proxy (absolute-URI requests) that logs what it forwarded."""
+class TinyProxy:
+    """tinyproxy (Debian's package) forwarding plain HTTP on a free port; its log names every request.
 
-    def __init__(self) -> None:
-        self.log = RequestLog()
-        proxy = self
+    tinyproxy logs "Request (file descriptor N): GET http://host:port/path HTTP/1.1" as each request
+    arrives (one connection per request), so the log proves which calls went through the proxy.
+    """
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    REQUEST_LINE = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                url = urllib.parse.urlsplit(self.path)
-                proxy.log.add(self.command, self.path, self.headers.get("Authorization"))
-                target = url.path + (f"?{url.query}" if url.query else "")
-                _relay(self, url.hostname, url.port or 80, target)
-
-            do_HEAD = do_GET
-
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
+    def __init__(self, root: Path) -> None:
+        executable = shutil.which("tinyproxy")
+        if executable is None:
+            raise FileNotFoundError("tinyproxy is not installed: `apt-get install tinyproxy` (make test installs "
+                                    "it when run as root)")
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.log_path = root / "tinyproxy.log"
+        config = root / "tinyproxy.conf"
+        config.write_text(f"Port {self.port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 64\nLogLevel Connect\n"
+                          f'LogFile "{self.log_path}"\nDisableViaHeader Yes\n')
+        self.process = subprocess.Popen([executable, "-d", "-c", os.fspath(config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT)
+        self.log = TinyProxyLog(self.log_path)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tinyproxy exited ({self.process.returncode}): {self.log.text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"tinyproxy did not listen within 30 s: {self.log.text()[-2000:]}") from None
+                time.sleep(0.05)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class TinyProxyLog:
+    """The requests of tinyproxy's log since the last clear(), as (method, absolute URL, None) entries."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.start = 0
+
+    def text(self) -> str:
+        return self.path.read_text(errors="replace") if self.path.exists() else ""
+
+    @property
+    def entries(self) -> list[tuple[str, str, Optional[str]]]:
+        text = self.text()[self.start:]
+        return [(method, url, None) for method, url in TinyProxy.REQUEST_LINE.findall(text)]
+
+    def paths(self) -> list[str]:
+        return [url for _, url, _ in self.entries]
+
+    def clear(self) -> None:
+        self.start = len(self.text())
 
 
 class OlahServer:
@@ -323,9 +356,10 @@ class Hub:
 
     endpoint: str
     front: FrontServer
-    proxy: ForwardProxy
+    proxy: Optional[TinyProxy]  # None when tinyproxy is not installed (proxy_missing says why)
     olah: OlahServer
     repos: HubRepos
+    proxy_missing: str = ""
 
 
 @pytest.fixture(scope="session", name="hub_session")
@@ -336,11 +370,16 @@ def hub_session_fixture(tmp_path_factory) -> Iterator[Hub]:
     repos = build_repos(mirrors)
     olah = OlahServer(root, mirrors)
     front = FrontServer(olah.port, mirrors)
-    proxy = ForwardProxy()
+    proxy, proxy_missing = None, ""
     try:
-        yield Hub(front.endpoint, front, proxy, olah, repos)
+        proxy = TinyProxy(root)
+    except FileNotFoundError as err:
+        proxy_missing = str(err)
+    try:
+        yield Hub(front.endpoint, front, proxy, olah, repos, proxy_missing)
     finally:
-        proxy.close()
+        if proxy is not None:
+            proxy.close()
         front.close()
         olah.close()
 
@@ -372,7 +411,8 @@ def hub_fixture(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     if hub_session.olah.process.poll() is not None:  # a test stopped it
         hub_session.olah.start()
     hub_session.front.log.clear()
-    hub_session.proxy.log.clear()
+    if hub_session.proxy is not None:
+        hub_session.proxy.log.clear()
     hub_session.front.cut_after = None
     hub_session.front.cuts_left = 0
     hub_session.front.corrupt_left = 0
@@ -380,3 +420,14 @@ def hub_fixture(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     hub_session.front.link = None
     hub_session.front.before_weights = None
     return hub_session
+
+
+@pytest.fixture(name="proxy")
+def proxy_fixture(hub: Hub) -> TinyProxy:
+    """The hub's tinyproxy, its log cleared; skips where it is not installed, fails on CI, which installs it."""
+    if hub.proxy is None:
+        message = f"the proxy tests need a real HTTP proxy: {hub.proxy_missing}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return hub.proxy

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from hub_repos import GATED_REPO, GATED_TOKEN, MAIN_REPO, REMOTE_CODE_REPO  # noqa: E402
-from hub_server import hub_fixture, hub_session_fixture  # noqa: E402,F401
+from hub_server import hub_fixture, hub_session_fixture, proxy_fixture  # noqa: E402,F401
 from warpload import errors  # noqa: E402
 from warpload import hub as hub_module  # noqa: E402
 from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
@@ -203,10 +203,10 @@ def test_auto_config_from_repo_with_overrides_and_unused(hub, tmp_path):
     assert downloaded(hub) == ["config.json"]
 
 
-def test_proxies_route_this_call_only_and_local_files_only_sends_nothing(hub, tmp_path):
+def test_proxies_route_this_call_only_and_local_files_only_sends_nothing(hub, proxy, tmp_path):
     import threading
 
-    proxies = {"http": hub.proxy.url}
+    proxies = {"http": proxy.url}
     direct: list = []
     other = threading.Thread(target=lambda: direct.append(
         AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="v1", cache_dir=tmp_path / "direct")))
@@ -214,7 +214,7 @@ def test_proxies_route_this_call_only_and_local_files_only_sends_nothing(hub, tm
     model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path, proxies=proxies)
     other.join()
     assert_loaded(model, hub.repos.states[(MAIN_REPO, "sharded")])
-    through_proxy = hub.proxy.log.paths()
+    through_proxy = proxy.log.paths()
     assert through_proxy and all(path.startswith(hub.endpoint) for path in through_proxy)
     assert any("model.safetensors.index.json" in path for path in through_proxy)
     assert any("/api/models/" in path for path in through_proxy)
@@ -224,10 +224,10 @@ def test_proxies_route_this_call_only_and_local_files_only_sends_nothing(hub, tm
     assert any("/v1" in path for path in hub.front.log.paths())
     proxied = {path.removeprefix(hub.endpoint) for path in through_proxy}
     assert proxied == {path for path in hub.front.log.paths() if not any(mark in path for mark in v1)}
-    hub.proxy.log.clear()
+    proxy.log.clear()
     AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path, proxies=proxies,
                                          local_files_only=True)
-    assert hub.proxy.log.entries == []
+    assert proxy.log.entries == []
 
 
 def test_dead_proxy_is_an_error_not_a_direct_connection(hub, tmp_path):
@@ -321,14 +321,14 @@ def test_two_processes_loading_one_repo_leave_one_correct_cache(hub, tmp_path):
 
 
 @pytest.mark.parametrize("key", ["http", "http://127.0.0.1", "all", "all://127.0.0.1"])
-def test_proxies_keys_match_like_requests(hub, tmp_path, key):
-    AutoConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, proxies={key: hub.proxy.url.removeprefix("http://")})
-    assert hub.proxy.log.paths() and len(hub.proxy.log.paths()) == len(hub.front.log.paths())
+def test_proxies_keys_match_like_requests(hub, proxy, tmp_path, key):
+    AutoConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, proxies={key: proxy.url.removeprefix("http://")})
+    assert proxy.log.paths() and len(proxy.log.paths()) == len(hub.front.log.paths())
 
 
-def test_proxies_for_another_scheme_leave_requests_direct(hub, tmp_path):
-    AutoConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, proxies={"https": hub.proxy.url})
-    assert hub.proxy.log.entries == [] and hub.front.log.entries
+def test_proxies_for_another_scheme_leave_requests_direct(hub, proxy, tmp_path):
+    AutoConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, proxies={"https": proxy.url})
+    assert proxy.log.entries == [] and hub.front.log.entries
 
 
 def test_corrupted_body_of_the_right_size_is_refetched_then_refused(hub, tmp_path):
