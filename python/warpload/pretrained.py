@@ -18,6 +18,7 @@ from .hub import HubOptions, ShardDownloads, add_variant, start_pretrained, weig
 from .mapped import AUTO, zero_copy_mode
 from .placement import load_into
 from .plan import TensorRecord
+from .remote_code import AUTO_CLASSES, RemoteCode, fetch_remote_code
 from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
@@ -120,12 +121,15 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     shards: Optional[ShardDownloads] = None
     if name is not None and state_dict is None:
         location, shards = start_pretrained(name, hub_options, subfolder=subfolder, variant=variant,
-                                            use_safetensors=use_safetensors, from_tf=from_tf,
-                                            trust_remote_code=trust_remote_code)
+                                            use_safetensors=use_safetensors, from_tf=from_tf)
     try:
         if state_dict is not None and location is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
                              "Use one of the two loading strategies.")
+        # Class.from_pretrained builds its own class: only the config may come from remote code then.
+        remote_code = fetch_remote_code(name, location, hub_options, subfolder=subfolder,
+                                        trust_remote_code=trust_remote_code,
+                                        auto_classes=AUTO_CLASSES if model_class is None else AUTO_CLASSES[:1])
         device = _target_device(device_map)
         # Parameters are allocated where they end up when the engine can fill that device directly.
         fill_device = device if cuda.wanted(device) else "cpu"
@@ -167,7 +171,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
             if use_transformers:
                 return (*_load_with_transformers(
                     location, config, subfolder, kwargs, model_class, model_args, sources, torch_type,
-                    attn_implementation, trust_remote_code, ignore_mismatched_sizes, folder, fill_device, mapping,
+                    attn_implementation, remote_code, ignore_mismatched_sizes, folder, fill_device, mapping,
                     fill),
                     torch_type)
             return (*_load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
@@ -434,17 +438,17 @@ def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, mode
 def _load_with_transformers(location: Optional[str], config: Any, subfolder: str, kwargs: dict[str, Any],
                             model_class: Optional[type], model_args: tuple, sources: dict[str, "Source"],
                             dtype: "torch.dtype", attn_implementation: Optional[str],
-                            trust_remote_code: Optional[bool], ignore_mismatched_sizes: bool,
+                            remote_code: RemoteCode, ignore_mismatched_sizes: bool,
                             folder: Optional[str], fill_device: Any = "cpu",
                             zero_copy: str = AUTO, fill: "Fill" = load_into) -> tuple[Any, Any, float]:
     from .models import transformers_backend
 
-    hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, trust_remote_code)
+    hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, remote_code)
     if attn_implementation is not None:
         hf_config._attn_implementation = attn_implementation
     model = transformers_backend.build_on_meta(hf_config, dtype, model_args, model_kwargs,
                                                model_class.__name__ if model_class is not None else None,
-                                               trust_remote_code)
+                                               remote_code)
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
     info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes, fill_device,
