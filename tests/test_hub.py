@@ -318,6 +318,32 @@ def test_class_reference_to_another_repo_fetches_it_at_code_revision(hub, tmp_pa
     assert not list(user_snapshot.glob("*.py"))
 
 
+def test_local_folder_keeps_its_own_code_and_fetches_another_repos_at_code_revision(hub, tmp_path):
+    import shutil
+
+    kwargs = dict(trust_remote_code=True, cache_dir=tmp_path)
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, revision=OLD_CODE_TAG, **kwargs)
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, **kwargs)
+    snapshots = {repo: tmp_path / f"models--{repo.replace('/', '--')}" / "snapshots" / hub.repos.commits[commit]
+                 for repo, commit in ((REMOTE_CODE_REPO, f"remote-{OLD_CODE_TAG}"), (REMOTE_CODE_USER_REPO,
+                                                                                    "remote-user"))}
+    # A folder's own modules are its code whatever code_revision says; another repo's come from the Hub.
+    for repo, code_revision in ((REMOTE_CODE_REPO, "main"), (REMOTE_CODE_USER_REPO, OLD_CODE_TAG)):
+        folder = shutil.copytree(snapshots[repo], tmp_path / repo.replace("/", "_"))
+        ours = AutoModelForCausalLM.from_pretrained(folder, code_revision=code_revision, **kwargs)
+        assert type(ours).code_version == 1
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, code_revision=code_revision,
+                                                                   trust_remote_code=True, cache_dir=tmp_path / "t")
+        assert_same_remote_model(ours, theirs)
+
+
+def test_unknown_code_revision_is_named(hub, tmp_path):
+    with pytest.raises(errors.RevisionNotFoundError, match="code-v9 is not a valid git identifier") as caught:
+        AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, code_revision="code-v9", trust_remote_code=True,
+                                             cache_dir=tmp_path)
+    assert (caught.value.repo_id, caught.value.revision) == (REMOTE_CODE_REPO, "code-v9")
+
+
 @pytest.mark.parametrize("offline", ["local_files_only", "HF_HUB_OFFLINE"])
 def test_remote_code_offline_after_online_and_not_cached(hub, tmp_path, monkeypatch, offline):
     kwargs = dict(trust_remote_code=True, cache_dir=tmp_path)
