@@ -95,8 +95,11 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     key sets and error messages), ignore_mismatched_sizes, use_safetensors, variant, subfolder,
     generation_config, attn_implementation, trust_remote_code (transformers backend), and config
     overrides as keywords (n_layer=2, rope_theta=...). A repo id is resolved through the Hub cache
-    with revision, cache_dir, force_download, local_files_only, token, proxies, code_revision
-    (see warpload.hub); for a local folder those are ignored, as transformers does. A sharded
+    with revision, cache_dir, force_download, local_files_only, token, proxies (see warpload.hub);
+    for a local folder those are ignored, as transformers does. With trust_remote_code=True the
+    `auto_map` classes come from code_revision (default: the weights' commit; another repo's
+    default branch for an "org/repo--module.Class" reference), config.json and weights from
+    revision (see warpload.remote_code). A sharded
     safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
     (shard_stream.py). `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
     without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
