@@ -12,6 +12,7 @@ imports the classes from that snapshot folder (models/transformers_backend.py).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -26,12 +27,10 @@ AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
 @dataclass(frozen=True)
 class RemoteClass:
     """Where one auto_map class is defined: `reference` ("module.Class") inside the local `folder`
-    (a snapshot of `repo_id` at `revision`, or the model's own local folder)."""
+    (the snapshot of the code's repo and commit, or the model's own local folder)."""
 
     reference: str
     folder: str
-    repo_id: str
-    revision: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,9 @@ def fetch_remote_code(name: Optional[str], location: Optional[str], options: Hub
     auto_map = _read_json(config_path).get("auto_map") if os.path.isfile(config_path) else None
     references = {auto: auto_map[auto] for auto in auto_classes
                   if isinstance(auto_map, dict) and isinstance(auto_map.get(auto), str)}
+    if references and importlib.util.find_spec("transformers") is None:
+        raise ImportError(f"{name} has remote code ({', '.join(references.values())}), written for transformers: "
+                          "install it with `pip install transformers` (version 5 or newer)")
     folders: dict[tuple[str, str, str], str] = {}
     with _call_proxies(options.proxies):
         classes = {auto: _locate(reference, name, location, options, folders) for auto, reference in references.items()}
@@ -73,7 +75,7 @@ def _locate(reference: str, name: str, location: str, options: HubOptions,
     repo_id, _, class_reference = reference.rpartition("--")
     repo_id = repo_id or name
     if repo_id == name and os.path.exists(name):
-        return RemoteClass(class_reference, location, repo_id, None)
+        return RemoteClass(class_reference, location)
     if repo_id == name:
         # The weights' snapshot folder is named by its commit: without code_revision the code comes from
         # that exact commit (transformers 5 resolves `revision` once for the same reason); errors name the
@@ -86,7 +88,7 @@ def _locate(reference: str, name: str, location: str, options: HubOptions,
     if key not in folders:
         request = _Request(repo_id, dataclasses.replace(options, revision=shown), "")
         folders[key] = _fetch_module(request, module_file, revision)
-    return RemoteClass(class_reference, folders[key], repo_id, revision)
+    return RemoteClass(class_reference, folders[key])
 
 
 def _fetch_module(request: _Request, module_file: str, revision: str) -> str:
