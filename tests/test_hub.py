@@ -251,6 +251,12 @@ def test_remote_code_needs_trust_remote_code(hub, tmp_path):
     assert_loaded(model, hub.repos.states[(REMOTE_CODE_REPO, "main")])
     # The module and its relative import; train_tiny.py is imported by neither.
     assert [name for name in downloaded(hub) if name.endswith(".py")] == ["configuration_tiny.py", "modeling_tiny.py"]
+    hub.front.log.clear()
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True)
+    assert downloaded(hub) == []
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True,
+                                         code_revision=OLD_CODE_TAG, force_download=True)
+    assert [name for name in downloaded(hub) if name.endswith(".py")] == ["configuration_tiny.py", "modeling_tiny.py"]
 
 
 def remote_logits(model) -> torch.Tensor:

@@ -62,16 +62,16 @@ def fetch_remote_code(name: Optional[str], location: Optional[str], options: Hub
     if references and importlib.util.find_spec("transformers") is None:
         raise ImportError(f"{name} has remote code ({', '.join(references.values())}), written for transformers: "
                           "install it with `pip install transformers` (version 5 or newer)")
-    folders: dict[tuple[str, str, str], str] = {}
+    fetched: dict[tuple[str, str, str], str] = {}
     with _call_proxies(options.proxies):
-        classes = {auto: _locate(reference, name, location, options, folders) for auto, reference in references.items()}
+        classes = {auto: _locate(reference, name, location, options, fetched) for auto, reference in references.items()}
     return RemoteCode(trust_remote_code, classes)
 
 
 def _locate(reference: str, name: str, location: str, options: HubOptions,
-            folders: dict[tuple[str, str, str], str]) -> RemoteClass:
+            fetched: dict[tuple[str, str, str], str]) -> RemoteClass:
     """The class `reference` names, its module fetched unless it is in the model's own local folder;
-    `folders` remembers the modules this call fetched (the config and the model often share one)."""
+    `fetched` holds the files this call fetched, by (repo, revision or commit, name)."""
     repo_id, _, class_reference = reference.rpartition("--")
     repo_id = repo_id or name
     if repo_id == name and os.path.exists(name):
@@ -83,17 +83,15 @@ def _locate(reference: str, name: str, location: str, options: HubOptions,
         shown, revision = options.code_revision or options.revision, options.code_revision or os.path.basename(location)
     else:
         shown, revision = options.code_revision, options.code_revision or "main"
-    module_file = class_reference.split(".")[0] + ".py"
-    key = (repo_id, revision, module_file)
-    if key not in folders:
-        request = _Request(repo_id, dataclasses.replace(options, revision=shown), "")
-        folders[key] = _fetch_module(request, module_file, revision)
-    return RemoteClass(class_reference, folders[key])
+    request = _Request(repo_id, dataclasses.replace(options, revision=shown), "")
+    return RemoteClass(class_reference, _fetch_module(request, class_reference.split(".")[0] + ".py", revision,
+                                                      fetched))
 
 
-def _fetch_module(request: _Request, module_file: str, revision: str) -> str:
+def _fetch_module(request: _Request, module_file: str, revision: str, fetched: dict[tuple[str, str, str], str]) -> str:
     """The snapshot folder holding `module_file` and every module it imports relatively, all at the commit
-    `revision` resolves to.
+    `revision` resolves to; each file once per call (the config's module is often the model's import),
+    remembered in `fetched`.
 
     Only the modules a class needs are fetched, as transformers' get_cached_module_file does: a repo
     may hold other Python files (training scripts, other architectures) that a load never imports.
@@ -103,12 +101,16 @@ def _fetch_module(request: _Request, module_file: str, revision: str) -> str:
     offline = request.options.offline
 
     def fetch(name: str, at: str) -> str:
-        return request._fetch(name, at, offline=True) if offline else request._fetch_checked(name, at)
+        key = (request.repo_id, at, name)
+        if key not in fetched:
+            fetched[key] = request._fetch(name, at, offline=True) if offline else request._fetch_checked(name, at)
+        return fetched[key]
 
     path = fetch(module_file, revision)
     folder = os.path.dirname(path)
     # Fetched by commit from here on: the revision name (a branch) may move while we fetch.
     commit = os.path.basename(folder)
+    fetched[(request.repo_id, commit, module_file)] = path
     seen, pending = {module_file}, [module_file]
     while pending:
         current = pending.pop()
