@@ -1,5 +1,6 @@
 """The git repositories the test Hub serves: tiny random GPT-2 models written by transformers, several commits,
-branches and tags, a variant, a subfolder, a gated copy and a repo with `auto_map` remote code."""
+branches and tags, a variant, a subfolder, a gated copy, a repo with `auto_map` remote code in two versions
+and a repo whose `auto_map` names that repo's classes."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,10 @@ from model_checkpoints import save_checkpoint, tiny_transformers_model
 GATED_REPO = "org/gated"
 GATED_TOKEN = "hf_gatedsecret"
 REMOTE_CODE_REPO = "org/remote-code"
+# Weights and config only; its auto_map names the classes in REMOTE_CODE_REPO ("org/remote-code--module.Class").
+REMOTE_CODE_USER_REPO = "org/remote-code-user"
+# The tag of REMOTE_CODE_REPO's first commit, whose code scales logits by 1 (main's code by 2).
+OLD_CODE_TAG = "code-v1"
 MAIN_REPO = "org/tiny-gpt2"
 # Six shards of about 1 MB: the front's link sends 1 MiB pieces one after another, so paced shards land in turn.
 SHARDED_REPO = "org/sharded-gpt2"
@@ -22,17 +27,42 @@ SHARDED_MODEL = dict(n_embd=128, n_layer=6, vocab_size=2000)
 
 _GIT = ["git", "-c", "user.name=warpload", "-c", "user.email=warpload@example.com", "-c", "commit.gpgsign=false"]
 
-REMOTE_MODEL_CODE = '''
-from transformers import GPT2Config, GPT2LMHeadModel
+REMOTE_CONFIG_CODE = '''
+from transformers import GPT2Config
 
 
 class TinyRemoteConfig(GPT2Config):
     model_type = "tiny-remote"
 
+    def __init__(self, logit_scale={scale}, **kwargs):
+        self.logit_scale = logit_scale
+        super().__init__(**kwargs)
+'''
+
+REMOTE_MODEL_CODE = '''
+from transformers import GPT2LMHeadModel
+
+from .configuration_tiny import TinyRemoteConfig
+
 
 class TinyRemoteForCausalLM(GPT2LMHeadModel):
     config_class = TinyRemoteConfig
+    code_version = {version}
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        output.logits = output.logits * self.config.logit_scale
+        return output
 '''
+
+
+def remote_code_files(version: int) -> dict[str, str]:
+    """The Python files of REMOTE_CODE_REPO at code version 1 (tag code-v1) or 2 (main): the config's
+    `logit_scale` defaults to the version, and modeling_tiny imports configuration_tiny relatively.
+    train_tiny.py is imported by nothing, so a load never needs it."""
+    return {"configuration_tiny.py": REMOTE_CONFIG_CODE.format(scale=float(version)),
+            "modeling_tiny.py": REMOTE_MODEL_CODE.format(version=version),
+            "train_tiny.py": "raise RuntimeError('not a module to import')\n"}
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -109,18 +139,7 @@ def build_repos(mirrors: Path) -> HubRepos:
     built.states[(GATED_REPO, "main")] = _save(tiny_transformers_model("gpt2", seed=6), gated, "safetensors")
     _commit(gated, "gated")
 
-    remote = mirrors / "models" / REMOTE_CODE_REPO
-    remote.mkdir(parents=True)
-    _git(remote, "init", "-q", "-b", "main")
-    model = tiny_transformers_model("gpt2", seed=7)
-    built.states[(REMOTE_CODE_REPO, "main")] = _save(model, remote, "safetensors")
-    config = json.loads((remote / "config.json").read_text())
-    config.update(model_type="tiny-remote", architectures=["TinyRemoteForCausalLM"],
-                  auto_map={"AutoConfig": "modeling_tiny.TinyRemoteConfig",
-                            "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"})
-    (remote / "config.json").write_text(json.dumps(config))
-    (remote / "modeling_tiny.py").write_text(REMOTE_MODEL_CODE)
-    _commit(remote, "remote code")
+    _build_remote_code(mirrors, built)
     sharded = mirrors / "models" / SHARDED_REPO
     sharded.mkdir(parents=True)
     _git(sharded, "init", "-q", "-b", "main")
@@ -129,3 +148,38 @@ def build_repos(mirrors: Path) -> HubRepos:
     built.states[(SHARDED_REPO, "main")] = {k: v.clone() for k, v in model.state_dict().items()}
     built.commits["sharded-main"] = _commit(sharded, "six shards")
     return built
+
+
+def _build_remote_code(mirrors: Path, built: HubRepos) -> None:
+    """REMOTE_CODE_REPO: tag code-v1 then main, each with its own weights, config and code; and
+    REMOTE_CODE_USER_REPO, whose auto_map points at REMOTE_CODE_REPO's classes."""
+    remote = mirrors / "models" / REMOTE_CODE_REPO
+    remote.mkdir(parents=True)
+    _git(remote, "init", "-q", "-b", "main")
+    auto_map = {"AutoConfig": "configuration_tiny.TinyRemoteConfig",
+                "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"}
+    for version, revision, seed in ((1, OLD_CODE_TAG, 9), (2, "main", 7)):
+        _clear(remote)
+        built.states[(REMOTE_CODE_REPO, revision)] = _save(tiny_transformers_model("gpt2", seed=seed), remote,
+                                                           "safetensors")
+        _remote_config(remote, auto_map, label=revision)
+        for name, text in remote_code_files(version).items():
+            (remote / name).write_text(text)
+        built.commits[f"remote-{revision}"] = _commit(remote, f"remote code version {version}")
+    _git(remote, "tag", OLD_CODE_TAG, built.commits[f"remote-{OLD_CODE_TAG}"])
+
+    user = mirrors / "models" / REMOTE_CODE_USER_REPO
+    user.mkdir(parents=True)
+    _git(user, "init", "-q", "-b", "main")
+    built.states[(REMOTE_CODE_USER_REPO, "main")] = _save(tiny_transformers_model("gpt2", seed=10), user,
+                                                          "safetensors")
+    _remote_config(user, {key: f"{REMOTE_CODE_REPO}--{reference}" for key, reference in auto_map.items()},
+                   label="user")
+    built.commits["remote-user"] = _commit(user, "weights using org/remote-code's classes")
+
+
+def _remote_config(repo: Path, auto_map: dict[str, str], label: str) -> None:
+    config = json.loads((repo / "config.json").read_text())
+    config.update(model_type="tiny-remote", architectures=["TinyRemoteForCausalLM"], auto_map=auto_map,
+                  tiny_label=label)
+    (repo / "config.json").write_text(json.dumps(config))

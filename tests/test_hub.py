@@ -11,7 +11,8 @@ import huggingface_hub  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from hub_repos import GATED_REPO, GATED_TOKEN, MAIN_REPO, REMOTE_CODE_REPO  # noqa: E402
+from hub_repos import (GATED_REPO, GATED_TOKEN, MAIN_REPO, OLD_CODE_TAG, REMOTE_CODE_REPO,  # noqa: E402
+                       REMOTE_CODE_USER_REPO)
 from hub_server import hub_fixture, hub_session_fixture, proxy_fixture  # noqa: E402,F401
 from warpload import errors  # noqa: E402
 from warpload import hub as hub_module  # noqa: E402
@@ -240,14 +241,151 @@ def test_dead_proxy_is_an_error_not_a_direct_connection(hub, tmp_path):
 
 
 def test_remote_code_needs_trust_remote_code(hub, tmp_path):
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path)
-    assert "modeling_tiny.py" not in downloaded(hub)
+    for code_revision in (None, OLD_CODE_TAG):
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, code_revision=code_revision)
+    assert not [name for name in downloaded(hub) if name.endswith(".py")]
     model = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True,
                                                  code_revision="main")
     assert type(model).__name__ == "TinyRemoteForCausalLM"
     assert_loaded(model, hub.repos.states[(REMOTE_CODE_REPO, "main")])
-    assert "modeling_tiny.py" in downloaded(hub)
+    # The module and its relative import; train_tiny.py is imported by neither.
+    assert [name for name in downloaded(hub) if name.endswith(".py")] == ["configuration_tiny.py", "modeling_tiny.py"]
+    hub.front.log.clear()
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True)
+    assert downloaded(hub) == []
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True,
+                                         code_revision=OLD_CODE_TAG, force_download=True)
+    assert [name for name in downloaded(hub) if name.endswith(".py")] == ["configuration_tiny.py", "modeling_tiny.py"]
+
+
+def remote_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([[1, 5, 9, 2]])).logits
+
+
+def assert_same_remote_model(ours, theirs) -> None:
+    """Same class and config class source, same config and logits as transformers' own load."""
+    import inspect
+
+    for mine, reference in ((type(ours), type(theirs)), (type(ours.config), type(theirs.config))):
+        assert mine.__name__ == reference.__name__
+        assert inspect.getsource(mine) == inspect.getsource(reference)
+    assert ours.config.logit_scale == theirs.config.logit_scale
+    assert ours.config.tiny_label == theirs.config.tiny_label
+    assert torch.equal(remote_logits(ours), remote_logits(theirs))
+
+
+@pytest.mark.parametrize("revision, code_revision, weights_at, code_version", [
+    ("main", OLD_CODE_TAG, "main", 1),
+    ("main", "code-commit", "main", 1),
+    (OLD_CODE_TAG, "main", OLD_CODE_TAG, 2),
+    ("main", None, "main", 2),
+    ("main", "main", "main", 2),
+    (OLD_CODE_TAG, None, OLD_CODE_TAG, 1),
+])
+def test_code_revision_takes_code_from_its_commit_config_and_weights_from_revision(
+        hub, tmp_path, revision, code_revision, weights_at, code_version):
+    code_commit = hub.repos.commits[f"remote-{OLD_CODE_TAG}"]
+    code_revision = code_commit if code_revision == "code-commit" else code_revision
+    kwargs = dict(revision=revision, code_revision=code_revision, trust_remote_code=True)
+    ours = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, **kwargs)
+    assert type(ours).code_version == code_version
+    # The config class's default from the code revision, the config file's values from `revision`.
+    assert ours.config.logit_scale == float(code_version)
+    assert ours.config.tiny_label == weights_at
+    assert_loaded(ours, hub.repos.states[(REMOTE_CODE_REPO, weights_at)])
+    # The code lands in the snapshot of its own commit, in the shared cache.
+    code_at = hub.repos.commits["remote-main" if code_version == 2 else f"remote-{OLD_CODE_TAG}"]
+    snapshot = tmp_path / "models--org--remote-code" / "snapshots" / code_at
+    assert sorted(path.name for path in snapshot.glob("*.py")) == ["configuration_tiny.py", "modeling_tiny.py"]
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path / "t", **kwargs)
+    assert_same_remote_model(ours, theirs)
+
+
+def test_class_reference_to_another_repo_fetches_it_at_code_revision(hub, proxy, tmp_path):
+    proxies = {"http": proxy.url}
+    for code_revision, code_version in ((OLD_CODE_TAG, 1), (None, 2)):
+        proxy.log.clear()
+        kwargs = dict(code_revision=code_revision, trust_remote_code=True)
+        ours = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, cache_dir=tmp_path, proxies=proxies,
+                                                    **kwargs)
+        assert type(ours).code_version == code_version and ours.config.tiny_label == "user"
+        assert_loaded(ours, hub.repos.states[(REMOTE_CODE_USER_REPO, "main")])
+        # Through this call's proxies, from org/remote-code at the code revision (its default branch without one).
+        assert f"/{REMOTE_CODE_REPO}/resolve/{code_revision or 'main'}/configuration_tiny.py" in " ".join(
+            proxy.log.paths())
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, cache_dir=tmp_path / "t",
+                                                                   **kwargs)
+        assert_same_remote_model(ours, theirs)
+    code_snapshot = tmp_path / "models--org--remote-code" / "snapshots" / hub.repos.commits[f"remote-{OLD_CODE_TAG}"]
+    assert (code_snapshot / "modeling_tiny.py").is_file()
+    user_snapshot = tmp_path / "models--org--remote-code-user" / "snapshots" / hub.repos.commits["remote-user"]
+    assert not list(user_snapshot.glob("*.py"))
+
+
+def test_local_folder_keeps_its_own_code_and_fetches_another_repos_at_code_revision(hub, tmp_path):
+    import shutil
+
+    kwargs = dict(trust_remote_code=True, cache_dir=tmp_path)
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, revision=OLD_CODE_TAG, **kwargs)
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, **kwargs)
+    snapshots = {repo: tmp_path / f"models--{repo.replace('/', '--')}" / "snapshots" / hub.repos.commits[commit]
+                 for repo, commit in ((REMOTE_CODE_REPO, f"remote-{OLD_CODE_TAG}"), (REMOTE_CODE_USER_REPO,
+                                                                                    "remote-user"))}
+    # A folder's own modules are its code whatever code_revision says; another repo's come from the Hub.
+    for repo, code_revision in ((REMOTE_CODE_REPO, "main"), (REMOTE_CODE_USER_REPO, OLD_CODE_TAG)):
+        folder = shutil.copytree(snapshots[repo], tmp_path / repo.replace("/", "_"))
+        ours = AutoModelForCausalLM.from_pretrained(folder, code_revision=code_revision, **kwargs)
+        assert type(ours).code_version == 1
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, code_revision=code_revision,
+                                                                   trust_remote_code=True, cache_dir=tmp_path / "t")
+        assert_same_remote_model(ours, theirs)
+
+
+def test_unknown_code_revision_is_named(hub, tmp_path):
+    with pytest.raises(errors.RevisionNotFoundError, match="code-v9 is not a valid git identifier") as caught:
+        AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, code_revision="code-v9", trust_remote_code=True,
+                                             cache_dir=tmp_path)
+    assert (caught.value.repo_id, caught.value.revision) == (REMOTE_CODE_REPO, "code-v9")
+
+
+@pytest.mark.parametrize("offline", ["local_files_only", "HF_HUB_OFFLINE"])
+def test_remote_code_offline_after_online_and_not_cached(hub, tmp_path, monkeypatch, offline):
+    kwargs = dict(trust_remote_code=True, cache_dir=tmp_path)
+    online = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, code_revision=OLD_CODE_TAG, **kwargs)
+    AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, code_revision=OLD_CODE_TAG, **kwargs)
+    if offline == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        kwargs["local_files_only"] = True
+    hub.front.log.clear()
+    model = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, code_revision=OLD_CODE_TAG, **kwargs)
+    assert type(model).code_version == 1 and model.config.tiny_label == "main"
+    assert torch.equal(remote_logits(model), remote_logits(online))
+    user = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, code_revision=OLD_CODE_TAG, **kwargs)
+    assert type(user).code_version == 1
+    assert hub.front.log.entries == []
+    # main's code was never fetched: neither at the weights' commit nor for the other repo's default branch.
+    with pytest.raises(errors.NotCachedError, match="org/remote-code at revision 'main' has no cached "
+                       "configuration_tiny.py"):
+        AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, **kwargs)
+    with pytest.raises(errors.NotCachedError, match="org/remote-code at revision 'main' has no cached "
+                       "configuration_tiny.py"):
+        AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, **kwargs)
+    assert hub.front.log.entries == []
+
+
+def test_auto_config_code_revision_like_transformers(hub, tmp_path):
+    kwargs = dict(code_revision=OLD_CODE_TAG, trust_remote_code=True)
+    config, unused = AutoConfig.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, n_layer=1, foo=2,
+                                                return_unused_kwargs=True, **kwargs)
+    assert downloaded(hub) == ["config.json", "configuration_tiny.py"]
+    theirs = transformers.AutoConfig.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path / "t", n_layer=1, **kwargs)
+    assert type(config).__name__ == "TinyRemoteConfig" and config.logit_scale == 1.0 and unused == {"foo": 2}
+    assert config.n_layer == 1 and config.tiny_label == "main"
+    assert {**config.to_dict(), "_name_or_path": ""} == {**theirs.to_dict(), "_name_or_path": ""}
+    assert AutoConfig.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True).logit_scale == 2.0
 
 
 def test_cache_is_shared_with_huggingface_hub_and_transformers(hub, tmp_path):

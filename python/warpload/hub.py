@@ -3,10 +3,12 @@
 Everything goes through huggingface_hub (imported lazily), so the cache is the one every HF tool
 shares: `models--org--name/{blobs,refs,snapshots}`. One listing request (`model_info` at the
 revision: commit + file names) decides which files exist; then only config.json,
-generation_config.json, the chosen weights (the index first, then its shards, in parallel) and,
-with trust_remote_code=True, the repo's Python files are fetched. Local folders and files pass
-through unchanged. start_pretrained returns before the shards are in (ShardDownloads), so that
-from_pretrained loads each shard as it lands (shard_stream.py).
+generation_config.json and the chosen weights (the index first, then its shards, in parallel) are
+fetched. Remote code (`auto_map`, trust_remote_code=True) is fetched by remote_code.py through
+this module's requests: each class's module and its relative imports, at `code_revision` (which
+may name another commit than `revision`, or another repo), into that commit's snapshot. Local
+folders and files pass through unchanged. start_pretrained returns before the shards are in
+(ShardDownloads), so that from_pretrained loads each shard as it lands (shard_stream.py).
 """
 from __future__ import annotations
 
@@ -109,19 +111,17 @@ def weight_candidates(variant: Optional[str], use_safetensors: Optional[bool]) -
 
 
 def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "", variant: Optional[str] = None,
-                       use_safetensors: Optional[bool] = None, from_tf: bool = False,
-                       trust_remote_code: Optional[bool] = None, weights: bool = True) -> str:
+                       use_safetensors: Optional[bool] = None, from_tf: bool = False, weights: bool = True) -> str:
     """The local folder to load `location` from: itself when it exists here, else the cached snapshot of the repo.
 
-    For a repo id the snapshot gets config.json, generation_config.json (if the repo has it), the
-    weights transformers would pick (`weights=False`: none) and, with trust_remote_code=True and
-    an `auto_map`, the repo's Python files at `code_revision`. Raises RepositoryNotFoundError,
-    GatedRepoError, RevisionNotFoundError, EntryNotFoundError, NotCachedError (all HubError, an
-    OSError) naming repo, revision and file.
+    For a repo id the snapshot gets config.json, generation_config.json (if the repo has it) and the
+    weights transformers would pick (`weights=False`: none); remote code is fetched by
+    remote_code.fetch_remote_code. Raises RepositoryNotFoundError, GatedRepoError,
+    RevisionNotFoundError, EntryNotFoundError, NotCachedError (all HubError, an OSError) naming
+    repo, revision and file.
     """
     location, shards = start_pretrained(location, options, subfolder=subfolder, variant=variant,
-                                        use_safetensors=use_safetensors, from_tf=from_tf,
-                                        trust_remote_code=trust_remote_code, weights=weights)
+                                        use_safetensors=use_safetensors, from_tf=from_tf, weights=weights)
     if shards is not None:
         with shards:
             shards.wait()
@@ -130,7 +130,6 @@ def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "
 
 def start_pretrained(location: str, options: HubOptions, *, subfolder: str = "", variant: Optional[str] = None,
                      use_safetensors: Optional[bool] = None, from_tf: bool = False,
-                     trust_remote_code: Optional[bool] = None,
                      weights: bool = True) -> tuple[str, Optional["ShardDownloads"]]:
     """resolve_pretrained, returning as soon as everything but the shards of a sharded checkpoint is cached.
 
@@ -147,7 +146,7 @@ def start_pretrained(location: str, options: HubOptions, *, subfolder: str = "",
         routing.enter_context(_call_proxies(options.proxies))
         if options.offline:
             return request.from_cache(variant, use_safetensors, from_tf, weights), None
-        snapshot, shards = request.download(variant, use_safetensors, from_tf, trust_remote_code, weights)
+        snapshot, shards = request.download(variant, use_safetensors, from_tf, weights)
         if shards is not None:
             shards.keep_open(routing.pop_all())
         return snapshot, shards
@@ -336,7 +335,7 @@ class _Request:
         return info.sha, names
 
     def download(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool,
-                 trust_remote_code: Optional[bool], weights: bool) -> tuple[str, Optional[ShardDownloads]]:
+                 weights: bool) -> tuple[str, Optional[ShardDownloads]]:
         """(snapshot, shards still downloading or None) once config, index and the other files are cached."""
         commit, listing = self._listing()
         files = set(listing)
@@ -354,8 +353,6 @@ class _Request:
                 shard_names = self._shards(os.path.join(snapshot, self._path(chosen)), files, listing)
             else:
                 wanted.append(chosen)
-        if trust_remote_code is True and "auto_map" in _read_json(config_path):
-            wanted += self._code_files(listing, commit)
         # The shards start first: they are the long part, and the caller can load them as they land.
         shards = ShardDownloads(self, shard_names, commit, os.path.join(snapshot, self.subfolder)) \
             if shard_names else None
@@ -366,20 +363,6 @@ class _Request:
                 shards.close()
             raise
         return snapshot, shards
-
-    def _code_files(self, listing: list[str], commit: str) -> list[str]:
-        code = [name for name in listing if name.endswith(".py")]
-        if self.options.code_revision in (None, self.revision, commit):
-            return code
-        code_commit, _ = _Request(self.repo_id, HubOptions(**{**vars(self.options),
-                                                              "revision": self.options.code_revision}),
-                                  self.subfolder)._listing()
-        if code_commit != commit:
-            raise NotImplementedError(
-                f"code_revision={self.options.code_revision!r} is commit {code_commit}, the weights' revision "
-                f"{self.revision!r} is {commit}: warpload loads code and weights from one commit; pass the same "
-                "revision for both")
-        return code
 
     def _choose_weights(self, files: set[str], listing: list[str], variant: Optional[str],
                         use_safetensors: Optional[bool], from_tf: bool) -> str:

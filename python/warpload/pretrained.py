@@ -19,6 +19,7 @@ from .mapped import AUTO, zero_copy_mode
 from .placement import load_into
 from .plan import TensorRecord, stored_bytes
 from .progress import LoadProgress
+from .remote_code import AUTO_CLASSES, RemoteCode, fetch_remote_code
 from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
@@ -95,8 +96,11 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     key sets and error messages), ignore_mismatched_sizes, use_safetensors, variant, subfolder,
     generation_config, attn_implementation, trust_remote_code (transformers backend), and config
     overrides as keywords (n_layer=2, rope_theta=...). A repo id is resolved through the Hub cache
-    with revision, cache_dir, force_download, local_files_only, token, proxies, code_revision
-    (see warpload.hub); for a local folder those are ignored, as transformers does. A sharded
+    with revision, cache_dir, force_download, local_files_only, token, proxies (see warpload.hub);
+    for a local folder those are ignored, as transformers does. With trust_remote_code=True the
+    `auto_map` classes come from code_revision (default: the weights' commit; another repo's
+    default branch for an "org/repo--module.Class" reference), config.json and weights from
+    revision (see warpload.remote_code). A sharded
     safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
     (shard_stream.py). Long loads show one progress line on a terminal (progress.py).
     `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
@@ -122,12 +126,15 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     shards: Optional[ShardDownloads] = None
     if name is not None and state_dict is None:
         location, shards = start_pretrained(name, hub_options, subfolder=subfolder, variant=variant,
-                                            use_safetensors=use_safetensors, from_tf=from_tf,
-                                            trust_remote_code=trust_remote_code)
+                                            use_safetensors=use_safetensors, from_tf=from_tf)
     try:
         if state_dict is not None and location is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
                              "Use one of the two loading strategies.")
+        # Class.from_pretrained builds its own class: only the config may come from remote code then.
+        remote_code = fetch_remote_code(name, location, hub_options, subfolder=subfolder,
+                                        trust_remote_code=trust_remote_code,
+                                        auto_classes=AUTO_CLASSES if model_class is None else AUTO_CLASSES[:1])
         device = _target_device(device_map)
         # Parameters are allocated where they end up when the engine can fill that device directly.
         fill_device = device if cuda.wanted(device) else "cpu"
@@ -172,7 +179,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
                 if use_transformers:
                     return (*_load_with_transformers(
                         location, config, subfolder, kwargs, model_class, model_args, sources, torch_type,
-                        attn_implementation, trust_remote_code, ignore_mismatched_sizes, folder, fill_device,
+                        attn_implementation, remote_code, ignore_mismatched_sizes, folder, fill_device,
                         mapping, fill),
                         torch_type)
                 return (*_load_builtin(builtin, model_config, model_args, model_kwargs, sources, torch_type,
@@ -439,17 +446,17 @@ def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, mode
 def _load_with_transformers(location: Optional[str], config: Any, subfolder: str, kwargs: dict[str, Any],
                             model_class: Optional[type], model_args: tuple, sources: dict[str, "Source"],
                             dtype: "torch.dtype", attn_implementation: Optional[str],
-                            trust_remote_code: Optional[bool], ignore_mismatched_sizes: bool,
+                            remote_code: RemoteCode, ignore_mismatched_sizes: bool,
                             folder: Optional[str], fill_device: Any = "cpu",
                             zero_copy: str = AUTO, fill: "Fill" = load_into) -> tuple[Any, Any, float]:
     from .models import transformers_backend
 
-    hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, trust_remote_code)
+    hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, remote_code)
     if attn_implementation is not None:
         hf_config._attn_implementation = attn_implementation
     model = transformers_backend.build_on_meta(hf_config, dtype, model_args, model_kwargs,
                                                model_class.__name__ if model_class is not None else None,
-                                               trust_remote_code)
+                                               remote_code)
     sources = _model_sources(sources, model)
     planned = time.perf_counter()
     info = transformers_backend.load(model, sources, dtype, location, ignore_mismatched_sizes, fill_device,

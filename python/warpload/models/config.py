@@ -303,16 +303,32 @@ class AutoConfig:
 
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: PathLike, *, subfolder: str = "",
-                        return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+                        return_unused_kwargs: bool = False, trust_remote_code: Optional[bool] = None,
+                        **kwargs: Any) -> Any:
         """Reads config.json (see PretrainedConfig.from_pretrained).
 
-        Raises ValueError when the file has no `model_type`, CheckpointNotFoundError without a config.json.
+        With trust_remote_code=True and an `auto_map` naming an AutoConfig class, returns that
+        (transformers) config class's instance, its code fetched at `code_revision` like
+        transformers.AutoConfig does (warpload.remote_code; needs transformers). Raises ValueError
+        when the file has no `model_type`, CheckpointNotFoundError without a config.json.
         """
-        config_dict, path = read_config_dict(pretrained_model_name_or_path, subfolder, kwargs)
+        from ..hub import HubOptions, resolve_pretrained
+        from ..remote_code import fetch_remote_code
+
+        name = os.fspath(pretrained_model_name_or_path)
+        options = HubOptions.pop_from(kwargs)
+        location = resolve_pretrained(name, options, subfolder=subfolder, weights=False)
+        remote_code = fetch_remote_code(name, location, options, subfolder=subfolder,
+                                        trust_remote_code=trust_remote_code, auto_classes=("AutoConfig",))
+        if remote_code.classes:
+            from .transformers_backend import load_config
+
+            config, unused = load_config(location, None, subfolder, kwargs, remote_code)
+            return (config, unused) if return_unused_kwargs else config
+        config_dict, path = read_config_dict(location, subfolder, kwargs)
         model_type = config_dict.get("model_type")
         if not model_type:
-            raise ValueError(f"Unrecognized model in {os.fspath(pretrained_model_name_or_path)}. Should have a "
-                             f"`model_type` key in its {CONFIG_NAME}.")
+            raise ValueError(f"Unrecognized model in {name}. Should have a `model_type` key in its {CONFIG_NAME}.")
         config = _build(CONFIG_CLASSES.get(model_type, PretrainedConfig), config_dict, kwargs, path)
         unused = {key: value for key, value in kwargs.items() if not config.knows(key)}
         return (config, unused) if return_unused_kwargs else config

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..mapped import AUTO
 from ..placement import load_into
+from ..remote_code import RemoteClass, RemoteCode
 from .config import GENERATION_CONFIG_NAME, PretrainedConfig
 from .load_state import Fill, LoadingInfo, Source, match_keys, place
 
@@ -22,11 +23,13 @@ def is_available() -> bool:
 
 
 def load_config(location: Optional[str], config: Any, subfolder: str, kwargs: dict[str, Any],
-                trust_remote_code: Optional[bool]) -> tuple[Any, dict[str, Any]]:
+                remote_code: RemoteCode) -> tuple[Any, dict[str, Any]]:
     """transformers' config and the keywords left for the model constructor, as transformers splits them.
 
     A warpload config is converted field by field; a transformers config is copied; otherwise
-    config.json is read by transformers.AutoConfig with the keyword overrides.
+    config.json is read by the class remote_code fetched for `AutoConfig` (the code revision's),
+    else by transformers.AutoConfig, with the keyword overrides. transformers raises its own
+    ValueError for an `auto_map` without trust_remote_code=True.
     """
     import transformers
 
@@ -35,25 +38,52 @@ def load_config(location: Optional[str], config: Any, subfolder: str, kwargs: di
     if isinstance(config, PretrainedConfig):
         return transformers.AutoConfig.for_model(**config.to_dict()), dict(kwargs)
     source, subfolder = (config, "") if config is not None else (location, subfolder)
+    remote = remote_code.classes.get("AutoConfig")
+    if config is None and remote is not None:
+        # transformers.AutoConfig's remote-code branch, with the class from the code's own snapshot.
+        config_class = remote_class(remote)
+        config_class.register_for_auto_class()
+        return config_class.from_pretrained(source, subfolder=subfolder, return_unused_kwargs=True, **kwargs)
     return transformers.AutoConfig.from_pretrained(source, subfolder=subfolder, return_unused_kwargs=True,
-                                                   trust_remote_code=trust_remote_code, **kwargs)
+                                                   trust_remote_code=remote_code.trust_remote_code, **kwargs)
 
 
 def build_on_meta(config: Any, dtype: torch.dtype, model_args: tuple, model_kwargs: dict[str, Any],
-                  class_name: Optional[str], trust_remote_code: Optional[bool]) -> nn.Module:
-    """transformers' class (by `class_name`, else its causal LM for the config) with every tensor on meta."""
+                  class_name: Optional[str], remote_code: RemoteCode) -> nn.Module:
+    """transformers' class (by `class_name`, else the `AutoModelForCausalLM` class remote_code fetched,
+    else its causal LM for the config) with every tensor on meta."""
     import transformers
+    from transformers.models.auto.auto_factory import add_generation_mixin_to_remote_model
 
+    remote = remote_code.classes.get("AutoModelForCausalLM")
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
             if class_name is not None:
                 return getattr(transformers, class_name)(config, *model_args, **model_kwargs)
+            if remote is not None:
+                # AutoModelForCausalLM.from_config's remote-code branch, with the class from the code's snapshot.
+                auto = transformers.AutoModelForCausalLM
+                model_class = remote_class(remote)
+                if type(config) not in auto._model_mapping:
+                    auto.register(type(config), model_class, exist_ok=True)
+                model_class.register_for_auto_class(auto_class=auto)
+                return add_generation_mixin_to_remote_model(model_class)._from_config(config, dtype=dtype,
+                                                                                      **model_kwargs)
             return transformers.AutoModelForCausalLM.from_config(config, *model_args, dtype=dtype,
-                                                                 trust_remote_code=trust_remote_code, **model_kwargs)
+                                                                 trust_remote_code=remote_code.trust_remote_code,
+                                                                 **model_kwargs)
     finally:
         torch.set_default_dtype(previous)
+
+
+def remote_class(remote: RemoteClass) -> type:
+    """The class `remote` names, imported by transformers from its folder (copied into HF_MODULES_CACHE
+    under a hash of the module and its relative imports, so two code revisions never share a module)."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    return get_class_from_dynamic_module(remote.reference, remote.folder)
 
 
 def checkpoint_renamer(model: nn.Module) -> Callable[[str], str]:
