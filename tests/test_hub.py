@@ -242,9 +242,22 @@ def test_dead_proxy_is_an_error_not_a_direct_connection(hub, tmp_path):
 
 def test_remote_code_needs_trust_remote_code(hub, tmp_path):
     for code_revision in (None, OLD_CODE_TAG):
-        with pytest.raises(ValueError, match="trust_remote_code=True"):
-            AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, code_revision=code_revision)
-    assert not [name for name in downloaded(hub) if name.endswith(".py")]
+        for trust_remote_code in (None, False):
+            with pytest.raises(ValueError) as ours:
+                AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, code_revision=code_revision,
+                                                     trust_remote_code=trust_remote_code)
+            with pytest.raises(ValueError) as theirs:
+                transformers.AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path / "t",
+                                                                  code_revision=code_revision,
+                                                                  trust_remote_code=trust_remote_code)
+            assert str(ours.value) == str(theirs.value)
+            assert f"The repository {REMOTE_CODE_REPO} contains custom code" in str(ours.value)
+    with pytest.raises(ValueError, match=f"references custom code contained in {REMOTE_CODE_REPO}"):
+        AutoModelForCausalLM.from_pretrained(REMOTE_CODE_USER_REPO, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        AutoConfig.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path)
+    # Refused from config.json alone: no code, and no weights downloaded in vain (by either library).
+    assert set(downloaded(hub)) == {"config.json"}
     model = AutoModelForCausalLM.from_pretrained(REMOTE_CODE_REPO, cache_dir=tmp_path, trust_remote_code=True,
                                                  code_revision="main")
     assert type(model).__name__ == "TinyRemoteForCausalLM"

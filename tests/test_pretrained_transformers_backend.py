@@ -1,6 +1,8 @@
 """The transformers backend: architectures warpload does not build, loaded by its engine into transformers' class."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -70,3 +72,33 @@ def test_missing_and_mis_shaped_keys_follow_transformers(tmp_path):
     assert our_info == their_info and our_info["missing_keys"]
     with pytest.raises(RuntimeError):
         AutoModelForCausalLM.from_pretrained(folder, vocab_size=200)
+
+
+SCALED_GPT2_CODE = """
+from transformers import GPT2LMHeadModel
+
+
+class ScaledGPT2(GPT2LMHeadModel):
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        output.logits = output.logits * 3
+        return output
+"""
+
+
+def test_trusted_remote_code_wins_over_a_known_model_type_as_in_transformers(tmp_path):
+    folder = save_checkpoint(tiny_transformers_model("gpt2"), tmp_path / "model", "safetensors")
+    (folder / "modeling_scaled.py").write_text(SCALED_GPT2_CODE)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_scaled.ScaledGPT2"}
+    (folder / "config.json").write_text(json.dumps(config))
+    ids, _ = left_padded_prompts()
+    for trust_remote_code, class_name in ((None, "GPT2LMHeadModel"), (False, "GPT2LMHeadModel"),
+                                          (True, "ScaledGPT2")):
+        ours = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        assert type(theirs).__name__ == class_name
+        assert type(ours).__name__ == (class_name if trust_remote_code else "GPT2LMHeadModel")
+        if trust_remote_code:
+            with torch.no_grad():
+                torch.testing.assert_close(ours(ids[:1]).logits, theirs(ids[:1]).logits)

@@ -22,11 +22,11 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from .constants import PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
-from .errors import (EntryNotFoundError, GatedRepoError, HubError, NotCachedError, RepositoryNotFoundError,
-                     RevisionNotFoundError)
+from .errors import (CheckpointError, EntryNotFoundError, GatedRepoError, HubError, NotCachedError,
+                     RepositoryNotFoundError, RevisionNotFoundError)
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -111,17 +111,19 @@ def weight_candidates(variant: Optional[str], use_safetensors: Optional[bool]) -
 
 
 def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "", variant: Optional[str] = None,
-                       use_safetensors: Optional[bool] = None, from_tf: bool = False, weights: bool = True) -> str:
+                       use_safetensors: Optional[bool] = None, from_tf: bool = False, weights: bool = True,
+                       check_config: Optional[Callable[[str], None]] = None) -> str:
     """The local folder to load `location` from: itself when it exists here, else the cached snapshot of the repo.
 
     For a repo id the snapshot gets config.json, generation_config.json (if the repo has it) and the
     weights transformers would pick (`weights=False`: none); remote code is fetched by
     remote_code.fetch_remote_code. Raises RepositoryNotFoundError, GatedRepoError,
     RevisionNotFoundError, EntryNotFoundError, NotCachedError (all HubError, an OSError) naming
-    repo, revision and file.
+    repo, revision and file; check_config as for start_pretrained.
     """
     location, shards = start_pretrained(location, options, subfolder=subfolder, variant=variant,
-                                        use_safetensors=use_safetensors, from_tf=from_tf, weights=weights)
+                                        use_safetensors=use_safetensors, from_tf=from_tf, weights=weights,
+                                        check_config=check_config)
     if shards is not None:
         with shards:
             shards.wait()
@@ -129,24 +131,29 @@ def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "
 
 
 def start_pretrained(location: str, options: HubOptions, *, subfolder: str = "", variant: Optional[str] = None,
-                     use_safetensors: Optional[bool] = None, from_tf: bool = False,
-                     weights: bool = True) -> tuple[str, Optional["ShardDownloads"]]:
+                     use_safetensors: Optional[bool] = None, from_tf: bool = False, weights: bool = True,
+                     check_config: Optional[Callable[[str], None]] = None) -> tuple[str, Optional["ShardDownloads"]]:
     """resolve_pretrained, returning as soon as everything but the shards of a sharded checkpoint is cached.
 
     Returns (folder, shards): shards is None when nothing is left to download; otherwise its files
     are still downloading in parallel, and the caller iterates `shards.completed()` (or `wait()`)
     and closes it (a context manager), which also ends this call's proxy routing. Raises as
-    resolve_pretrained does; a shard's error is raised by completed() / wait().
+    resolve_pretrained does; a shard's error is raised by completed() / wait(). `check_config`
+    is called with the path of config.json (when there is one) before any weights are fetched:
+    what it raises ends the call with nothing downloaded in vain.
     """
     if os.path.exists(location):
+        local_config = os.path.join(location, subfolder, CONFIG_NAME)
+        if check_config is not None and os.path.isfile(local_config):
+            check_config(local_config)
         return location, None
     _check_repo_id(location)
     request = _Request(location, options, subfolder)
     with contextlib.ExitStack() as routing:
         routing.enter_context(_call_proxies(options.proxies))
         if options.offline:
-            return request.from_cache(variant, use_safetensors, from_tf, weights), None
-        snapshot, shards = request.download(variant, use_safetensors, from_tf, weights)
+            return request.from_cache(variant, use_safetensors, from_tf, weights, check_config), None
+        snapshot, shards = request.download(variant, use_safetensors, from_tf, weights, check_config)
         if shards is not None:
             shards.keep_open(routing.pop_all())
         return snapshot, shards
@@ -334,8 +341,8 @@ class _Request:
                  if sibling.rfilename.startswith(prefix)]
         return info.sha, names
 
-    def download(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool,
-                 weights: bool) -> tuple[str, Optional[ShardDownloads]]:
+    def download(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool, weights: bool,
+                 check_config: Optional[Callable[[str], None]] = None) -> tuple[str, Optional[ShardDownloads]]:
         """(snapshot, shards still downloading or None) once config, index and the other files are cached."""
         commit, listing = self._listing()
         files = set(listing)
@@ -343,6 +350,8 @@ class _Request:
             raise self._missing(CONFIG_NAME, listing)
         # The user's revision name here, so refs/{revision} is written for later offline loads.
         config_path = self._fetch_checked(CONFIG_NAME, self.revision)
+        if check_config is not None:
+            check_config(config_path)
         snapshot = _snapshot_root(config_path, self.subfolder)
         wanted = [GENERATION_CONFIG_NAME] if weights and GENERATION_CONFIG_NAME in files else []
         shard_names: list[str] = []
@@ -389,7 +398,7 @@ class _Request:
                                  filename=bin_name, **where)
 
     def _shards(self, index_path: str, files: set[str], listing: list[str]) -> list[str]:
-        shards = sorted(set(_read_json(index_path).get("weight_map", {}).values()))
+        shards = sorted(set(read_json_object(index_path).get("weight_map", {}).values()))
         missing = [shard for shard in shards if shard not in files]
         if missing:
             raise self._missing(missing[0], listing)
@@ -407,10 +416,13 @@ class _Request:
             for future in futures:
                 future.result()
 
-    def from_cache(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool,
-                   weights: bool) -> str:
+    def from_cache(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool, weights: bool,
+                   check_config: Optional[Callable[[str], None]] = None) -> str:
         """The cached snapshot, with no request: refs/{revision} (or the commit given) names it."""
-        snapshot = _snapshot_root(self._fetch(CONFIG_NAME, self.revision, offline=True), self.subfolder)
+        config_path = self._fetch(CONFIG_NAME, self.revision, offline=True)
+        if check_config is not None:
+            check_config(config_path)
+        snapshot = _snapshot_root(config_path, self.subfolder)
         if not weights:
             return snapshot
         folder = os.path.join(snapshot, self.subfolder)
@@ -419,7 +431,7 @@ class _Request:
         if chosen is None:
             raise self._not_cached(candidates[0])
         if chosen.endswith(".json"):
-            for shard in sorted(set(_read_json(os.path.join(folder, chosen)).get("weight_map", {}).values())):
+            for shard in sorted(set(read_json_object(os.path.join(folder, chosen)).get("weight_map", {}).values())):
                 if not os.path.isfile(os.path.join(folder, shard)):
                     raise self._not_cached(shard)
         return snapshot
@@ -457,10 +469,16 @@ def _evict(path: str) -> None:
             os.remove(entry)
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        table = json.load(handle)
-    return table if isinstance(table, dict) else {}
+def read_json_object(path: str) -> dict[str, Any]:
+    """The JSON object in a file (config.json, an index). Raises CheckpointError for anything else."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            table = json.load(handle)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); fix or re-save it", path=path) from err
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(table).__name__}, expected an object", path=path)
+    return table
 
 
 # The proxies of the from_pretrained call running in this context (threads it starts copy the context).

@@ -19,7 +19,7 @@ from .mapped import AUTO, zero_copy_mode
 from .placement import load_into
 from .plan import TensorRecord, stored_bytes
 from .progress import LoadProgress
-from .remote_code import AUTO_CLASSES, RemoteCode, fetch_remote_code
+from .remote_code import AUTO_CLASSES, RemoteCode, TrustCheck, fetch_remote_code
 from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 from .tf_checkpoint import TFCheckpoint
 # The record readers, imported here only, under local names (tensors.py may rename them).
@@ -124,17 +124,19 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     name = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
     location = name
     shards: Optional[ShardDownloads] = None
+    # Class.from_pretrained builds its own class: only the config may come from remote code then.
+    auto_classes = AUTO_CLASSES if model_class is None else AUTO_CLASSES[:1]
+    trust = TrustCheck(name or "", trust_remote_code, auto_classes)
     if name is not None and state_dict is None:
         location, shards = start_pretrained(name, hub_options, subfolder=subfolder, variant=variant,
-                                            use_safetensors=use_safetensors, from_tf=from_tf)
+                                            use_safetensors=use_safetensors, from_tf=from_tf,
+                                            check_config=trust if config is None else None)
     try:
         if state_dict is not None and location is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
                              "Use one of the two loading strategies.")
-        # Class.from_pretrained builds its own class: only the config may come from remote code then.
         remote_code = fetch_remote_code(name, location, hub_options, subfolder=subfolder,
-                                        trust_remote_code=trust_remote_code,
-                                        auto_classes=AUTO_CLASSES if model_class is None else AUTO_CLASSES[:1])
+                                        trust_remote_code=trust.trust_remote_code, auto_classes=auto_classes)
         device = _target_device(device_map)
         # Parameters are allocated where they end up when the engine can fill that device directly.
         fill_device = device if cuda.wanted(device) else "cpu"
@@ -148,6 +150,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
             config = _openai_gpt2_config(os.path.join(location, subfolder))
         model_config, model_kwargs = _load_config(location, config, subfolder, kwargs, model_class)
         builtin, reasons = _builtin_choice(model_config, model_class, attn_implementation)
+        if "AutoModelForCausalLM" in remote_code.classes:
+            # transformers runs trusted remote code even for a model_type it knows: so does the backend.
+            reasons.append("config.json's auto_map names remote code and trust_remote_code=True")
         use_transformers = _use_transformers(backend, reasons)
         class_name = (model_class or builtin or type(model_config)).__name__
         requested = dtype if dtype is not None else torch_dtype
@@ -344,9 +349,12 @@ def _load_config(location: Optional[str], config: Any, subfolder: str, kwargs: d
     if config is None and os.path.isfile(source):
         raise ValueError(f"{source} is a weights file: pass config= (a config object, or a folder or config.json "
                          "path) with it")
-    reader = model_class.config_class if model_class is not None else AutoConfig
-    return reader.from_pretrained(source, subfolder=subfolder if config is None else "", return_unused_kwargs=True,
-                                  **kwargs)
+    subfolder = subfolder if config is None else ""
+    if model_class is not None:
+        return model_class.config_class.from_pretrained(source, subfolder=subfolder, return_unused_kwargs=True,
+                                                        **kwargs)
+    # The folder is resolved and remote code decided by the caller: only the architecture is read here.
+    return AutoConfig.from_folder(source, subfolder=subfolder, **kwargs)
 
 
 def _builtin_choice(config: "PretrainedConfig", model_class: Optional[type],

@@ -18,7 +18,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from .hub import CONFIG_NAME, HubOptions, _call_proxies, _read_json, _Request
+from .hub import CONFIG_NAME, HubOptions, _call_proxies, read_json_object, _Request
 
 # The auto classes from_pretrained builds: the config first, then the causal LM.
 AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
@@ -41,6 +41,48 @@ class RemoteCode:
     classes: Mapping[str, RemoteClass] = field(default_factory=dict)
 
 
+class TrustCheck:
+    """transformers' trust_remote_code decision for one call, taken from config.json as soon as it is cached
+    (hub.start_pretrained's `check_config`), so that untrusted remote code ends the call before any
+    weights download, with transformers' message naming the repo id the caller gave.
+
+    Remote code is there when `auto_map` names one of `auto_classes`; it may stay unused when
+    transformers knows the config's model_type (then trust_remote_code=None loads the library's
+    class, as transformers does). `trust_remote_code` holds the decision afterwards, an answer to
+    transformers' interactive prompt included.
+    """
+
+    def __init__(self, name: str, trust_remote_code: Optional[bool],
+                 auto_classes: tuple[str, ...] = AUTO_CLASSES) -> None:
+        self.name = name
+        self.trust_remote_code = trust_remote_code
+        self.auto_classes = auto_classes
+
+    def __call__(self, config_path: str) -> None:
+        """Raises ValueError (transformers' text) when config.json needs remote code that is not trusted."""
+        config = read_json_object(config_path)
+        auto_map = config.get("auto_map")
+        references = [auto_map[auto] for auto in self.auto_classes
+                      if isinstance(auto_map, dict) and isinstance(auto_map.get(auto), str)]
+        if not references:
+            return
+        upstream = next((reference.rpartition("--")[0] for reference in references if "--" in reference), None)
+        model_type = config.get("model_type")
+        if importlib.util.find_spec("transformers") is None:
+            from .models.config import CONFIG_CLASSES
+
+            if model_type not in CONFIG_CLASSES and self.trust_remote_code is not True:
+                raise ValueError(f"The repository {self.name} contains custom code which must be executed to correctly "
+                                 "load the model. Please pass the argument `trust_remote_code=True` to allow custom "
+                                 "code to be run.")
+            return
+        from transformers.dynamic_module_utils import resolve_trust_remote_code
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        self.trust_remote_code = resolve_trust_remote_code(self.trust_remote_code, self.name,
+                                                           model_type in CONFIG_MAPPING, True, upstream_repo=upstream)
+
+
 def fetch_remote_code(name: Optional[str], location: Optional[str], options: HubOptions, *, subfolder: str = "",
                       trust_remote_code: Optional[bool] = None,
                       auto_classes: tuple[str, ...] = AUTO_CLASSES) -> RemoteCode:
@@ -56,7 +98,7 @@ def fetch_remote_code(name: Optional[str], location: Optional[str], options: Hub
     if trust_remote_code is not True or name is None or location is None or not os.path.isdir(location):
         return RemoteCode(trust_remote_code)
     config_path = os.path.join(location, subfolder, CONFIG_NAME)
-    auto_map = _read_json(config_path).get("auto_map") if os.path.isfile(config_path) else None
+    auto_map = read_json_object(config_path).get("auto_map") if os.path.isfile(config_path) else None
     references = {auto: auto_map[auto] for auto in auto_classes
                   if isinstance(auto_map, dict) and isinstance(auto_map.get(auto), str)}
     if references and importlib.util.find_spec("transformers") is None:

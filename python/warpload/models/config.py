@@ -6,7 +6,8 @@ import json
 import os
 from typing import Any, ClassVar, Optional, Union
 
-from ..errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError
+from ..hub import read_json_object
 from ..synthetic import write_atomically
 
 CONFIG_NAME = "config.json"
@@ -142,18 +143,7 @@ def read_config_dict(pretrained_model_name_or_path: PathLike, subfolder: str = "
         raise CheckpointNotFoundError(
             f"{location} does not appear to have a file named {CONFIG_NAME}; pass the folder that holds the "
             "checkpoint's config.json (or config=<a config object>)")
-    return _read_json(path), path
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            table = json.load(handle)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); fix or re-save it", path=path) from err
-    if not isinstance(table, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(table).__name__}, expected an object", path=path)
-    return table
+    return read_json_object(path), path
 
 
 def _write_json(path: str, text: str) -> None:
@@ -313,25 +303,35 @@ class AutoConfig:
         when the file has no `model_type`, CheckpointNotFoundError without a config.json.
         """
         from ..hub import HubOptions, resolve_pretrained
-        from ..remote_code import fetch_remote_code
+        from ..remote_code import TrustCheck, fetch_remote_code
 
         name = os.fspath(pretrained_model_name_or_path)
         options = HubOptions.pop_from(kwargs)
-        location = resolve_pretrained(name, options, subfolder=subfolder, weights=False)
+        trust = TrustCheck(name, trust_remote_code, ("AutoConfig",))
+        location = resolve_pretrained(name, options, subfolder=subfolder, weights=False, check_config=trust)
         remote_code = fetch_remote_code(name, location, options, subfolder=subfolder,
-                                        trust_remote_code=trust_remote_code, auto_classes=("AutoConfig",))
+                                        trust_remote_code=trust.trust_remote_code, auto_classes=("AutoConfig",))
         if remote_code.classes:
             from .transformers_backend import load_config
 
             config, unused = load_config(location, None, subfolder, kwargs, remote_code)
             return (config, unused) if return_unused_kwargs else config
+        config, unused = AutoConfig.from_folder(location, subfolder=subfolder, shown_as=name, **kwargs)
+        return (config, unused) if return_unused_kwargs else config
+
+    @staticmethod
+    def from_folder(location: str, *, subfolder: str = "", shown_as: Optional[str] = None,
+                    **kwargs: Any) -> tuple[PretrainedConfig, dict[str, Any]]:
+        """warpload's config of a local folder's (or file's) config.json and the keywords it does not know,
+        with no Hub and no remote code: from_pretrained reads the architecture with it after deciding
+        about remote code itself. Raises as from_pretrained does (errors name `shown_as`)."""
         config_dict, path = read_config_dict(location, subfolder, kwargs)
         model_type = config_dict.get("model_type")
         if not model_type:
-            raise ValueError(f"Unrecognized model in {name}. Should have a `model_type` key in its {CONFIG_NAME}.")
+            raise ValueError(f"Unrecognized model in {shown_as or location}. Should have a `model_type` key in its "
+                             f"{CONFIG_NAME}.")
         config = _build(CONFIG_CLASSES.get(model_type, PretrainedConfig), config_dict, kwargs, path)
-        unused = {key: value for key, value in kwargs.items() if not config.knows(key)}
-        return (config, unused) if return_unused_kwargs else config
+        return config, {key: value for key, value in kwargs.items() if not config.knows(key)}
 
 
 class GenerationConfig:
@@ -369,7 +369,7 @@ class GenerationConfig:
     def from_pretrained(cls, folder: PathLike, *, subfolder: str = "") -> Optional["GenerationConfig"]:
         """The folder's generation_config.json, or None when it has none."""
         path = os.path.join(os.fspath(folder), subfolder, GENERATION_CONFIG_NAME)
-        return cls(**_read_json(path)) if os.path.isfile(path) else None
+        return cls(**read_json_object(path)) if os.path.isfile(path) else None
 
     def __repr__(self) -> str:
         return f"GenerationConfig {json.dumps(self.to_dict(), indent=2, sort_keys=True)}"
