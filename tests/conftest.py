@@ -79,3 +79,17 @@ class Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+needs_proc_maps = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
+
+
+def mapping_of(address: int) -> tuple[str, int, int]:
+    """(path or "", start, end) of the /proc/self/maps region holding address."""
+    with open("/proc/self/maps") as handle:
+        for line in handle:
+            fields = line.split()
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            if start <= address < end:
+                return (fields[5] if len(fields) > 5 else ""), start, end
+    raise AssertionError(f"address {address:#x} is in no mapping")

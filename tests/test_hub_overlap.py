@@ -14,7 +14,7 @@ pytest.importorskip("olah", reason="the hub tests serve repos with olah (pip ins
 
 import torch  # noqa: E402
 
-from conftest import Terminal  # noqa: E402
+from conftest import Terminal, mapping_of, needs_proc_maps  # noqa: E402
 from hub_repos import SHARDED_REPO  # noqa: E402
 from hub_server import Link, hub_fixture, hub_session_fixture  # noqa: E402,F401
 from warpload import errors, progress  # noqa: E402
@@ -92,6 +92,20 @@ def test_shape_mismatch_found_mid_stream_raises_what_a_local_load_raises(hub, tm
     for name, tensor in reference.state_dict().items():
         if name not in mismatched:
             assert torch.equal(model.state_dict()[name], tensor), name
+
+
+@needs_proc_maps
+@pytest.mark.parametrize("zero_copy, mapped", [(None, True), (True, True), (False, False)],
+                         ids=["auto", "required", "owned"])
+def test_landed_shards_are_mapped_like_a_warm_cache_load(hub, tmp_path, zero_copy, mapped):
+    hub.front.link = Link(LINK_BYTES_PER_S)
+    model = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path, zero_copy=zero_copy)
+    assert len(model.load_timings.shards) == _shard_count(hub)
+    blobs = {os.fspath(blob) for blob in _cache_blobs(tmp_path)}
+    backing = {mapping_of(parameter.data_ptr())[0] for parameter in model.parameters()}
+    # Mapped: every parameter views a shard's blob in the cache, none was copied; owned: none does.
+    assert (backing <= blobs) if mapped else not (backing & blobs), backing
+    _assert_same_model(model, AutoModelForCausalLM.from_pretrained(_local(hub), zero_copy=False))
 
 
 def test_olah_killed_during_a_shard_download_then_restarted_ends_with_a_correct_model(hub, tmp_path):

@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
-from conftest import same_bits  # noqa: E402
+from conftest import mapping_of, needs_proc_maps, same_bits  # noqa: E402
 from model_checkpoints import FORMATS, left_padded_prompts, save_checkpoint, tiny_transformers_model  # noqa: E402
 import warpload.tensors  # noqa: E402
 from warpload import AutoModelForCausalLM, engine, mapped  # noqa: E402
@@ -19,17 +19,6 @@ from warpload.errors import CheckpointError, ZeroCopyError  # noqa: E402
 from warpload.plan import TensorRecord  # noqa: E402
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def mapping_of(address: int) -> tuple[str, int, int]:
-    """(path or "", start, end) of the /proc/self/maps region holding address."""
-    with open("/proc/self/maps") as handle:
-        for line in handle:
-            fields = line.split()
-            start, end = (int(part, 16) for part in fields[0].split("-"))
-            if start <= address < end:
-                return (fields[5] if len(fields) > 5 else ""), start, end
-    raise AssertionError(f"address {address:#x} is in no mapping")
 
 
 def backing_files(model: torch.nn.Module) -> set[str]:
@@ -47,9 +36,6 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
     ids, _ = left_padded_prompts()
     with torch.no_grad():
         return model(ids[:1]).logits
-
-
-needs_proc_maps = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
 
 
 @pytest.fixture(scope="module")

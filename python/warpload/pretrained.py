@@ -142,7 +142,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
         fill_device = device if cuda.wanted(device) else "cpu"
         weights = None if state_dict is not None else resolve_weight_files(
             location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors, from_tf=from_tf)
-        stream = _shard_stream(shards, weights, started)
+        stream = _shard_stream(shards, weights, started, mapping)
         tf_weights = None if weights is None or stream is not None else _tf_checkpoint(weights, from_tf)
         resolved = time.perf_counter()
 
@@ -473,12 +473,13 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
     return model, info, planned
 
 
-def _shard_stream(shards: Optional[ShardDownloads], weights: Optional[str], started: float) -> Optional[ShardStream]:
+def _shard_stream(shards: Optional[ShardDownloads], weights: Optional[str], started: float,
+                  zero_copy: str) -> Optional[ShardStream]:
     """The stream that loads a sharded safetensors checkpoint while its shards download; None (after
     waiting for the download) for other weights, which need every file before planning."""
     if shards is None:
         return None
     if weights is not None and re.search(r"\.safetensors\.index(\.[^./]+)?\.json$", weights):
-        return ShardStream(shards, weights, started)
+        return ShardStream(shards, weights, started, zero_copy)
     shards.wait()
     return None

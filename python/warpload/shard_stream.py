@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional
 
+from .mapped import AUTO, map_records
 from .placement import load_into
 from .plan import TensorRecord
 from .tensors import _checkpoint_records as read_records
@@ -41,10 +42,15 @@ class ShardStream:
     keys are matched (missing and unexpected sets) from the index alone; the parameters are then
     allocated from the model's shapes, and `__call__` fills them shard by shard in the order the
     downloads finish, checking every real header against the index and the model first.
+
+    A shard that has just landed is in the page cache: with zero_copy AUTO (or REQUIRED) its
+    tensors that can be views of the file are mapped (mapped.py) instead of copied, as a load from
+    the warm cache would, so the download's machine does not also copy every byte once more.
     """
 
-    def __init__(self, downloads: "ShardDownloads", index_path: str, started: float) -> None:
+    def __init__(self, downloads: "ShardDownloads", index_path: str, started: float, zero_copy: str = AUTO) -> None:
         self.downloads = downloads
+        self.zero_copy = zero_copy
         self.index_path = index_path
         self.started = started
         self.timings: list[ShardTiming] = []
@@ -58,11 +64,15 @@ class ShardStream:
                                    offset=position, nbytes=0)
                 for position, (name, shard) in enumerate(self.weight_map.items())}
 
-    def __call__(self, targets: Mapping[str, "torch.Tensor"], records: Mapping[str, TensorRecord]) -> None:
-        """Fills targets[key] from the tensor records[key] names, shard by shard as downloads finish.
+    def __call__(self, targets: Mapping[str, "torch.Tensor"],
+                 records: Mapping[str, TensorRecord]) -> dict[str, "torch.Tensor"]:
+        """Fills targets[key] from the tensor records[key] names, shard by shard as downloads finish; returns
+        the views of mapped shards that stand in for their targets (left unwritten).
 
-        Raises the download's HubError, CheckpointError for unreadable shards, NeedsWholeCheckpoint.
+        Raises the download's HubError, CheckpointError for unreadable shards, NeedsWholeCheckpoint,
+        ZeroCopyError (zero_copy REQUIRED) for a tensor that cannot view its file.
         """
+        replaced: dict[str, "torch.Tensor"] = {}
         keys_by_name: dict[str, list[str]] = {}
         for key, record in records.items():
             keys_by_name.setdefault(record.name, []).append(key)
@@ -82,10 +92,16 @@ class ShardStream:
                                                    f"{tuple(targets[key].shape)}")
                     chosen_targets[key], chosen[key] = targets[key], record
             load_start = time.perf_counter()
-            load_into(chosen_targets, chosen)
+            views = map_records(chosen, {key: target.dtype for key, target in chosen_targets.items()},
+                                next(iter(chosen_targets.values())).device if chosen_targets else "cpu",
+                                self.zero_copy)
+            replaced.update(views)
+            load_into({key: target for key, target in chosen_targets.items() if key not in views},
+                      {key: record for key, record in chosen.items() if key not in views})
             load_end = time.perf_counter()
             self.timings.append(ShardTiming(shard, self.downloads.landed[shard] - self.started,
                                             load_start - self.started, load_end - self.started))
+        return replaced
 
 
 def index_total_size(index_path: str) -> Optional[int]:

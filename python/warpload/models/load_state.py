@@ -26,8 +26,9 @@ class ShapeMismatchError(WarploadError, RuntimeError):
 
 # A checkpoint tensor: a record the engine reads, or a tensor given through `state_dict=`.
 Source = Union[TensorRecord, torch.Tensor]
-# Fills preallocated tensors with the checkpoint tensors records name: placement.load_into, or a ShardStream.
-Fill = Callable[[Mapping[str, torch.Tensor], Mapping[str, TensorRecord]], None]
+# Fills preallocated tensors with the checkpoint tensors records name: placement.load_into, or a ShardStream,
+# which may return tensors that stand in for some targets instead (views of shards mapped as they land).
+Fill = Callable[[Mapping[str, torch.Tensor], Mapping[str, TensorRecord]], Optional[Mapping[str, torch.Tensor]]]
 
 
 @dataclass
@@ -102,7 +103,8 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     untouched until the engine writes it, so the operating system backs it only then.
     `state_dict=` tensors already in the right dtype become the parameters themselves, as in
     transformers. Returns the tensors put into the model. `fill(targets, records)` copies the
-    records' bytes (shard_stream.py passes one that waits for each shard's download).
+    records' bytes (shard_stream.py passes one that waits for each shard's download and may return
+    mapped views that replace some targets).
     """
     meta = model.state_dict(keep_vars=True)
 
@@ -128,8 +130,10 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     if fill is load_into:
         targets.update(map_records(records, {key: wanted(key) for key in records}, device, zero_copy))
     owned = {key: empty(key) for key in records if key not in targets}
-    fill(owned, {key: records[key] for key in owned})
+    # A replaced target was never written: the operating system never backed its memory.
+    replaced = fill(owned, {key: records[key] for key in owned})
     targets.update(owned)
+    targets.update(replaced or {})
     with torch.no_grad():
         for key, source in copies.items():
             targets[key].copy_(source)
