@@ -32,8 +32,10 @@ TF_WEIGHTS_NAME = "tf_model.h5"
 OFFLINE_DOCS = "https://huggingface.co/docs/transformers/installation#offline-mode"
 # Parallel shard downloads: enough to fill a link with per-connection limits, few enough for a small VM.
 DOWNLOAD_WORKERS = 8
-# Read size when hashing a downloaded blob (hashlib releases the GIL for large updates).
-HASH_CHUNK = 8 << 20
+# Read size when hashing a downloaded blob (hashlib releases the GIL for updates this large). One reused
+# buffer that stays in the CPU cache: sha256 of a 512 MB file from the page cache ran at 1.67 GB/s with
+# 256 KiB reads into it, 1.44 GB/s with fresh 8 MiB reads (2-core VM; hashing alone: 2.0 GB/s).
+HASH_CHUNK = 256 << 10
 # Options transformers pops for the Hub and warpload ignores: `mirror` (gone from the Hub), `_commit_hash`.
 IGNORED_OPTIONS = ("mirror", "_commit_hash")
 
@@ -460,9 +462,11 @@ def _blob_matches_name(path: str) -> bool:
     digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()
     if len(name) == 40:
         digest.update(b"blob %d\0" % os.path.getsize(blob))
-    with open(blob, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(blob, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
     return digest.hexdigest() == name
 
 
