@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional, Union
 from .constants import PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
 from .errors import (EntryNotFoundError, GatedRepoError, HubError, NotCachedError, RepositoryNotFoundError,
                      RevisionNotFoundError)
+from .hub_hashes import written_hashes
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -258,12 +259,14 @@ class _Request:
 
         cached = huggingface_hub.try_to_load_from_cache(self.repo_id, self._path(name), self.options.cache_dir,
                                                         revision)
-        path = self._fetch(name, revision)
-        if (isinstance(cached, str) and not self.options.force_download) or _blob_matches_name(path):
+        with written_hashes() as written:
+            path = self._fetch(name, revision)
+        if (isinstance(cached, str) and not self.options.force_download) or _blob_matches_name(path, written):
             return path
         _evict(path)
-        path = self._fetch(name, revision, force=True)
-        if _blob_matches_name(path):
+        with written_hashes() as written:
+            path = self._fetch(name, revision, force=True)
+        if _blob_matches_name(path, written):
             return path
         _evict(path)
         raise HubError(f"{self._path(name)} of {self.repo_id} at revision {self.revision!r} arrived twice with content "
@@ -452,11 +455,14 @@ def _snapshot_root(path: str, subfolder: str) -> str:
     return folder
 
 
-def _blob_matches_name(path: str) -> bool:
+def _blob_matches_name(path: str, written: Optional[dict[str, str]] = None) -> bool:
     """Whether the cached blob behind `path` hashes to its name: sha256 (64 hex digits) or a git blob id (40).
-    Blobs named otherwise (an ETag that is no content hash) pass."""
+    Blobs named otherwise (an ETag that is no content hash) pass. A digest in `written` (hub_hashes.py: taken
+    from the bytes as they were written) stands for the file's."""
     blob = os.path.realpath(path)
     name = os.path.basename(blob)
+    if written and blob in written:
+        return written[blob] == name
     if len(name) not in (40, 64) or any(char not in "0123456789abcdef" for char in name):
         return True
     digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1()
