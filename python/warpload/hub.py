@@ -347,18 +347,19 @@ class _Request:
         files = set(listing)
         if CONFIG_NAME not in files:
             raise self._missing(CONFIG_NAME, listing)
-        # The user's revision name here, so refs/{revision} is written for later offline loads.
-        config_path = self._fetch_checked(CONFIG_NAME, self.revision)
+        chosen = self._choose_weights(files, listing, variant, use_safetensors, from_tf) if weights else None
+        # The index downloads while config.json does (a HEAD and a GET each): the shards wait for both.
+        with ThreadPoolExecutor(1) as pool:
+            index = pool.submit(contextvars.copy_context().run, self._fetch_checked, chosen, commit) \
+                if chosen is not None and chosen.endswith(".json") else None
+            # The user's revision name here, so refs/{revision} is written for later offline loads.
+            config_path = self._fetch_checked(CONFIG_NAME, self.revision)
+            index_path = index.result() if index is not None else None
         snapshot = _snapshot_root(config_path, self.subfolder)
         wanted = [GENERATION_CONFIG_NAME] if weights and GENERATION_CONFIG_NAME in files else []
-        shard_names: list[str] = []
-        if weights:
-            chosen = self._choose_weights(files, listing, variant, use_safetensors, from_tf)
-            if chosen.endswith(".json"):
-                self._fetch_checked(chosen, commit)
-                shard_names = self._shards(os.path.join(snapshot, self._path(chosen)), files, listing)
-            else:
-                wanted.append(chosen)
+        shard_names = self._shards(index_path, files, listing) if index_path is not None else []
+        if chosen is not None and index_path is None:
+            wanted.append(chosen)
         if trust_remote_code is True and "auto_map" in _read_json(config_path):
             wanted += self._code_files(listing, commit)
         # The shards start first: they are the long part, and the caller can load them as they land.
