@@ -12,11 +12,13 @@ corrupt one, or pace all through one link.
 olah 0.5 reports an unknown revision and a missing file at a known revision as a missing
 repository (401 RepoNotFound); the Hub answers 404 RevisionNotFound / EntryNotFound, so the front
 asks git which case it is and rewrites the status.
-LFS files (committed as pointers, tests/hub_lfs.py) are answered by the front the way the Hub's
-/resolve/ does, from the pointer: ETag and X-Linked-Etag = the sha256 oid, X-Linked-Size,
-X-Repo-Commit, Range support, and the body sent from .git/lfs/objects with socket.sendfile. olah
-0.5 would hash the whole body on every HEAD and send it in 4 KiB pieces from memory (25-35 MB/s
-here), too slow to measure a 1 GB/s link; it still answers listings and plain git files.
+LFS files (committed as pointers, tests/hub_lfs.py) are answered by the front from the pointer,
+with the headers huggingface_hub reads from the Hub's /resolve/ (ETag and X-Linked-Etag = the
+sha256 oid, X-Linked-Size, X-Repo-Commit; the Hub sends them on a 302 to its CDN, the front
+answers 200 itself so one log sees every request), Range support, and the body sent from
+.git/lfs/objects with socket.sendfile (2-4 GB/s to curl here). olah 0.5 hashes the whole body on
+every HEAD (0.28 s for 256 MB) and sends it in 4 KiB pieces from memory (42 MB/s), too slow to
+measure a 1 GB/s link; it still answers the listings and plain git files.
 """
 from __future__ import annotations
 
@@ -229,8 +231,9 @@ class FrontServer:
         if not (folder / ".git").is_dir():
             return None
         found = subprocess.run([*_GIT, "cat-file", "--batch-check"], cwd=folder, capture_output=True, text=True,
-                               input=f"{revision}^{{commit}}\n{revision}:{filename}\n").stdout.split("\n")
-        commit, blob = (found + ["", ""])[0].split(), (found + ["", ""])[1].split()
+                               input=f"{revision}^{{commit}}\n{revision}:{filename}\n").stdout.splitlines()
+        # One line each: "<sha> commit <size>" and "<sha> blob <size>", or "<name> missing".
+        commit, blob = [line.split() for line in (found + ["", ""])[:2]]
         if len(commit) != 3 or commit[1] != "commit" or len(blob) != 3 or blob[1] != "blob" or \
                 int(blob[2]) > POINTER_MAX_BYTES:
             return None
