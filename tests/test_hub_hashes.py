@@ -13,7 +13,9 @@ import huggingface_hub  # noqa: E402
 
 from hub_repos import MAIN_REPO  # noqa: E402
 from hub_server import hub_fixture, hub_session_fixture  # noqa: E402,F401
+from warpload import hub as hub_module  # noqa: E402
 from warpload import hub_hashes  # noqa: E402
+from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
 
 
 def _body(hub, name: str) -> bytes:
@@ -46,6 +48,21 @@ def test_corrupted_body_gives_a_digest_that_is_not_the_name(hub, tmp_path):
     assert written[blob] != os.path.basename(blob)
     with open(blob, "rb") as handle:
         assert written[blob] == hashlib.sha256(handle.read()).hexdigest()
+
+
+def test_from_pretrained_checks_lfs_blobs_without_reading_them_back(hub, tmp_path, monkeypatch):
+    opened = []
+
+    def spy(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(hub_module, "open", spy, raising=False)
+    AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    lfs_blob = hashlib.sha256(_body(hub, "model.safetensors")).hexdigest()
+    assert lfs_blob not in opened
+    # config.json and generation_config.json are git blobs (sha1 names): those are still hashed from the file.
+    assert [name for name in opened if len(name) == 40]
 
 
 def test_git_blob_download_leaves_no_digest(hub, tmp_path):

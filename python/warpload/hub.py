@@ -254,6 +254,7 @@ class _Request:
         and Xet files, the git blob id for others); a mismatch is evicted and fetched once more.
 
         huggingface_hub checks only the size, so a corrupted body of the right length would stay cached.
+        The sha256 of an LFS file is taken from the bytes as they are written (hub_hashes.py), not read back.
         """
         import huggingface_hub
 
