@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from hub_lfs import track_lfs
 from model_checkpoints import save_checkpoint, tiny_transformers_model
 
 GATED_REPO = "org/gated"
@@ -100,6 +101,8 @@ def build_repos(mirrors: Path) -> HubRepos:
     repo = mirrors / "models" / MAIN_REPO
     repo.mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "main")
+    # Weights as LFS, as on the Hub: the front serves them (sha256 ETags); the other repos stay plain git (olah).
+    track_lfs(repo)
     # v1: one safetensors file.
     built.states[(MAIN_REPO, "v1")] = _save(tiny_transformers_model("gpt2", seed=0), repo, "safetensors")
     built.commits["v1"] = _commit(repo, "v1: safetensors")
