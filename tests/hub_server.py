@@ -91,10 +91,21 @@ class Link:
             time.sleep(wait)
 
 
+def _die_mid_body(handler: http.server.BaseHTTPRequestHandler, dying: Optional[Callable[[], None]]) -> None:
+    """Ends a cut body as a dying server does: what was written goes out, `dying` runs (a test stops
+    olah there, so the server is gone before the client can retry), then the connection drops."""
+    handler.wfile.flush()
+    if dying is not None:
+        dying()
+    handler.close_connection = True
+    handler.connection.shutdown(socket.SHUT_RDWR)
+
+
 def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, path: str,
-           cut_after: Optional[int] = None, link: Optional[Link] = None, corrupt: bool = False) -> None:
+           cut_after: Optional[int] = None, link: Optional[Link] = None, corrupt: bool = False,
+           dying: Optional[Callable[[], None]] = None) -> None:
     """Sends the handler's request to host:port and streams the answer back (optionally cut after N body bytes,
-    paced by `link`, or with its first byte flipped)."""
+    then `dying` run (see _die_mid_body), paced by `link`, or with its first byte flipped)."""
     headers = {key: value for key, value in handler.headers.items() if key.lower() not in _HOP_HEADERS}
     headers["Host"] = f"{host}:{port}"
     upstream = http.client.HTTPConnection(host, port, timeout=30)
@@ -121,9 +132,7 @@ def _relay(handler: http.server.BaseHTTPRequestHandler, host: str, port: int, pa
                 chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
             if cut_after is not None and sent + len(chunk) > cut_after:
                 handler.wfile.write(chunk[: cut_after - sent])
-                handler.wfile.flush()
-                handler.close_connection = True
-                handler.connection.shutdown(socket.SHUT_RDWR)
+                _die_mid_body(handler, dying)
                 return
             for start in range(0, len(chunk), 1 << 20):
                 piece = chunk[start:start + (1 << 20)]
@@ -142,7 +151,8 @@ _RANGE = re.compile(r"bytes=([0-9]+)-([0-9]*)")
 
 
 def _send_lfs(handler: http.server.BaseHTTPRequestHandler, commit: str, lfs: LfsObject,
-              cut_after: Optional[int] = None, link: Optional[Link] = None, corrupt: bool = False) -> None:
+              cut_after: Optional[int] = None, link: Optional[Link] = None, corrupt: bool = False,
+              dying: Optional[Callable[[], None]] = None) -> None:
     """Answers a /resolve/ request for an LFS file as the Hub does, the body from disk (same options as _relay)."""
     first, last = 0, lfs.size - 1
     requested = _RANGE.fullmatch(handler.headers.get("Range", "").strip())
@@ -179,8 +189,7 @@ def _send_lfs(handler: http.server.BaseHTTPRequestHandler, commit: str, lfs: Lfs
                 link.send(size)
             sent += handler.connection.sendfile(body, first + sent, size)
     if limit < count:
-        handler.close_connection = True
-        handler.connection.shutdown(socket.SHUT_RDWR)
+        _die_mid_body(handler, dying)
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -203,8 +212,9 @@ class FrontServer:
         self.link: Optional[Link] = None
         # (path, Range header) of every file download.
         self.ranges: list[tuple[str, Optional[str]]] = []
-        # Called with the path of each weights download before it is relayed (a test stops olah there).
-        self.before_weights: Optional[Callable[[str], None]] = None
+        # Called with the path of a download the front cuts, after its partial body went out and before the
+        # connection drops (a test stops olah there: the server dies mid-file).
+        self.on_cut: Optional[Callable[[str], None]] = None
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler_class())
         self.port = self.server.server_address[1]
@@ -305,13 +315,13 @@ class FrontServer:
                         if front.corrupt_left > 0 and weights:
                             front.corrupt_left -= 1
                             corrupt = True
-                hook = front.before_weights
-                if hook is not None and filename is not None and filename.endswith("safetensors"):
-                    hook(self.path)
+                hook = front.on_cut
+                dying = (lambda: hook(self.path)) if hook is not None and cut is not None else None
                 if lfs is not None:
-                    _send_lfs(self, *lfs, cut, front.link, corrupt)
+                    _send_lfs(self, *lfs, cut, front.link, corrupt, dying)
                     return
-                _relay(self, "127.0.0.1", front.olah_port, self.path, cut, front.link if filename else None, corrupt)
+                _relay(self, "127.0.0.1", front.olah_port, self.path, cut, front.link if filename else None, corrupt,
+                       dying)
 
             do_HEAD = do_GET
 
@@ -499,7 +509,7 @@ def hub_fixture(hub_session: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     hub_session.front.corrupt_left = 0
     hub_session.front.ranges.clear()
     hub_session.front.link = None
-    hub_session.front.before_weights = None
+    hub_session.front.on_cut = None
     return hub_session
 
 

@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import sys
-import threading
 
 import pytest
 
@@ -108,25 +107,34 @@ def test_landed_shards_are_mapped_like_a_warm_cache_load(hub, tmp_path, zero_cop
     _assert_same_model(model, AutoModelForCausalLM.from_pretrained(_local(hub), zero_copy=False))
 
 
-def test_olah_killed_during_a_shard_download_then_restarted_ends_with_a_correct_model(hub, tmp_path):
+def test_olah_killed_mid_shard_then_restarted_resumes_and_ends_with_a_correct_model(hub, tmp_path):
+    cut_at = 100_000
     hub.front.link = Link(LINK_BYTES_PER_S)
-    stopped = threading.Event()
+    hub.front.cut_after, hub.front.cuts_left = cut_at, 1
+    killed: list[str] = []
 
-    def stop_olah(path: str) -> None:
-        if not stopped.is_set():
-            stopped.set()
-            hub.olah.process.kill()
-            hub.olah.process.wait()
+    def kill_olah(path: str) -> None:
+        hub.olah.process.kill()
+        hub.olah.process.wait()
+        killed.append(path)
 
-    hub.front.before_weights = stop_olah
-    # A shard's failure ends the call with the download's typed error: no model, partly filled or not.
+    # The server dies after sending 100,000 bytes of one shard: huggingface_hub's retries (Range) find no
+    # server, and the call ends with the download's typed error (no model, partly filled or not). Nothing
+    # partial stays in the cache: huggingface_hub 2 writes each download to a temporary file of its own,
+    # removed when it fails.
+    hub.front.on_cut = kill_olah
     with pytest.raises(errors.HubError):
         AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path)
-    assert stopped.is_set()
-    hub.front.before_weights = None
+    assert len(killed) == 1
+    cut_shard = killed[0].rsplit("/", 1)[-1]
+    assert not list(tmp_path.glob(f"models--*/snapshots/*/{cut_shard}"))
+    assert not [blob.name for blob in _cache_blobs(tmp_path) if blob.name.endswith(".incomplete")]
+    hub.front.on_cut = None
+    hub.front.ranges.clear()
     hub.olah.start()
     model = AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path)
     _assert_same_model(model, AutoModelForCausalLM.from_pretrained(_local(hub)))
+    assert [path for path, _ in hub.front.ranges if path.endswith(cut_shard)], "the cut shard was fetched again"
     blobs = _cache_blobs(tmp_path)
     assert not [blob.name for blob in blobs if blob.name.endswith(".incomplete")]
     # olah serves plain git: every blob is named by its git blob id, so each must hash to its name.
