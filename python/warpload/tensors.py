@@ -11,7 +11,6 @@ from .dtypes import dtype_name
 from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from .formats import detect_format
 from .formats.registry import format_for_path
-from .formats.tf_bundle import bundle_in_folder
 from .formats.safetensors import read_header
 from .gc_pause import without_gc_pauses
 from .mapped import aligned_in_file
@@ -227,6 +226,8 @@ def _weights_in_folder(folder: str) -> str:
         matches = [name for name in names if name.endswith(suffix)]
         if len(matches) == 1:
             return os.path.join(folder, matches[0])
+    from .formats.tf_bundle import bundle_in_folder
+
     bundle = bundle_in_folder(folder)  # TensorFlow: the prefix named by `checkpoint`, or the only *.index
     if bundle is not None:
         return bundle

@@ -1,5 +1,5 @@
-"""Checkpoint format readers; importing this package registers every format."""
-from .registry import FORMATS, CheckpointContents, Format, detect_format
-from . import safetensors, torchbin, torch_legacy, tf_bundle, keras_h5  # noqa: F401  (each registers itself, in this order)
+"""Checkpoint format readers: one module per format, each registering itself when imported (lazily, by
+registry.detect_format, so a load imports only the readers it needs)."""
+from .registry import CheckpointContents, Format, all_formats, detect_format
 
-__all__ = ["FORMATS", "CheckpointContents", "Format", "detect_format"]
+__all__ = ["CheckpointContents", "Format", "all_formats", "detect_format"]

@@ -1,6 +1,8 @@
 """The format registry: how each format recognises its files and reads their tensor records."""
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -29,27 +31,60 @@ class Format:
 # Enough leading bytes for every magic number in formats.md section 0.
 SNIFF_BYTES = 16
 
-FORMATS: list[Format] = []
+
+@dataclass(frozen=True)
+class _FormatModule:
+    """A format's module, imported only when a search reaches it (it registers its Format on import).
+    `path_suffix`: for formats recognised by path, the suffix their files have ('model.ckpt' is a
+    bundle when 'model.ckpt.index' is), so that other paths never import the module."""
+
+    module: str
+    name: str
+    path_suffix: Optional[str] = None
+
+
+# Sniffing order. Modules load lazily: a safetensors load imports none of the PyTorch, TensorFlow and
+# Keras readers (~15 ms of imports on the first load of a process).
+FORMAT_MODULES = (
+    _FormatModule("safetensors", "safetensors"),
+    _FormatModule("torchbin", "pytorch"),
+    _FormatModule("torch_legacy", "pytorch-legacy"),
+    _FormatModule("tf_bundle", "tf-bundle", path_suffix=".index"),
+    _FormatModule("keras_h5", "keras-h5"),
+)
+
+_REGISTERED: dict[str, Format] = {}
 
 
 def register(fmt: Format) -> None:
-    FORMATS.append(fmt)
+    """Called by each format module when it is imported."""
+    _REGISTERED[fmt.name] = fmt
+
+
+def _load(entry: _FormatModule) -> Format:
+    if entry.name not in _REGISTERED:
+        importlib.import_module(f"{__package__}.{entry.module}")
+    return _REGISTERED[entry.name]
+
+
+def all_formats() -> list[Format]:
+    """Every format, in sniffing order (importing all their modules)."""
+    return [_load(entry) for entry in FORMAT_MODULES]
 
 
 def detect_format(path: str) -> Format:
     """The format of the file at path, by content (magic numbers), not by name."""
-    import os
-
     found = format_for_path(path)
     if found is not None:
         return found
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
         size = os.fstat(handle.fileno()).st_size
-    for fmt in FORMATS:
+    for entry in FORMAT_MODULES:
+        fmt = _load(entry)
         if fmt.sniff(head, size):
             return fmt
-    names = ", ".join(f.name for f in FORMATS)
+    names = ", ".join(entry.name for entry in FORMAT_MODULES)
     raise UnsupportedFormatError(
         f"{path}: not a checkpoint format warpload reads (first bytes {head[:8].hex(' ')}); "
         f"supported: {names}",
@@ -60,4 +95,11 @@ def detect_format(path: str) -> Format:
 
 def format_for_path(path: str) -> Optional[Format]:
     """The format whose sniff_path accepts path (which need not be a file itself), else None."""
-    return next((fmt for fmt in FORMATS if fmt.sniff_path is not None and fmt.sniff_path(path)), None)
+    for entry in FORMAT_MODULES:
+        suffix = entry.path_suffix
+        if suffix is None or not (path.endswith(suffix) or os.path.exists(path + suffix)):
+            continue
+        fmt = _load(entry)
+        if fmt.sniff_path is not None and fmt.sniff_path(path):
+            return fmt
+    return None
