@@ -24,7 +24,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/warpload generate --model gpt2 --ids "464,2068,7586,21831" --max-new-tokens 8
-	$(BIN)/warpload bench
+	$(BIN)/warpload bench --repeat 3
 
 # The hub tests' HTTP proxy is tinyproxy, from Debian's packages: installed when missing and apt-get
 # can run (root, as on CI); elsewhere the proxy tests skip saying how to install it (on CI they fail).
