@@ -16,7 +16,7 @@ import importlib.util
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from .hub import CONFIG_NAME, HubOptions, _call_proxies, read_json_object, _Request
 
@@ -61,9 +61,7 @@ class TrustCheck:
     def __call__(self, config_path: str) -> None:
         """Raises ValueError (transformers' text) when config.json needs remote code that is not trusted."""
         config = read_json_object(config_path)
-        auto_map = config.get("auto_map")
-        references = [auto_map[auto] for auto in self.auto_classes
-                      if isinstance(auto_map, dict) and isinstance(auto_map.get(auto), str)]
+        references = auto_map_references(config, self.auto_classes).values()
         if not references:
             return
         upstream = next((reference.rpartition("--")[0] for reference in references if "--" in reference), None)
@@ -83,6 +81,14 @@ class TrustCheck:
                                                            model_type in CONFIG_MAPPING, True, upstream_repo=upstream)
 
 
+def auto_map_references(config: Mapping[str, Any], auto_classes: tuple[str, ...]) -> dict[str, str]:
+    """The class reference config.json's `auto_map` gives each of `auto_classes` that it names."""
+    auto_map = config.get("auto_map")
+    if not isinstance(auto_map, dict):
+        return {}
+    return {auto: auto_map[auto] for auto in auto_classes if isinstance(auto_map.get(auto), str)}
+
+
 def fetch_remote_code(name: Optional[str], location: Optional[str], options: HubOptions, *, subfolder: str = "",
                       trust_remote_code: Optional[bool] = None,
                       auto_classes: tuple[str, ...] = AUTO_CLASSES) -> RemoteCode:
@@ -91,16 +97,15 @@ def fetch_remote_code(name: Optional[str], location: Optional[str], options: Hub
 
     `name` is what the caller passed (repo id or local folder), `location` the folder it resolved
     to (for a repo id, the snapshot of the weights' commit). Fetches nothing unless
-    trust_remote_code is True: transformers then raises its own error for untrusted code. Raises
+    trust_remote_code is True (TrustCheck has refused untrusted code by then). Raises
     NotCachedError offline when a module is not cached, EntryNotFoundError / RevisionNotFoundError
     / RepositoryNotFoundError (HubError, an OSError) naming repo, revision and file.
     """
     if trust_remote_code is not True or name is None or location is None or not os.path.isdir(location):
         return RemoteCode(trust_remote_code)
     config_path = os.path.join(location, subfolder, CONFIG_NAME)
-    auto_map = read_json_object(config_path).get("auto_map") if os.path.isfile(config_path) else None
-    references = {auto: auto_map[auto] for auto in auto_classes
-                  if isinstance(auto_map, dict) and isinstance(auto_map.get(auto), str)}
+    references = auto_map_references(read_json_object(config_path), auto_classes) \
+        if os.path.isfile(config_path) else {}
     if references and importlib.util.find_spec("transformers") is None:
         raise ImportError(f"{name} has remote code ({', '.join(references.values())}), written for transformers: "
                           "install it with `pip install transformers` (version 5 or newer)")
