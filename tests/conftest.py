@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # Every safetensors dtype that torch 2.13 and safetensors.torch.save_file both handle.
 SAVEABLE_DTYPES = [

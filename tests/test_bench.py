@@ -1,4 +1,4 @@
-"""The benchmark harness runs every case it lists on a small file, in one process and in fresh ones."""
+"""The benchmark harness: every case runs on a small file, the table's ratios are the timings', fresh runs work."""
 from __future__ import annotations
 
 import pytest
@@ -14,19 +14,49 @@ def checkpoint(tmp_path_factory):
     return write_gpt2_checkpoint(str(tmp_path_factory.mktemp("tiny")), TINY)
 
 
-@pytest.mark.parametrize("fresh_process", [False, True], ids=["same-process", "fresh-process"])
-def test_every_case_runs_and_is_reported(checkpoint, fresh_process):
-    settings = bench.Settings(repeat=1, fresh_process=fresh_process, progress=lambda line: None)
+def test_every_case_runs_and_is_reported(checkpoint):
+    settings = bench.Settings(repeat=1, progress=lambda line: None)
     report = bench.run_benchmark(checkpoint, peers=["safetensors", "torch-load"], settings=settings)
 
     failed = [(t.case, t.cache, t.skipped) for t in report.timings if t.skipped]
     assert failed == []
     cases = {(t.case, t.cache) for t in report.timings}
-    for loader in ["warpload", "warpload, same weights as .bin", bench.SAFETENSORS_COPY, bench.TORCH_LOAD]:
+    for loader in ["warpload", "warpload, same weights as .bin", bench.SAFETENSORS_COPY, bench.TORCH_LOAD,
+                   bench.READ_LIMIT]:
         assert {(loader, "warm"), (loader, "cold")} <= cases
-    assert all(len(t.seconds) == 1 and t.seconds[0] > 0 for t in report.timings)
     table = bench.format_report(report, markdown=True)
     assert "| warpload, same weights as .bin | cold |" in table
+
+
+def timing(case: str, cache: str, *seconds: float) -> bench.Timing:
+    return bench.Timing(case, cache, list(seconds))
+
+
+def test_table_shows_medians_and_ratios_to_the_peers_and_the_read_limit():
+    timings = [
+        timing("warpload", "warm", 0.1, 0.3, 0.2),
+        timing(bench.SAFETENSORS_COPY, "warm", 0.4, 0.4, 0.5),
+        timing(bench.TORCH_LOAD, "warm", 0.8),
+        timing(bench.READ_LIMIT, "warm", 0.1),
+        bench.Timing("fastsafetensors", "warm", skipped="ImportError: not installed"),
+    ]
+    report = bench.Report("x.safetensors", 10**9, bench.Settings(repeat=3), timings, [], {}, {})
+    rows = {row[0]: row for row in bench.table_rows(report)}
+
+    assert rows["warpload"] == ("warpload", "warm", "0.200", "0.100", "5.00", "2.00x", "4.00x", "50%")
+    assert rows[bench.SAFETENSORS_COPY][5:] == ("1.00x", "2.00x", "25%")
+    assert rows["fastsafetensors"][2] == "skipped"
+    assert "skipped: fastsafetensors (warm): ImportError: not installed" in bench.format_report(report)
+
+
+def test_a_case_runs_in_a_fresh_process(checkpoint):
+    seconds = bench.time_in_fresh_process(bench.case_named("warpload", checkpoint), checkpoint)
+    assert 0 < seconds < 60
+
+
+def test_a_case_that_fails_in_its_process_says_why(checkpoint):
+    with pytest.raises(RuntimeError, match="no benchmark case"):
+        bench.time_in_fresh_process(bench.Case("not a case", lambda: None, None), checkpoint)
 
 
 def test_unknown_case_name_is_refused(checkpoint):

@@ -213,8 +213,6 @@ def test_tensorflow_checkpoint_is_transposed_on_the_gpu(pipeline_calls):
     from conftest import FIXTURES
 
     folder = FIXTURES / "tf" / "tf1_gpt2_ckpt"
-    if not folder.exists():
-        pytest.skip(f"TensorFlow fixtures are not in {folder.parent}")
     reference = st_load_file(os.fspath(FIXTURES / "tf" / "pt_gpt2model_from_tf1" / "model.safetensors"))
     assert_same_on_device(load_checkpoint(folder, device="cuda", from_tf=True), reference)
     assert pipeline_calls

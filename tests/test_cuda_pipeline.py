@@ -325,8 +325,6 @@ TF_FIXTURES = FIXTURES / "tf"
 @pytest.mark.parametrize(("source", "reference", "dtype"), [("tf1_gpt2_ckpt", "pt_gpt2model_from_tf1", None),
                                                             ("tf2_gpt2_checkpoint", "pt_gpt2_from_h5", torch.bfloat16)])
 def test_tensorflow_checkpoints_are_transposed_on_the_device(fake, monkeypatch, source, reference, dtype):
-    if not (TF_FIXTURES / source).exists():
-        pytest.skip(f"TensorFlow fixtures are not in {TF_FIXTURES}")
     monkeypatch.setattr(cuda, "wanted", lambda device: True)
     before = fake.stats()["memcpy_calls"]
     loaded = load_checkpoint(TF_FIXTURES / source, from_tf=True, dtype=dtype)

@@ -36,7 +36,6 @@ BUNDLES = {  # fixture folder -> prefix inside it, number of numeric tensors
     "bundle_dtypes": ("ckpt", 19),
     "bundle_many_keys": ("ckpt", 6000),
 }
-needs_fixtures = pytest.mark.skipif(not TF.is_dir(), reason=f"TF fixtures (written by TensorFlow) not found at {TF}")
 DT_CODE = {name: code for code, name in TF_DTYPE_NAMES.items()}
 
 
@@ -96,7 +95,6 @@ def test_hardware_crc32c_is_used_on_x86():
 # ---------------------------------------------------------------- fixtures written by TensorFlow
 
 
-@needs_fixtures
 def test_writer_reproduces_tensorflows_index_files_byte_for_byte():
     """Every field the reader decodes, re-encoded by tests/tf_bundle_writer.py, gives TF's exact .index bytes:
     the reader misses nothing, and the crafted bundles below are laid out as TF lays them out."""
@@ -115,7 +113,6 @@ def test_writer_reproduces_tensorflows_index_files_byte_for_byte():
     assert [e.kind for e in read_bundle_entries(sliced)] == ["slice", "slice", "sliced"]
 
 
-@needs_fixtures
 @pytest.mark.parametrize("folder", list(BUNDLES))
 def test_every_fixture_reads_with_checksums_and_key_counts(folder):
     records = read_tensor_bundle(prefix_of(folder), verify_checksums=True, skip_unsupported=True)
@@ -124,7 +121,6 @@ def test_every_fixture_reads_with_checksums_and_key_counts(folder):
     assert names == sorted(names, key=lambda n: n.encode())  # key order, as stored
 
 
-@needs_fixtures
 @pytest.mark.parametrize("spelling", ["prefix", "index", "folder"])
 def test_prefix_index_file_and_folder_name_the_same_bundle(spelling):
     prefix = prefix_of("tf1_gpt2_ckpt")
@@ -135,7 +131,6 @@ def test_prefix_index_file_and_folder_name_the_same_bundle(spelling):
     assert len(loaded) == 28 and loaded["model/wte"].shape == (1000, 64)
 
 
-@needs_fixtures
 def test_checkpoint_file_with_an_absolute_path_from_another_machine(tmp_path):
     prefix = copy_bundle(tmp_path, "tf2_gpt2_checkpoint")
     os.remove(os.path.join(os.path.dirname(prefix), "checkpoint"))
@@ -173,7 +168,6 @@ def gpt2_tf2_to_pt(name: str) -> str:
     return ".".join(renames.get(part, part) for part in path.split("/"))
 
 
-@needs_fixtures
 @pytest.mark.parametrize("folder", ["tf1_gpt2_ckpt", "tf1_gpt2_ckpt_2shards", "tf2_gpt2_checkpoint",
                                     "tf2_gpt2_keras_save_weights"])
 def test_gpt2_bundles_equal_transformers_conversion(folder):
@@ -191,7 +185,6 @@ def test_gpt2_bundles_equal_transformers_conversion(folder):
         assert loaded["save_counter/.ATTRIBUTES/VARIABLE_VALUE"].item() == 1
 
 
-@needs_fixtures
 def test_checksums_verify_while_other_threads_load():
     """Verification runs its own threads with the GIL released; engine loads in other threads go on meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
@@ -205,7 +198,6 @@ def test_checksums_verify_while_other_threads_load():
         assert all(same_bits(f.result()[name], reference[name]) for f in loads for name in reference)
 
 
-@needs_fixtures
 def test_two_shard_bundle_reads_each_tensor_from_its_shard():
     records = read_tensor_bundle(prefix_of("tf1_gpt2_ckpt_2shards"))
     shards = {os.path.basename(r.path) for r in records}
@@ -219,7 +211,6 @@ def expected_dtypes() -> dict:
     return dict(np.load(TF / "bundle_dtypes" / "expected.npz", allow_pickle=True))
 
 
-@needs_fixtures
 @pytest.mark.parametrize("zero_copy", [False, True])
 def test_every_dtype_matches_tensorflows_values(zero_copy):
     expected = expected_dtypes()
@@ -237,7 +228,6 @@ def test_every_dtype_matches_tensorflows_values(zero_copy):
         assert same_bits(tensor, want), name
 
 
-@needs_fixtures
 def test_unaligned_tensors_convert_exactly():
     """scalar_f32 sits at data offset 589 and float16 at 108: conversions read unaligned sources."""
     records = [r for r in read_tensor_bundle(TF / "bundle_dtypes" / "ckpt", skip_unsupported=True)
@@ -276,7 +266,6 @@ def test_unaligned_records_transpose_and_convert_exactly(tmp_path, target):
         assert same_bits(flipped[name], want.T.contiguous()), name
 
 
-@needs_fixtures
 def test_complex128_is_listed_and_refused_when_loaded():
     entries = {e.name: e for e in read_bundle_entries(TF / "bundle_dtypes" / "ckpt")}
     assert len(entries) == 21
@@ -286,7 +275,6 @@ def test_complex128_is_listed_and_refused_when_loaded():
         warpload.load_checkpoint(TF / "bundle_dtypes" / "ckpt")
 
 
-@needs_fixtures
 def test_string_tensors_decode():
     assert read_string_tensor(TF / "bundle_dtypes" / "ckpt", "string") == list(expected_dtypes()["string"])
     graph, = read_string_tensor(TF / "tf2_gpt2_checkpoint", "_CHECKPOINTABLE_OBJECT_GRAPH")
@@ -297,7 +285,6 @@ def test_string_tensors_decode():
         read_string_tensor(TF / "bundle_dtypes" / "ckpt", "float32")
 
 
-@needs_fixtures
 def test_sliced_variable_is_reassembled():
     loaded = warpload.load_checkpoint(TF / "bundle_dtypes" / "sliced")
     assert list(loaded) == ["part"]
@@ -355,7 +342,6 @@ def test_a_slice_without_its_stored_entry_is_an_error(tmp_path):
         read_tensor_bundle(prefix)
 
 
-@needs_fixtures
 def test_slice_keys_encode_like_tensorflow():
     """saved_tensor_slice_util.cc EncodeTensorNameSlice, checked against the fixture's real keys and
     OrderedCode's documented multi-byte signed form."""
@@ -365,7 +351,6 @@ def test_slice_keys_encode_like_tensorflow():
     assert _encode_slice_key("a", ((64, -65),))[-4:] == b"\xc0\x40\x3f\xbf"
 
 
-@needs_fixtures
 def test_many_keys_span_two_data_blocks_and_parse_fast():
     prefix = prefix_of("bundle_many_keys")
     with open(prefix + ".index", "rb") as handle:
@@ -380,7 +365,6 @@ def test_many_keys_span_two_data_blocks_and_parse_fast():
     assert len(index) > 300_000 and elapsed < 2.0  # about 30 ms here; generous for a loaded CI machine
 
 
-@needs_fixtures
 def test_detect_format_and_load_checkpoint_folder():
     assert detect_format(prefix_of("tf2_gpt2_checkpoint")).name == "tf-bundle"
     assert detect_format(prefix_of("tf2_gpt2_checkpoint") + ".index").name == "tf-bundle"
@@ -391,7 +375,6 @@ def test_detect_format_and_load_checkpoint_folder():
 # ---------------------------------------------------------------- damaged and crafted bundles
 
 
-@needs_fixtures
 def test_data_checksum_mismatch_names_tensor_and_shard(tmp_path):
     prefix = copy_bundle(tmp_path, "tf1_gpt2_ckpt")
     data_path = prefix + ".data-00000-of-00001"
@@ -446,7 +429,6 @@ INDEX_DAMAGE = {
 }
 
 
-@needs_fixtures
 @pytest.mark.parametrize("damage", list(INDEX_DAMAGE))
 def test_damaged_index_files_raise_typed_errors(tmp_path, damage):
     change, message = INDEX_DAMAGE[damage]
@@ -512,7 +494,6 @@ def test_headers_warpload_cannot_honour_are_refused(tmp_path, header, message):
         read_tensor_bundle(prefix)
 
 
-@needs_fixtures
 def test_missing_data_shard_is_not_found(tmp_path):
     prefix = copy_bundle(tmp_path, "tf1_gpt2_ckpt_2shards")
     os.remove(prefix + ".data-00001-of-00002")
