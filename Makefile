@@ -16,7 +16,7 @@ $(VENV)/.deps: $(BIN)/python
 	touch $@
 
 # Rebuilt whenever the C++ sources, the build files or the package change.
-$(VENV)/.installed: $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*) $(wildcard python/warpload/*.py)
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml CMakeLists.txt $(wildcard csrc/*) $(shell find python -name "*.py")
 	$(BIN)/pip install --quiet --no-build-isolation -e ".[test]"
 	touch $@
 
@@ -33,7 +33,9 @@ tinyproxy:
 		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null; } || \
 		echo "tinyproxy not installed: the proxy tests will skip (apt-get install tinyproxy)"
 
+# lint-imports checks the package's layers and that no module imports in a circle (pyproject's contracts).
 test: setup tinyproxy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests -q
 
 bench: setup

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from warpload import bench
-from warpload.synthetic import GPT2Shape, write_gpt2_checkpoint
+from warpload.bench import harness as bench
+from warpload.bench.synthetic import GPT2Shape, write_gpt2_checkpoint
 
 TINY = GPT2Shape(n_layer=2, n_embd=64, n_positions=32, vocab_size=100)
 

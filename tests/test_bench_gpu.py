@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import same_bits
 from warpload import load_checkpoint
-from warpload.bench import Timing
+from warpload.bench.harness import Timing
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
 

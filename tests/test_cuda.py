@@ -14,7 +14,8 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save_file
 
 from conftest import SAVEABLE_DTYPES, random_tensor, same_bits
-from warpload import constants, cuda, load_checkpoint, load_file, safe_open
+from warpload import constants, load_checkpoint, load_file, safe_open
+from warpload.engine import cuda
 from warpload.errors import CudaUnavailableError
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -179,13 +180,12 @@ def test_stress_loop_load_compare_repeat(tmp_path, monkeypatch):
 def test_from_pretrained_fills_parameters_on_the_gpu(tmp_path, device_map, monkeypatch):
     pytest.importorskip("transformers")
     from model_checkpoints import save_checkpoint, tiny_transformers_model
-
     from warpload import AutoModelForCausalLM
 
     folder = save_checkpoint(tiny_transformers_model("llama"), tmp_path / "llama", "safetensors-sharded")
     filled = []
-    original = cuda.load_into
-    monkeypatch.setattr(cuda, "load_into", lambda pairs, **kw: (filled.append(len(pairs)), original(pairs, **kw)))
+    original = cuda.fill_tensors
+    monkeypatch.setattr(cuda, "fill_tensors", lambda pairs, **kw: (filled.append(len(pairs)), original(pairs, **kw)))
     on_gpu = AutoModelForCausalLM.from_pretrained(folder, device_map=device_map)
     on_cpu = AutoModelForCausalLM.from_pretrained(folder)
     assert filled and filled[0] > 0
@@ -199,7 +199,6 @@ def test_from_pretrained_fills_parameters_on_the_gpu(tmp_path, device_map, monke
 def test_from_pretrained_converts_on_the_gpu(tmp_path):
     pytest.importorskip("transformers")
     from model_checkpoints import save_checkpoint, tiny_transformers_model
-
     from warpload import AutoModelForCausalLM
 
     folder = save_checkpoint(tiny_transformers_model("gpt2"), tmp_path / "gpt2", "safetensors", torch.float32)

@@ -1,4 +1,4 @@
-"""The GPU pipeline (csrc/cuda.cpp, warpload.cuda) against a fake CUDA runtime whose device memory is host memory.
+"""The GPU pipeline (csrc/cuda.cpp, engine/cuda.py) against a fake CUDA runtime whose device memory is host memory.
 
 tests/fake_cudart/fake_cudart.c runs every copy late, on a thread per stream, and counts copies
 whose pinned source changed before they ran (a buffer refilled too early), frees of buffers a
@@ -20,13 +20,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES, SAVEABLE_DTYPES, Terminal, assert_same_state, random_tensor, same_bits
-from warpload import constants, cuda, engine, load_checkpoint, progress, load_file as warpload_load_file, safe_open
+from warpload import constants, engine, load_checkpoint, safe_open
+from warpload import load_file as warpload_load_file
+from warpload._native import core
 from warpload.dtypes import dtype_name
+from warpload.engine import cuda, devices
 from warpload.errors import CheckpointError, CudaError, CudaUnavailableError
+from warpload.formats.checkpoint import checkpoint_records
 from warpload.formats.safetensors import read_header
+from warpload.loading import progress_line
+from warpload.loading.progress_line import LoadProgress
 from warpload.plan import plan_load
-from warpload.progress import LoadProgress
-from warpload.tensors import _checkpoint_records
 
 FAKE_SOURCE = Path(__file__).parent / "fake_cudart" / "fake_cudart.c"
 STATS = ("memcpy_calls", "bytes_copied", "host_allocs_live", "host_alloc_calls", "host_bytes_peak",
@@ -89,7 +93,7 @@ def small_ring(monkeypatch, buffer_mb: int, buffers: int) -> None:
 
 
 def load_via_fake(path, dtype=None, stats=None):
-    plan = plan_load(_checkpoint_records(os.fspath(path)), None if dtype is None else dtype_name(dtype))
+    plan = plan_load(checkpoint_records(os.fspath(path)), None if dtype is None else dtype_name(dtype))
     return cuda.materialize(plan, "cpu", stats=stats)
 
 
@@ -149,7 +153,7 @@ def test_conversions_are_staged_in_bounded_windows(fake, tmp_path, monkeypatch):
     assert fake.stats()["host_alloc_calls"] >= 6
     records = {r.name: r for r in read_header(os.fspath(path)).records}
     targets = {name: torch.empty_like(t) for name, t in expected.items()}
-    cuda.load_into([(records[name], targets[name]) for name in tensors])
+    cuda.fill_tensors([(records[name], targets[name]) for name in tensors])
     assert_bit_exact(targets, expected)
 
 
@@ -181,7 +185,7 @@ def test_tensor_far_larger_than_the_ring_is_split_and_buffers_are_recycled(fake,
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["raw", "converted-on-device"])
 def test_progress_counts_every_source_byte_sent_through_the_ring(fake, tmp_path, monkeypatch, dtype):
     small_ring(monkeypatch, buffer_mb=1, buffers=2)
-    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(progress_line, "PROGRESS_MIN_BYTES", 0)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     tensors = {"a": torch.randn(3 * MIB), "b": torch.randn(1000).half(), "c": torch.arange(7)}
     path = tmp_path / "counted.safetensors"
@@ -260,8 +264,8 @@ def test_cold_files_are_read_with_pread_and_warm_ones_from_the_mapping(fake, tmp
     cold, warm = tmp_path / "cold.safetensors", tmp_path / "warm.safetensors"
     save_file(tensors, os.fspath(cold))
     save_file({"c": torch.randn(1000)}, os.fspath(warm))
-    engine.core().evict_from_page_cache(os.fspath(cold))
-    if engine.core().File(os.fspath(cold)).resident_fraction() > 0.5:
+    core().evict_from_page_cache(os.fspath(cold))
+    if core().File(os.fspath(cold)).resident_fraction() > 0.5:
         pytest.skip(f"{tmp_path} does not drop pages on posix_fadvise(DONTNEED) (tmpfs?)")
     plan = plan_load(list(read_header(os.fspath(cold)).records) + list(read_header(os.fspath(warm)).records))
     stats = {}
@@ -295,7 +299,7 @@ def test_load_into_fills_separate_targets_without_touching_their_neighbours(fake
     targets = {name: block[offset:offset + size].view(wanted[name]).view(tensors[name].shape)
                for name, offset, size in zip(tensors, offsets, sizes)}
     stats = {}
-    cuda.load_into([(records[name], targets[name]) for name in tensors], stats=stats)
+    cuda.fill_tensors([(records[name], targets[name]) for name in tensors], stats=stats)
     for name, tensor in tensors.items():
         assert same_bits(targets[name], tensor.to(wanted[name])), name
     mask = torch.ones_like(block, dtype=torch.bool)
@@ -307,7 +311,7 @@ def test_load_into_fills_separate_targets_without_touching_their_neighbours(fake
 
 def test_public_loaders_route_to_the_pipeline_for_cuda(fake, tmp_path, monkeypatch):
     # Without a GPU torch cannot allocate on "cuda"; route a CPU device through the pipeline instead.
-    monkeypatch.setattr(cuda, "wanted", lambda device: True)
+    monkeypatch.setitem(devices.BACKENDS, "cpu", replace(devices.BACKENDS["cuda"], serves=lambda device: True))
     tensors = {"w": torch.randn(50, 3), "n": torch.arange(4)}
     path = tmp_path / "model.safetensors"
     save_file(tensors, os.fspath(path))
@@ -325,7 +329,7 @@ TF_FIXTURES = FIXTURES / "tf"
 @pytest.mark.parametrize(("source", "reference", "dtype"), [("tf1_gpt2_ckpt", "pt_gpt2model_from_tf1", None),
                                                             ("tf2_gpt2_checkpoint", "pt_gpt2_from_h5", torch.bfloat16)])
 def test_tensorflow_checkpoints_are_transposed_on_the_device(fake, monkeypatch, source, reference, dtype):
-    monkeypatch.setattr(cuda, "wanted", lambda device: True)
+    monkeypatch.setitem(devices.BACKENDS, "cpu", replace(devices.BACKENDS["cuda"], serves=lambda device: True))
     before = fake.stats()["memcpy_calls"]
     loaded = load_checkpoint(TF_FIXTURES / source, from_tf=True, dtype=dtype)
     assert fake.stats()["memcpy_calls"] > before

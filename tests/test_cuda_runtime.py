@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import random_tensor, same_bits
-from warpload import constants, cuda, engine
+from warpload import constants, engine
+from warpload.engine import cuda
 from warpload.errors import CudaUnavailableError
 from warpload.formats.safetensors import read_header
 from warpload.plan import plan_load

@@ -12,10 +12,9 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save_file
 
 import warpload
-from warpload.engine import core
-from warpload.errors import CheckpointError, EngineIOError
-
 from conftest import assert_same_state
+from warpload._native import core
+from warpload.errors import CheckpointError, EngineIOError
 
 
 @pytest.fixture

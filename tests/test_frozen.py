@@ -7,8 +7,7 @@ from typing import Optional
 
 import pytest
 
-from warpload.frozen import frozen_record
-from warpload.plan import TensorRecord
+from warpload.plan import TensorRecord, frozen_record
 
 
 @frozen_record

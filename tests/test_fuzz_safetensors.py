@@ -12,9 +12,8 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save, save_file
 
 import warpload
-from warpload.errors import CheckpointError
-
 from conftest import SAVEABLE_DTYPES, random_tensor, same_bits
+from warpload.errors import CheckpointError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

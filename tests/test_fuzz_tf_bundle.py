@@ -12,13 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import FIXTURES, same_bits
+from tf_bundle_writer import footer_handles, masked_crc
 from warpload import engine
 from warpload.errors import WarploadError
 from warpload.formats.tf_bundle import read_bundle_entries, read_string_tensor, read_tensor_bundle
 from warpload.plan import plan_load
-
-from conftest import FIXTURES, same_bits
-from tf_bundle_writer import footer_handles, masked_crc
 
 TF = FIXTURES / "tf"
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,13 +11,11 @@ import huggingface_hub  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from hub_repos import (GATED_REPO, GATED_TOKEN, MAIN_REPO, OLD_CODE_TAG, REMOTE_CODE_REPO,  # noqa: E402
-                       REMOTE_CODE_USER_REPO)
+from hub_repos import GATED_REPO, GATED_TOKEN, MAIN_REPO, OLD_CODE_TAG, REMOTE_CODE_REPO, REMOTE_CODE_USER_REPO  # noqa: E402
 from hub_server import hub_fixture, hub_session_fixture, proxy_fixture  # noqa: E402,F401
 from warpload import errors  # noqa: E402
-from warpload import hub as hub_module  # noqa: E402
-from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
-from warpload.models.config import AutoConfig  # noqa: E402
+from warpload.hub import resolve as hub_module
+from warpload.loading.auto import AutoConfig, AutoModelForCausalLM
 
 
 def assert_loaded(model, expected: dict) -> None:
@@ -451,7 +449,7 @@ def test_two_processes_loading_one_repo_leave_one_correct_cache(hub, tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys, torch; from warpload.models.auto import AutoModelForCausalLM as A; "
+    script = ("import sys, torch; from warpload.loading.auto import AutoModelForCausalLM as A; "
               "m = A.from_pretrained(sys.argv[1], revision='sharded', cache_dir=sys.argv[2]); "
               "torch.save(m.state_dict(), sys.argv[3])")
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

@@ -13,9 +13,9 @@ import huggingface_hub  # noqa: E402
 
 from hub_repos import MAIN_REPO  # noqa: E402
 from hub_server import hub_fixture, hub_session_fixture  # noqa: E402,F401
-from warpload import hub as hub_module  # noqa: E402
-from warpload import hub_hashes  # noqa: E402
-from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
+from warpload.hub import hashes as hub_hashes
+from warpload.hub import resolve as hub_module
+from warpload.loading.auto import AutoModelForCausalLM
 
 
 def _body(hub, name: str) -> bytes:

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("olah", reason="the hub tests serve repos with olah (pip install olah)")
 
-import huggingface_hub  # noqa: E402
 import httpx2  # noqa: E402
+import huggingface_hub  # noqa: E402
 
 from hub_repos import MAIN_REPO  # noqa: E402
 from hub_server import hub_fixture, hub_session_fixture  # noqa: E402,F401

@@ -16,9 +16,10 @@ import torch  # noqa: E402
 from conftest import Terminal, mapping_of, needs_proc_maps  # noqa: E402
 from hub_repos import SHARDED_REPO  # noqa: E402
 from hub_server import Link, hub_fixture, hub_session_fixture  # noqa: E402,F401
-from warpload import errors, progress  # noqa: E402
-from warpload.models.auto import AutoModelForCausalLM  # noqa: E402
-from warpload.models.load_state import ShapeMismatchError  # noqa: E402
+from warpload import errors
+from warpload.errors import ShapeMismatchError
+from warpload.loading import progress_line
+from warpload.loading.auto import AutoModelForCausalLM
 
 # 6 MB through a 6 MB/s link: each <= 1 MB shard takes <= 0.17 s, the whole download ~1 s.
 LINK_BYTES_PER_S = 6e6
@@ -144,9 +145,9 @@ def test_olah_killed_mid_shard_then_restarted_resumes_and_ends_with_a_correct_mo
 
 
 def test_streamed_load_shows_its_progress_as_shards_land(hub, tmp_path, monkeypatch):
-    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(progress, "PROGRESS_AFTER_S", 0.0)
-    monkeypatch.setattr(progress, "PROGRESS_REFRESH_S", 0.01)
+    monkeypatch.setattr(progress_line, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(progress_line, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(progress_line, "PROGRESS_REFRESH_S", 0.01)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     monkeypatch.setattr(sys, "stderr", Terminal())
     hub.front.link = Link(LINK_BYTES_PER_S)
@@ -161,8 +162,8 @@ def test_streamed_load_shows_its_progress_as_shards_land(hub, tmp_path, monkeypa
 
 def test_overlapped_load_writes_nothing_to_a_captured_stderr(hub, tmp_path, capfd, monkeypatch):
     # Thresholds off: only "stderr is not a terminal" keeps the line away.
-    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(progress, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(progress_line, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(progress_line, "PROGRESS_AFTER_S", 0.0)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     AutoModelForCausalLM.from_pretrained(SHARDED_REPO, cache_dir=tmp_path)
     assert "Loading weights" not in capfd.readouterr().err

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import FIXTURES
-from warpload import cli
+from warpload.cli import main as cli
 
 TF = FIXTURES / "tf"
 H5_REFERENCE = TF / "pt_gpt2_from_h5" / "model.safetensors"

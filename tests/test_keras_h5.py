@@ -172,7 +172,7 @@ def test_sharded_index_missing_a_shard_is_not_found(tmp_path):
 
 
 def test_importing_warpload_and_its_readers_does_not_import_h5py():
-    code = ("import sys, warpload, warpload.formats, warpload.tf_checkpoint, warpload.inspect_cli\n"
+    code = ("import sys, warpload, warpload.formats, warpload.tf.checkpoint, warpload.cli.inspect\n"
             "print('h5py' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
@@ -230,14 +230,15 @@ def test_a_dataset_past_the_end_of_the_file_is_refused(monkeypatch):
 
 def test_kernels_are_transposed_straight_into_model_parameters(tmp_path):
     # from_pretrained's path: mapped records placed into preallocated parameters by the engine.
-    from warpload.placement import load_into
-    from warpload.tf_checkpoint import read_tf_checkpoint, tf_sources
+    from warpload.engine.fill import fill_parameters
+    from warpload.engine.tf_tensors import tf_sources
+    from warpload.tf.checkpoint import read_tf_checkpoint
 
     weights = kernel_and_bias(rows=70, cols=130)
     path = write_keras_h5(tmp_path / "model.h5", weights)
     sources = tf_sources(read_tf_checkpoint(str(path)), {"dense.weight": (130, 70), "dense.bias": (130,)}, "")
     assert sources["dense.weight"].transpose
     targets = {"dense.weight": torch.empty(130, 70), "dense.bias": torch.empty(130, dtype=torch.bfloat16)}
-    load_into(targets, sources)
+    fill_parameters(targets, sources)
     assert torch.equal(targets["dense.weight"], torch.from_numpy(weights["kernel"].T.copy()))
     assert torch.equal(targets["dense.bias"], torch.from_numpy(weights["bias"]).to(torch.bfloat16))

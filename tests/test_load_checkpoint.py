@@ -11,9 +11,8 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save_file
 
 import warpload
-from warpload.errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
-
 from conftest import FIXTURES, same_bits
+from warpload.errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 
 
 def reference_state(folder) -> dict[str, torch.Tensor]:

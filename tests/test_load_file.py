@@ -7,9 +7,8 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save_file
 
 import warpload
-from warpload.errors import CheckpointNotFoundError, UnsupportedDtypeError
-
 from conftest import SAVEABLE_DTYPES, assert_same_state, random_tensor, same_bits
+from warpload.errors import CheckpointNotFoundError, UnsupportedDtypeError
 
 SHAPES = [(), (0,), (3, 0, 2), (1,), (7,), (5, 3), (2, 3, 5, 7), (1025, 33)]
 FLOATS = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2]

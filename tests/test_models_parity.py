@@ -8,8 +8,14 @@ pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
 from conftest import same_bits  # noqa: E402
-from model_checkpoints import (FORMATS, ROPE_VARIANTS, TINY_CONFIGS, left_padded_prompts,  # noqa: E402
-                               save_checkpoint, tiny_transformers_model)
+from model_checkpoints import (  # noqa: E402
+    FORMATS,
+    ROPE_VARIANTS,
+    TINY_CONFIGS,
+    left_padded_prompts,
+    save_checkpoint,
+    tiny_transformers_model,
+)
 from warpload import AutoModelForCausalLM  # noqa: E402
 from warpload.models import gpt2, llama  # noqa: E402
 

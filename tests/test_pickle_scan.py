@@ -10,10 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warpload.engine import core
-from warpload.formats import torch_pickle
-
 from test_torchbin import Storage, dumps, tensor_v2
+from warpload._native import core
+from warpload.formats import torch_pickle
 
 # The reference: what the scan must compute, written for clarity, not speed. Each opcode's effect on a
 # stack that holds, per entry, how deeply tuples nest in it.

@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import random_tensor, same_bits
 from warpload import engine
 from warpload.plan import TensorRecord, plan_load
-
-from conftest import random_tensor, same_bits
 
 
 def test_views_of_one_storage_share_it_and_match_torch(tmp_path):

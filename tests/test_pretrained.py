@@ -14,13 +14,15 @@ pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
 from conftest import FIXTURES, same_bits  # noqa: E402
-from model_checkpoints import (left_padded_prompts, save_checkpoint, tiny_transformers_model,  # noqa: E402
-                               write_raw_checkpoint)
+from model_checkpoints import left_padded_prompts, save_checkpoint, tiny_transformers_model, write_raw_checkpoint  # noqa: E402
 from warpload import AutoConfig, AutoModelForCausalLM  # noqa: E402
-from warpload.errors import CheckpointNotFoundError  # noqa: E402
-from warpload.models import gpt2, llama, transformers_backend  # noqa: E402
-from warpload.models.load_state import ShapeMismatchError  # noqa: E402
-from warpload.pretrained import ArchitectureNotSupportedError  # noqa: E402
+from warpload.errors import (
+    ArchitectureNotSupportedError,
+    CheckpointNotFoundError,  # noqa: E402
+    ShapeMismatchError,
+)
+from warpload.loading import transformers_backend
+from warpload.models import gpt2, llama
 
 PREFIX = {"gpt2": "transformer", "llama": "model"}
 BASE_CLASSES = {"gpt2": (gpt2.GPT2Model, transformers.GPT2Model), "llama": (llama.LlamaModel, transformers.LlamaModel)}

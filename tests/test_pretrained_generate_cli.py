@@ -9,7 +9,8 @@ import torch
 pytest.importorskip("transformers")
 
 from model_checkpoints import save_checkpoint, tiny_transformers_model  # noqa: E402
-from warpload import AutoModelForCausalLM, generate_cli  # noqa: E402
+from warpload import AutoModelForCausalLM
+from warpload.cli import generate as generate_cli
 
 
 def run_cli(*argv: str) -> int:
@@ -66,7 +67,7 @@ def test_path_or_synthetic_model_exactly_one(argv, capsys):
 
 
 def test_synthetic_model_is_generated_once_and_loaded(monkeypatch, tmp_path, capsys):
-    from warpload import synthetic
+    from warpload.bench import synthetic
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(synthetic, "SHAPES", {**synthetic.SHAPES, "gpt2": synthetic.GPT2Shape(

@@ -11,10 +11,12 @@ import torch
 pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
+import warpload.tensors  # noqa: E402
 from conftest import mapping_of, needs_proc_maps, same_bits  # noqa: E402
 from model_checkpoints import FORMATS, left_padded_prompts, save_checkpoint, tiny_transformers_model  # noqa: E402
-import warpload.tensors  # noqa: E402
-from warpload import AutoModelForCausalLM, engine, mapped  # noqa: E402
+from warpload import AutoModelForCausalLM
+from warpload._native import core
+from warpload.engine import mapped
 from warpload.errors import CheckpointError, ZeroCopyError  # noqa: E402
 from warpload.plan import TensorRecord  # noqa: E402
 
@@ -180,17 +182,17 @@ def test_invalid_zero_copy_values_are_refused(gpt2_checkpoints, monkeypatch):
 def test_prefault_reads_ranges_and_checks_bounds(tmp_path, use_madvise):
     path = tmp_path / "data"
     path.write_bytes(os.urandom(3 << 20))
-    file = engine.core().File(os.fspath(path))
-    populated = engine.core().prefault([file], [(0, 100, 2 << 20), (0, (2 << 20) + 5000, 1000)], 2, use_madvise)
+    file = core().File(os.fspath(path))
+    populated = core().prefault([file], [(0, 100, 2 << 20), (0, (2 << 20) + 5000, 1000)], 2, use_madvise)
     kernel = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
     assert populated is (use_madvise and kernel >= (5, 14))
     with pytest.raises(CheckpointError, match=r"cannot map 4096 bytes at offset 3141634, the file has 3145728"):
-        engine.core().prefault([file], [(0, (3 << 20) - 4096 + 2, 4096)], 0, use_madvise)
+        core().prefault([file], [(0, (3 << 20) - 4096 + 2, 4096)], 0, use_madvise)
 
 
 def test_gpu_targets_keep_the_engine_path(gpt2_checkpoints):
     path = os.fspath(gpt2_checkpoints["safetensors"] / "model.safetensors")
-    record = next(r for r in warpload.tensors._checkpoint_records(path) if r.dtype == "F32")
+    record = next(r for r in warpload.tensors.checkpoint_records(path) if r.dtype == "F32")
     gpu = torch.device("cuda", 0)
     assert mapped.map_records({"w": record}, {"w": torch.float32}, gpu, mapped.AUTO) == {}
     with pytest.raises(ZeroCopyError, match=f"tensor '{re.escape(record.name)}' .* loaded to cuda:0"):
@@ -202,12 +204,12 @@ def test_auto_copies_cold_files_and_maps_warm_ones(gpt2_checkpoints):
     folder = gpt2_checkpoints["safetensors"]
     weights = os.fspath(folder / "model.safetensors")
 
-    engine.core().evict_from_page_cache(weights)
-    if engine.core().File(weights).resident_fraction() >= mapped.constants.MAP_WARM_FRACTION:
+    core().evict_from_page_cache(weights)
+    if core().File(weights).resident_fraction() >= mapped.constants.MAP_WARM_FRACTION:
         pytest.skip("this file system keeps the file cached through POSIX_FADV_DONTNEED")
     assert backing_files(AutoModelForCausalLM.from_pretrained(folder)) == {""}
 
-    engine.core().evict_from_page_cache(weights)
+    core().evict_from_page_cache(weights)
     assert backing_files(AutoModelForCausalLM.from_pretrained(folder, zero_copy=True)) == {weights}
 
     # The load above read the whole file: warm now, so auto maps it.

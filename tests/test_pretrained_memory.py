@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from warpload import engine, placement, synthetic
+from warpload._native import core
+from warpload.bench import synthetic
+from warpload.engine import host_fill
 
 # 17 GPT-2 layers of width 1024: 1.07 GB of float32, written in ~3 s.
 SHAPE = synthetic.GPT2Shape(n_layer=17, n_embd=1024)
@@ -18,7 +20,7 @@ SHAPE = synthetic.GPT2Shape(n_layer=17, n_embd=1024)
 # afterwards is the load's own peak; the growth is measured against the resident size just before.
 PROBE = """
 import json, sys, torch, warpload
-from warpload.models import auto  # noqa: F401  (imported before the baseline is taken)
+from warpload.loading import auto  # noqa: F401  (imported before the baseline is taken)
 
 def status(field):
     with open("/proc/self/status") as handle:
@@ -70,7 +72,7 @@ def test_peak_memory_stays_near_the_model_size(gigabyte_checkpoint, zero_copy):
 @needs_clear_refs
 def test_converting_load_adds_at_most_one_read_window(gigabyte_checkpoint):
     measured = peak_growth(gigabyte_checkpoint, dtype="bfloat16")
-    window = max(placement.WINDOW_MIN_BYTES, placement.WINDOW_BYTES_PER_THREAD * engine.core().available_cores())
+    window = max(host_fill.WINDOW_MIN_BYTES, host_fill.WINDOW_BYTES_PER_THREAD * core().available_cores())
     # Measured on the 2-core VM: +577 MiB for 509 MiB of bf16 parameters; through one mapping of
     # the whole fp32 file it would be +1530 MiB.
     assert measured["growth"] <= measured["model"] + window + (32 << 20), measured

@@ -13,13 +13,15 @@ from safetensors.torch import save_file
 
 pytest.importorskip("transformers")
 
+import warpload  # noqa: E402
 from conftest import Terminal  # noqa: E402
 from model_checkpoints import FORMATS, save_checkpoint, tiny_transformers_model  # noqa: E402
-import warpload  # noqa: E402
-from warpload import engine, mapped, pretrained, progress  # noqa: E402
+from warpload._native import core
+from warpload.engine import mapped, progress
+from warpload.formats.checkpoint import checkpoint_records as read_records  # noqa: E402
+from warpload.loading import pretrained, progress_line
+from warpload.loading.progress_line import LoadProgress
 from warpload.plan import plan_load, stored_bytes  # noqa: E402
-from warpload.progress import LoadProgress  # noqa: E402
-from warpload.tensors import _checkpoint_records as read_records  # noqa: E402
 
 LINE = re.compile(r"\rLoading weights: (\d+\.\d\d)/(\d+\.\d\d) GB \((\d+)%\) in \d+\.\d s")
 
@@ -27,9 +29,9 @@ LINE = re.compile(r"\rLoading weights: (\d+\.\d\d)/(\d+\.\d\d) GB \((\d+)%\) in 
 @pytest.fixture
 def eager(monkeypatch):
     """Every load shows its line at once, refreshed every 10 ms, whatever its size."""
-    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(progress, "PROGRESS_AFTER_S", 0.0)
-    monkeypatch.setattr(progress, "PROGRESS_REFRESH_S", 0.01)
+    monkeypatch.setattr(progress_line, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(progress_line, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(progress_line, "PROGRESS_REFRESH_S", 0.01)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
 
 
@@ -54,7 +56,7 @@ def test_engine_counts_every_source_byte_of_a_plan(eager, checkpoint, dtype):
 def test_prefault_counts_the_mapped_bytes(eager, checkpoint):
     path, nbytes = checkpoint
     plan = plan_load(read_records(os.fspath(path)))
-    files = {os.fspath(path): engine.core().File(os.fspath(path))}
+    files = {os.fspath(path): core().File(os.fspath(path))}
     with LoadProgress(nbytes, Terminal()) as watched:
         mapped.prefault(plan, files)
     # The tensors' bytes, not the whole pages the prefault maps around them.

@@ -7,7 +7,6 @@ from safetensors import safe_open as st_safe_open
 from safetensors.torch import save_file
 
 import warpload
-
 from conftest import same_bits
 
 

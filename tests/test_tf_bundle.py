@@ -15,17 +15,32 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file as st_load_file
 
 import warpload
-from warpload import _core, engine
-from warpload.errors import (CheckpointNotFoundError, TensorBundleError, UnsupportedDtypeError,
-                             UnsupportedFormatError)
-from warpload.formats import detect_format
-from warpload.formats.tf_bundle import (TF_DTYPE_NAMES, _encode_slice_key, bundle_prefix, is_tensor_bundle,
-                                        read_bundle_entries, read_string_tensor, read_tensor_bundle)
-from warpload.plan import TensorRecord, plan_load
-
 from conftest import FIXTURES, same_bits
-from tf_bundle_writer import (DT, entry_proto, field, footer_handles, header_proto, masked_crc, read_varints, sstable,
-                              varint, write_bundle)
+from tf_bundle_writer import (
+    DT,
+    entry_proto,
+    field,
+    footer_handles,
+    header_proto,
+    masked_crc,
+    read_varints,
+    sstable,
+    varint,
+    write_bundle,
+)
+from warpload import _core, engine
+from warpload.errors import CheckpointNotFoundError, TensorBundleError, UnsupportedDtypeError, UnsupportedFormatError
+from warpload.formats import detect_format
+from warpload.formats.tf_bundle import (
+    TF_DTYPE_NAMES,
+    _encode_slice_key,
+    bundle_prefix,
+    is_tensor_bundle,
+    read_bundle_entries,
+    read_string_tensor,
+    read_tensor_bundle,
+)
+from warpload.plan import TensorRecord, plan_load
 
 TF = FIXTURES / "tf"
 BUNDLES = {  # fixture folder -> prefix inside it, number of numeric tensors

@@ -12,9 +12,16 @@ from safetensors.torch import load_file
 from conftest import FIXTURES, same_bits
 from warpload import load_checkpoint
 from warpload.errors import CheckpointNotFoundError, UnsupportedFormatError
-from warpload.tf_checkpoint import read_tf_checkpoint
-from warpload.tf_names import (Layout, TransposeType, convert_tf_weight_name_to_pt_weight_name, gpt2_tf1_name,
-                               object_keys_to_runtime_names, start_prefix_to_remove, tf_layout)
+from warpload.tf.checkpoint import read_tf_checkpoint
+from warpload.tf.names import (
+    Layout,
+    TransposeType,
+    convert_tf_weight_name_to_pt_weight_name,
+    gpt2_tf1_name,
+    object_keys_to_runtime_names,
+    start_prefix_to_remove,
+    tf_layout,
+)
 
 TF = FIXTURES / "tf"
 H5_REFERENCE = TF / "pt_gpt2_from_h5" / "model.safetensors"
@@ -250,9 +257,10 @@ def test_engine_records_equal_materialised_layouts(case):
     from safetensors.torch import save_file
 
     from warpload import engine
+    from warpload.engine.tf_tensors import materialise
     from warpload.formats.safetensors import read_header
     from warpload.plan import plan_load
-    from warpload.tf_checkpoint import MappedTensor, materialise, plain_record
+    from warpload.tf.checkpoint import MappedTensor, plain_record
 
     tf_shape, transpose = case
     with tempfile.TemporaryDirectory() as folder:

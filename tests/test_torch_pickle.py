@@ -15,11 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import warpload
+from test_torchbin import (
+    BIN_FIXTURES,
+    Storage,
+    assert_same_as_torch,
+    dumps,
+    tensor_v2,
+    torch_reference,
+    write_legacy_checkpoint,
+    write_zip_checkpoint,
+)
 from warpload.errors import CheckpointError, UnsafeCheckpointError, UnsupportedDtypeError
 from warpload.formats import torch_objects, torch_pickle
-
-from test_torchbin import (BIN_FIXTURES, Storage, assert_same_as_torch, dumps, tensor_v2, torch_reference,
-                           write_legacy_checkpoint, write_zip_checkpoint)
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import warpload
-from warpload import engine
-from warpload.errors import CheckpointError, HeaderError, UnsupportedDtypeError, UnsupportedFormatError
-
 from conftest import FIXTURES, SAVEABLE_DTYPES, random_tensor, same_bits
+from warpload import engine
+from warpload.engine import host
+from warpload.errors import CheckpointError, HeaderError, UnsupportedDtypeError, UnsupportedFormatError
 
 BIN_FIXTURES = FIXTURES / "tf"
 # The dtypes that have a legacy storage class (torch/storage.py), so torch's legacy writer takes them.
@@ -142,8 +142,8 @@ def test_sharded_bin_is_one_engine_call(tmp_path, monkeypatch):
     save_torch_state_dict(state, tmp_path, max_shard_size=10_000, safe_serialization=False)
     assert len(list(tmp_path.glob("pytorch_model-*.bin"))) > 2
     calls = []
-    execute = engine.execute
-    monkeypatch.setattr(engine, "execute", lambda plan, files=None: calls.append(plan) or execute(plan, files))
+    execute = host.execute
+    monkeypatch.setattr(host, "execute", lambda plan, files=None: calls.append(plan) or execute(plan, files))
     loaded = warpload.load_checkpoint(tmp_path, dtype=torch.float16)
     assert len(calls) == 1 and len(calls[0].paths) > 2
     assert set(loaded) == set(state)
@@ -177,13 +177,14 @@ def test_zero_copy_views_the_file_and_copies_only_unaligned_storages(tmp_path, m
         warpload.load_checkpoint(path, zero_copy=True, dtype=torch.float16)
 
 
-def test_folder_prefers_safetensors_then_bin_index_then_bin(tmp_path):
-    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
-    assert torch.equal(warpload.load_checkpoint(tmp_path)["w"], torch.zeros(2))
+def test_folder_prefers_safetensors_then_bin_then_bin_index(tmp_path):
+    """transformers' order (from_pretrained picks the same file: test_checkpoint_resolution.py)."""
     save_torch_state_dict({"w": torch.full((2,), 2.0), "v": torch.ones(2)}, tmp_path, max_shard_size=8,
                           safe_serialization=False)
     assert (tmp_path / "pytorch_model.bin.index.json").exists()
     assert torch.equal(warpload.load_checkpoint(tmp_path)["w"], torch.full((2,), 2.0))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    assert torch.equal(warpload.load_checkpoint(tmp_path)["w"], torch.zeros(2))
     save_file({"w": torch.ones(2)}, tmp_path / "model.safetensors")
     assert torch.equal(warpload.load_checkpoint(tmp_path)["w"], torch.ones(2))
 

@@ -13,11 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import warpload
-from warpload.errors import CheckpointError, UnsupportedDtypeError, UnsupportedFormatError
-from warpload.formats.zip_archive import ZipArchive
-from warpload.tensors import _checkpoint_records
-
 from test_torchbin import BIN_FIXTURES, Storage, assert_same_as_torch, dumps, tensor_v2, torch_reference
+from warpload.errors import CheckpointError, UnsupportedDtypeError, UnsupportedFormatError
+from warpload.formats.checkpoint import checkpoint_records
+from warpload.formats.zip_archive import ZipArchive
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -253,7 +252,7 @@ def test_corrupted_archives_raise_typed_errors_or_load_what_torch_loads(tmp_path
         # there stops torch, not warpload. Then torch reads the original with only the damage to
         # the storages warpload read put back, and warpload must give what torch gives from that.
         repaired = bytearray(original)
-        for record in _checkpoint_records(str(path)):
+        for record in checkpoint_records(str(path)):
             repaired[record.offset:record.offset + record.nbytes] = damaged[record.offset:record.offset + record.nbytes]
         (tmp_path / "repaired.bin").write_bytes(bytes(repaired))
         expected = torch.load(tmp_path / "repaired.bin", weights_only=True, mmap=True)

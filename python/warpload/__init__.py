@@ -13,8 +13,8 @@ _LAZY = {
     "safe_open": "tensors",
     "load_checkpoint": "tensors",
     "errors": None,
-    "AutoModelForCausalLM": "models.auto",
-    "AutoConfig": "models.config",
+    "AutoModelForCausalLM": "loading.auto",
+    "AutoConfig": "loading.auto",
 }
 
 __all__ = ["load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig", "errors", "__version__"]

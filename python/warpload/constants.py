@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
+CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
 SAFETENSORS_WEIGHTS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 PYTORCH_WEIGHTS_NAME = "pytorch_model.bin"
@@ -12,8 +15,6 @@ TF_H5_WEIGHTS_NAME = "tf_model.h5"
 TF_H5_INDEX_NAME = "tf_model.h5.index.json"
 TF1_CHECKPOINT_INDEX_NAME = "model.ckpt.index"
 
-# What load_checkpoint looks for in a folder, best first: transformers prefers safetensors to .bin.
-CHECKPOINT_NAMES = (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME)
 
 # safetensors/src/tensor.rs MAX_HEADER_SIZE: headers above 100 MB are refused.
 SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
@@ -64,6 +65,23 @@ CUDA_BUFFERS = 8
 CUDA_BUFFER_MB = 32
 # Streams the ring's copies alternate over: enough to keep the GPU's copy engines busy.
 CUDA_STREAMS = 4
+
+
+def add_variant(name: str, variant: Optional[str]) -> str:
+    """model.safetensors -> model.fp16.safetensors, model.safetensors.index.json -> model.safetensors.index.fp16.json"""
+    if not variant:
+        return name
+    stem, _, extension = name.rpartition(".")
+    return f"{stem}.{variant}.{extension}"
+
+
+def weight_file_names(variant: Optional[str], use_safetensors: Optional[bool]) -> list[str]:
+    """The weight file names transformers 5 tries in a folder, in order: safetensors then its index, then (unless
+    use_safetensors) .bin then its index, with `variant` inserted. load_checkpoint and from_pretrained both use it."""
+    names = [SAFETENSORS_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME] if use_safetensors is not False else []
+    if not use_safetensors:
+        names += [PYTORCH_WEIGHTS_NAME, PYTORCH_INDEX_NAME]
+    return [add_variant(name, variant) for name in names]
 
 
 def num_threads() -> int:

@@ -44,6 +44,14 @@ class ZeroCopyError(WarploadError, ValueError):
     unaligned bytes, a GPU target)."""
 
 
+class ArchitectureNotSupportedError(WarploadError, ValueError):
+    """The checkpoint's architecture has no built-in class (or uses features it lacks) and transformers cannot help."""
+
+
+class ShapeMismatchError(WarploadError, RuntimeError):
+    """Checkpoint tensors have other shapes than the model's, and ignore_mismatched_sizes is False."""
+
+
 class CheckpointNotFoundError(WarploadError, FileNotFoundError):
     """The path does not exist, or a directory holds no checkpoint warpload recognises."""
 

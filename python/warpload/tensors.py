@@ -1,19 +1,17 @@
 """The tensor API: load_file and safe_open (drop-ins for safetensors') and load_checkpoint."""
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import engine
-from .constants import CHECKPOINT_NAMES
+from ._native import core
 from .dtypes import dtype_name
-from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
-from .formats import detect_format
-from .formats.registry import format_for_path
+from .engine.gc_pause import without_gc_pauses
+from .engine.mapped import aligned_in_file
+from .errors import CheckpointNotFoundError
+from .formats.checkpoint import checkpoint_records
 from .formats.safetensors import read_header
-from .gc_pause import without_gc_pauses
-from .mapped import aligned_in_file
 from .plan import LoadPlan, TensorRecord, plan_load
 
 if TYPE_CHECKING:
@@ -49,7 +47,7 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
     plan = plan_load(header.records, _requested_dtype(dtype))
     if zero_copy:
         _check_zero_copy(plan, device)
-        return engine.zero_copy_views(plan, {path: engine.core().File(path)})
+        return engine.zero_copy_views(plan, {path: core().File(path)})
     return engine.materialize(plan, device)
 
 
@@ -82,7 +80,7 @@ class safe_open:
         self._device = device
         self._header = read_header(self._path)
         self._records = {r.name: r for r in self._header.records}
-        self._file = engine.core().File(self._path)
+        self._file = core().File(self._path)
 
     def __enter__(self) -> "safe_open":
         return self
@@ -166,13 +164,13 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
     inconsistent files (UnsafeCheckpointError for a pickle that asks to run code).
     """
     if from_tf:
-        from .tf_checkpoint import load_tf_checkpoint
+        from .engine.tf_tensors import load_tf_checkpoint
 
         if zero_copy:
             raise ValueError("zero_copy=True cannot be combined with from_tf=True: TF tensors are re-laid out "
                              "(transposed, reshaped) while they are read")
         return load_tf_checkpoint(os.fspath(path), device, dtype=_requested_dtype(dtype))
-    records = _checkpoint_records(os.fspath(path))
+    records = checkpoint_records(os.fspath(path))
     plan = plan_load(records, _requested_dtype(dtype))
     if zero_copy:
         _check_zero_copy(plan, device)
@@ -184,7 +182,7 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
 
 def _mapped_tensors(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
     """Views of the mapped files for storages aligned to their element size; copies of the others."""
-    files = {path: engine.core().File(path) for path in plan.paths}
+    files = {path: core().File(path) for path in plan.paths}
     aligned, unaligned = [], []
     for planned in plan.tensors:
         (aligned if aligned_in_file(planned.record) else unaligned).append(planned.record)
@@ -193,90 +191,3 @@ def _mapped_tensors(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
         copies = plan_load(unaligned)
         tensors.update(engine.materialize(copies, files=[files[path] for path in copies.paths]))
     return tensors
-
-
-def _checkpoint_records(path: str) -> list[TensorRecord]:
-    if os.path.isdir(path):
-        path = _weights_in_folder(path)
-    elif not os.path.exists(path) and format_for_path(path) is None:
-        raise CheckpointNotFoundError(f"{path}: no such file or directory")
-    if path.endswith(".index.json"):
-        return _sharded_records(path)
-    try:
-        fmt = detect_format(path)
-    except UnsupportedFormatError:
-        from .tf_checkpoint import is_tf_checkpoint
-
-        if is_tf_checkpoint(path):
-            raise UnsupportedFormatError(f"{path}: a TensorFlow checkpoint: pass from_tf=True to load it with "
-                                         "PyTorch names", path=path) from None
-        raise
-    return list(fmt.read(path).records)
-
-
-def _weights_in_folder(folder: str) -> str:
-    """The checkpoint in a folder: a Hugging Face name (CHECKPOINT_NAMES, best first), else the only
-    `*.index.json`, else the only `*.safetensors`."""
-    for name in CHECKPOINT_NAMES:
-        candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate):
-            return candidate
-    names = sorted(os.listdir(folder))
-    for suffix in (".index.json", ".safetensors"):
-        matches = [name for name in names if name.endswith(suffix)]
-        if len(matches) == 1:
-            return os.path.join(folder, matches[0])
-    from .formats.tf_bundle import bundle_in_folder
-
-    bundle = bundle_in_folder(folder)  # TensorFlow: the prefix named by `checkpoint`, or the only *.index
-    if bundle is not None:
-        return bundle
-    from .tf_checkpoint import tf_weights_in_folder
-
-    tf_weights = tf_weights_in_folder(folder)
-    hint = (f"; it holds TensorFlow weights ({os.path.basename(tf_weights)}): pass from_tf=True" if tf_weights
-            else "; pass the path of the weights file itself")
-    raise CheckpointNotFoundError(
-        f"{folder}: no {', '.join(CHECKPOINT_NAMES)} (found: {', '.join(names) or 'nothing'}){hint}"
-    )
-
-
-def read_weight_map(index_path: str) -> dict[str, str]:
-    """The `weight_map` of a shard index: tensor name -> shard file name. Raises HeaderError when invalid."""
-    try:
-        with open(index_path, encoding="utf-8") as handle:
-            weight_map = json.load(handle)["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise TypeError("weight_map must map tensor names to file names")
-    except (ValueError, KeyError, TypeError) as err:
-        raise HeaderError(f"{index_path}: not a valid shard index ({err!r})", path=index_path) from err
-    return weight_map
-
-
-def _sharded_records(index_path: str) -> list[TensorRecord]:
-    """Records of every shard an index names, checked against its weight_map."""
-    weight_map = read_weight_map(index_path)
-    folder = os.path.dirname(index_path)
-    records: list[TensorRecord] = []
-    owner: dict[str, str] = {}
-    for shard in sorted(set(weight_map.values())):
-        shard_path = os.path.join(folder, shard)
-        if os.path.basename(shard) != shard:
-            raise HeaderError(f"{index_path}: shard name {shard!r} must be a plain file name", path=index_path)
-        if not os.path.isfile(shard_path):
-            raise CheckpointNotFoundError(f"{index_path} names shard {shard!r}, which is missing from {folder}")
-        for record in detect_format(shard_path).read(shard_path).records:
-            if record.name in owner:
-                raise CheckpointError(
-                    f"tensor {record.name!r} is in both {owner[record.name]} and {shard_path}",
-                    path=shard_path, tensor=record.name, offset=record.offset,
-                )
-            owner[record.name] = shard_path
-            records.append(record)
-    for name, shard in weight_map.items():
-        if owner.get(name) != os.path.join(folder, shard):
-            raise CheckpointError(
-                f"{index_path} maps tensor {name!r} to {shard}, but that shard does not hold it",
-                path=os.path.join(folder, shard), tensor=name,
-            )
-    return records

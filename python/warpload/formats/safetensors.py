@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from itertools import chain
 from math import prod
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..constants import SAFETENSORS_MAX_HEADER_BYTES

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from .. import constants
+from .._native import core
 from ..dtypes import DTYPES, element_count
 from ..errors import CheckpointNotFoundError, TensorBundleError, UnsupportedDtypeError, UnsupportedFormatError
 from ..plan import TensorRecord
@@ -67,12 +68,6 @@ class BundleEntry:
     nbytes: int
     crc32c: int                 # masked crc32c of the stored bytes
     slices: tuple[tuple[tuple[int, int], ...], ...] = ()
-
-
-def _core():
-    from .. import engine
-
-    return engine.core()
 
 
 def _has_table_magic(index_path: str) -> bool:
@@ -159,7 +154,7 @@ class _Index:
 def _read_index(prefix: str) -> _Index:
     """The parsed .index: header checked (version, endianness, shard count), entries with their shard paths."""
     index_path = prefix + INDEX_SUFFIX
-    (num_shards, endianness, producer, min_consumer, bad_consumers), rows = _core().tf_bundle_index(index_path)
+    (num_shards, endianness, producer, min_consumer, bad_consumers), rows = core().tf_bundle_index(index_path)
     if min_consumer > TENSOR_BUNDLE_VERSION or TENSOR_BUNDLE_VERSION in bad_consumers:
         raise UnsupportedFormatError(
             f"{index_path}: bundle version {producer} needs a reader of version >= {min_consumer} (bad: "
@@ -353,9 +348,9 @@ def read_tensor_bundle(prefix: PathLike, *, verify_checksums: bool = False,
 def _verify_checksums(entries: list[BundleEntry]) -> None:
     paths = sorted({entry.path for entry in entries})
     file_index = {path: i for i, path in enumerate(paths)}
-    files = [_core().File(path) for path in paths]
+    files = [core().File(path) for path in paths]
     jobs = [(file_index[e.path], e.offset, e.nbytes, e.crc32c) for e in entries]
-    bad = _core().tf_bundle_first_bad_checksum(files, jobs, constants.num_threads())
+    bad = core().tf_bundle_first_bad_checksum(files, jobs, constants.num_threads())
     if bad >= 0:
         entry = entries[bad]
         raise TensorBundleError(
@@ -382,8 +377,8 @@ def read_string_tensor(prefix: PathLike, name: str) -> list[bytes]:
     if count > entry.nbytes:  # each element stores at least a one-byte length
         raise TensorBundleError(f"{entry.path}: string tensor {name!r} of shape {list(entry.shape)} cannot fit in "
                                 f"{entry.nbytes} bytes", path=entry.path, tensor=name, offset=entry.offset)
-    data = _core().File(entry.path).read(entry.offset, entry.nbytes)
-    return _core().tf_bundle_strings(data, count, entry.crc32c, entry.path,
+    data = core().File(entry.path).read(entry.offset, entry.nbytes)
+    return core().tf_bundle_strings(data, count, entry.crc32c, entry.path,
                                      name.encode("utf-8", "surrogateescape"), entry.offset)
 
 

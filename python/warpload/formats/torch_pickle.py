@@ -15,11 +15,10 @@ import pickle
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
+from .._native import core
 from ..constants import TORCH_MAX_PICKLE_BYTES, TORCH_MAX_PICKLE_NESTING
 from ..errors import CheckpointError, UnsafeCheckpointError, WarploadError
-from ..engine import core
 from .torch_objects import resolve_global
-
 
 # torch.load(weights_only=True)'s opcodes (torch/_weights_only_unpickler.py); csrc/pickle_scan.cpp refuses the rest.
 _OPCODES = frozenset(bytes([op]) for op in core().weights_only_opcodes())

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional
 
 from ..constants import ZIP_MAX_CENTRAL_DIRECTORY_BYTES
 from ..errors import CheckpointError, UnsupportedFormatError
-from ..frozen import frozen_record
+from ..plan import frozen_record
 
 # PKWARE APPNOTE.TXT 4.3.7 (local header), 4.3.12 (central directory), 4.3.14-4.3.16 (zip64 end
 # records); formats.md 2.1.
@@ -194,7 +194,7 @@ class ZipArchive:
         A pread from Python per header cost 6 ms for 6,004 storages; one call that preads them all, 1 ms.
         Nothing is checked here: data_offset checks each header it uses.
         """
-        from ..engine import core
+        from .._native import core
 
         offsets = [entry.header_offset for entry in entries if entry.header_offset <= self.size - _LOCAL.size]
         if offsets:

@@ -6,12 +6,9 @@ import json
 import os
 from typing import Any, ClassVar, Optional, Union
 
+from .._fileio import read_json_object, write_atomically
+from ..constants import CONFIG_NAME, GENERATION_CONFIG_NAME
 from ..errors import CheckpointNotFoundError
-from ..hub import read_json_object
-from ..synthetic import write_atomically
-
-CONFIG_NAME = "config.json"
-GENERATION_CONFIG_NAME = "generation_config.json"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -103,10 +100,21 @@ class PretrainedConfig:
         transformers. Raises CheckpointNotFoundError without a config.json, CheckpointError for
         invalid JSON.
         """
-        config_dict, path = read_config_dict(pretrained_model_name_or_path, subfolder, kwargs)
-        config = _build(cls, config_dict, kwargs, path)
-        unused = {key: value for key, value in kwargs.items() if not config.knows(key)}
-        return (config, unused) if return_unused_kwargs else config
+        # The one import from models/ up into loading/: the Hub lives there (see pyproject's import contracts).
+        from ..loading.entry import config_from_pretrained
+
+        return config_from_pretrained(cls, pretrained_model_name_or_path, subfolder=subfolder,
+                                      return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def from_local(cls, location: PathLike, *, subfolder: str = "",
+                   overrides: Optional[dict[str, Any]] = None) -> tuple["PretrainedConfig", dict[str, Any]]:
+        """The config of a local folder's (or file's) config.json with `overrides` applied, and the overrides
+        it does not know. Raises CheckpointNotFoundError without a config.json, CheckpointError for bad JSON."""
+        overrides = overrides if overrides is not None else {}
+        config_dict, path = read_config_dict(location, subfolder)
+        config = build_config(cls, config_dict, overrides, path)
+        return config, {key: value for key, value in overrides.items() if not config.knows(key)}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PretrainedConfig) and self.to_dict() == other.to_dict()
@@ -115,7 +123,8 @@ class PretrainedConfig:
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
-def _build(cls: type, config_dict: dict[str, Any], overrides: dict[str, Any], path: str) -> PretrainedConfig:
+def build_config(cls: type, config_dict: dict[str, Any], overrides: dict[str, Any], path: str) -> PretrainedConfig:
+    """A `cls` config from a parsed config.json at `path`, with the overrides that name its fields applied."""
     probe = cls(**config_dict)
     consumed = {key: value for key, value in overrides.items() if probe.knows(key)}
     if not consumed:
@@ -126,18 +135,9 @@ def _build(cls: type, config_dict: dict[str, Any], overrides: dict[str, Any], pa
     return config
 
 
-def read_config_dict(pretrained_model_name_or_path: PathLike, subfolder: str = "",
-                     kwargs: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], str]:
-    """The parsed config.json of a folder, the JSON file given, or a repo id, and its path.
-
-    A repo id is fetched into the Hub cache with the Hub options popped from `kwargs` (revision,
-    cache_dir, token, proxies, local_files_only, ...: see warpload.hub).
-    """
-    from ..hub import HubOptions, resolve_pretrained
-
-    options = HubOptions.pop_from(kwargs if kwargs is not None else {})
-    location = resolve_pretrained(os.fspath(pretrained_model_name_or_path), options, subfolder=subfolder,
-                                  weights=False)
+def read_config_dict(location: PathLike, subfolder: str = "") -> tuple[dict[str, Any], str]:
+    """The parsed config.json of a local folder (or the JSON file given), and its path."""
+    location = os.fspath(location)
     path = os.path.join(location, subfolder, CONFIG_NAME) if os.path.isdir(location) else location
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(
@@ -279,59 +279,24 @@ CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
 }
 
 
-class AutoConfig:
-    """Picks the config class from `model_type`, like transformers.AutoConfig.
+def config_for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
+    """A config of `model_type` with transformers' defaults and the given fields; model types without a
+    built-in class give a plain PretrainedConfig that keeps every field."""
+    return CONFIG_CLASSES.get(model_type, PretrainedConfig)(model_type=model_type, **kwargs)
 
-    Model types without a built-in class load as a plain PretrainedConfig that keeps every field;
-    from_pretrained then hands them to the transformers backend.
-    """
 
-    @staticmethod
-    def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
-        """A config of `model_type` with transformers' defaults and the given fields."""
-        return CONFIG_CLASSES.get(model_type, PretrainedConfig)(model_type=model_type, **kwargs)
-
-    @staticmethod
-    def from_pretrained(pretrained_model_name_or_path: PathLike, *, subfolder: str = "",
-                        return_unused_kwargs: bool = False, trust_remote_code: Optional[bool] = None,
-                        **kwargs: Any) -> Any:
-        """Reads config.json (see PretrainedConfig.from_pretrained).
-
-        With trust_remote_code=True and an `auto_map` naming an AutoConfig class, returns that
-        (transformers) config class's instance, its code fetched at `code_revision` like
-        transformers.AutoConfig does (warpload.remote_code; needs transformers). Raises ValueError
-        when the file has no `model_type`, CheckpointNotFoundError without a config.json.
-        """
-        from ..hub import HubOptions, resolve_pretrained
-        from ..remote_code import TrustCheck, fetch_remote_code
-
-        name = os.fspath(pretrained_model_name_or_path)
-        options = HubOptions.pop_from(kwargs)
-        trust = TrustCheck(name, trust_remote_code, ("AutoConfig",))
-        location = resolve_pretrained(name, options, subfolder=subfolder, weights=False, check_config=trust)
-        remote_code = fetch_remote_code(name, location, options, subfolder=subfolder,
-                                        trust_remote_code=trust.trust_remote_code, auto_classes=("AutoConfig",))
-        if remote_code.classes:
-            from .transformers_backend import load_config
-
-            config, unused = load_config(location, None, subfolder, kwargs, remote_code)
-            return (config, unused) if return_unused_kwargs else config
-        config, unused = AutoConfig.from_folder(location, subfolder=subfolder, shown_as=name, **kwargs)
-        return (config, unused) if return_unused_kwargs else config
-
-    @staticmethod
-    def from_folder(location: str, *, subfolder: str = "", shown_as: Optional[str] = None,
-                    **kwargs: Any) -> tuple[PretrainedConfig, dict[str, Any]]:
-        """warpload's config of a local folder's (or file's) config.json and the keywords it does not know,
-        with no Hub and no remote code: from_pretrained reads the architecture with it after deciding
-        about remote code itself. Raises as from_pretrained does (errors name `shown_as`)."""
-        config_dict, path = read_config_dict(location, subfolder, kwargs)
-        model_type = config_dict.get("model_type")
-        if not model_type:
-            raise ValueError(f"Unrecognized model in {shown_as or location}. Should have a `model_type` key in its "
-                             f"{CONFIG_NAME}.")
-        config = _build(CONFIG_CLASSES.get(model_type, PretrainedConfig), config_dict, kwargs, path)
-        return config, {key: value for key, value in kwargs.items() if not config.knows(key)}
+def config_of_folder(location: PathLike, *, subfolder: str = "", shown_as: Optional[str] = None,
+                     overrides: Optional[dict[str, Any]] = None) -> tuple[PretrainedConfig, dict[str, Any]]:
+    """The config class `model_type` picks, read from a local config.json, and the overrides it does not know.
+    Raises ValueError when the file has no `model_type` (naming `shown_as`), CheckpointNotFoundError without one."""
+    overrides = overrides if overrides is not None else {}
+    config_dict, path = read_config_dict(location, subfolder)
+    model_type = config_dict.get("model_type")
+    if not model_type:
+        raise ValueError(f"Unrecognized model in {shown_as or os.fspath(location)}. Should have a `model_type` key "
+                         f"in its {CONFIG_NAME}.")
+    config = build_config(CONFIG_CLASSES.get(model_type, PretrainedConfig), config_dict, overrides, path)
+    return config, {key: value for key, value in overrides.items() if not config.knows(key)}
 
 
 class GenerationConfig:

@@ -96,9 +96,10 @@ class PreTrainedModel(nn.Module):
     def from_pretrained(cls, pretrained_model_name_or_path: "Optional[str | os.PathLike[str]]", *model_args: Any,
                         **kwargs: Any) -> Any:
         """Loads this class from a checkpoint folder; options as warpload.AutoModelForCausalLM.from_pretrained."""
-        from ..pretrained import from_pretrained
+        # The one import from models/ up into loading/ (see pyproject's import contracts).
+        from ..loading.entry import model_from_pretrained
 
-        return from_pretrained(pretrained_model_name_or_path, *model_args, model_class=cls, **kwargs)
+        return model_from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
     def unsupported_features(cls, config: PretrainedConfig) -> list[str]:

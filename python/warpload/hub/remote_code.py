@@ -7,7 +7,7 @@ branch. config.json and the weights always come from `revision`. Each module and
 imports it needs (found as transformers finds them, recursively) are fetched through warpload's
 hub layer (the call's proxies, token, cache_dir, force_download and offline rules) into the
 shared huggingface_hub cache, so the snapshot of the code's commit holds them; transformers then
-imports the classes from that snapshot folder (models/transformers_backend.py).
+imports the classes from that snapshot folder (loading/transformers_backend.py).
 """
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import importlib.util
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Collection, Mapping, Optional
 
-from .hub import CONFIG_NAME, HubOptions, _call_proxies, read_json_object, _Request
+from .._fileio import read_json_object
+from ..constants import CONFIG_NAME
+from .resolve import HubOptions, HubRequest, call_proxies
 
 # The auto classes from_pretrained builds: the config first, then the causal LM.
 AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
@@ -52,11 +54,13 @@ class TrustCheck:
     transformers' interactive prompt included.
     """
 
-    def __init__(self, name: str, trust_remote_code: Optional[bool],
-                 auto_classes: tuple[str, ...] = AUTO_CLASSES) -> None:
+    def __init__(self, name: str, trust_remote_code: Optional[bool], auto_classes: tuple[str, ...] = AUTO_CLASSES,
+                 *, builtin_model_types: Collection[str] = ()) -> None:
         self.name = name
         self.trust_remote_code = trust_remote_code
         self.auto_classes = auto_classes
+        # Without transformers, only these model types can load without the remote code.
+        self.builtin_model_types = frozenset(builtin_model_types)
 
     def __call__(self, config_path: str) -> None:
         """Raises ValueError (transformers' text) when config.json needs remote code that is not trusted."""
@@ -67,9 +71,7 @@ class TrustCheck:
         upstream = next((reference.rpartition("--")[0] for reference in references if "--" in reference), None)
         model_type = config.get("model_type")
         if importlib.util.find_spec("transformers") is None:
-            from .models.config import CONFIG_CLASSES
-
-            if model_type not in CONFIG_CLASSES and self.trust_remote_code is not True:
+            if model_type not in self.builtin_model_types and self.trust_remote_code is not True:
                 raise ValueError(f"The repository {self.name} contains custom code which must be executed to correctly "
                                  "load the model. Please pass the argument `trust_remote_code=True` to allow custom "
                                  "code to be run.")
@@ -110,7 +112,7 @@ def fetch_remote_code(name: Optional[str], location: Optional[str], options: Hub
         raise ImportError(f"{name} has remote code ({', '.join(references.values())}), written for transformers: "
                           "install it with `pip install transformers` (version 5 or newer)")
     fetched: dict[tuple[str, str, str], str] = {}
-    with _call_proxies(options.proxies):
+    with call_proxies(options.proxies):
         classes = {auto: _locate(reference, name, location, options, fetched) for auto, reference in references.items()}
     return RemoteCode(trust_remote_code, classes)
 
@@ -130,12 +132,13 @@ def _locate(reference: str, name: str, location: str, options: HubOptions,
         shown, revision = options.code_revision or options.revision, options.code_revision or os.path.basename(location)
     else:
         shown, revision = options.code_revision, options.code_revision or "main"
-    request = _Request(repo_id, dataclasses.replace(options, revision=shown), "")
+    request = HubRequest(repo_id, dataclasses.replace(options, revision=shown), "")
     return RemoteClass(class_reference, _fetch_module(request, class_reference.split(".")[0] + ".py", revision,
                                                       fetched))
 
 
-def _fetch_module(request: _Request, module_file: str, revision: str, fetched: dict[tuple[str, str, str], str]) -> str:
+def _fetch_module(request: HubRequest, module_file: str, revision: str,
+                  fetched: dict[tuple[str, str, str], str]) -> str:
     """The snapshot folder holding `module_file` and every module it imports relatively, all at the commit
     `revision` resolves to; each file once per call (the config's module is often the model's import),
     remembered in `fetched`.
@@ -150,7 +153,7 @@ def _fetch_module(request: _Request, module_file: str, revision: str, fetched: d
     def fetch(name: str, at: str) -> str:
         key = (request.repo_id, at, name)
         if key not in fetched:
-            fetched[key] = request._fetch(name, at, offline=True) if offline else request._fetch_checked(name, at)
+            fetched[key] = request.fetch(name, at, offline=True) if offline else request.fetch_checked(name, at)
         return fetched[key]
 
     path = fetch(module_file, revision)

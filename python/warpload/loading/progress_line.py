@@ -1,12 +1,13 @@
 """The single progress line of a long load: bytes the engine has finished, rewritten in place on stderr."""
 from __future__ import annotations
 
-import contextvars
 import os
 import sys
 import threading
 import time
 from typing import Any, Optional, TextIO
+
+from ..engine.progress import counting, new_counter
 
 # A load shows the line when it has at least this many bytes to read and still runs after
 # PROGRESS_AFTER_S: short loads (most loads from the page cache) stay silent, like transformers'
@@ -15,18 +16,6 @@ PROGRESS_MIN_BYTES = 256 << 20
 PROGRESS_AFTER_S = 1.0
 # How often the line is rewritten: often enough to look live, rare enough to cost nothing.
 PROGRESS_REFRESH_S = 0.2
-
-# The counter of the load running in this context. A context variable rather than a parameter: it
-# reaches every engine call of one from_pretrained (windows, mapped prefaults, the CUDA ring,
-# shards loaded as they land) without passing through the model builders, and loads running in
-# other threads keep their own (hub.py routes per-call proxies the same way).
-_counter: contextvars.ContextVar[Optional[Any]] = contextvars.ContextVar("warpload_progress_counter", default=None)
-
-
-def current_counter() -> Optional[Any]:
-    """The engine's Progress counter of the load watched in this context, or None: pass it to execute,
-    cuda_execute and prefault."""
-    return _counter.get()
 
 
 def progress_enabled(stream: TextIO) -> bool:
@@ -54,25 +43,22 @@ class LoadProgress:
         watched = progress_enabled(self.stream) and (total_bytes is None or total_bytes >= PROGRESS_MIN_BYTES)
         self.counter: Optional[Any] = None
         if watched:
-            from . import engine
-
-            self.counter = engine.core().Progress()
+            self.counter = new_counter()
         self.shown = False
         self._started = time.perf_counter()
         self._done = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._token: Optional[contextvars.Token] = None
+        self._counting = counting(self.counter)
 
     def __enter__(self) -> "LoadProgress":
-        self._token = _counter.set(self.counter)
+        self._counting.__enter__()
         if self.counter is not None:
             self._thread = threading.Thread(target=self._watch, name="warpload-progress", daemon=True)
             self._thread.start()
         return self
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
-        if self._token is not None:
-            _counter.reset(self._token)
+        self._counting.__exit__(None, None, None)
         self._done.set()
         if self._thread is not None:
             self._thread.join()

@@ -13,22 +13,22 @@ import json
 import os
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
-from . import engine, tf_names
-from .constants import (SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, TF1_CHECKPOINT_INDEX_NAME, TF_H5_INDEX_NAME,
-                        TF_H5_WEIGHTS_NAME)
-from .dtypes import dtype_name, torch_dtype
-from .errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
-from .formats import keras_h5, tf_bundle
-from .formats.keras_h5 import H5Dataset
-from .models.config import CONFIG_NAME
-from .plan import TensorRecord, plan_load, target_dtype
-
-if TYPE_CHECKING:
-    import torch
-
-    from .models.load_state import Source
+from ..constants import (
+    CONFIG_NAME,
+    SAFETENSORS_INDEX_NAME,
+    SAFETENSORS_WEIGHTS_NAME,
+    TF1_CHECKPOINT_INDEX_NAME,
+    TF_H5_INDEX_NAME,
+    TF_H5_WEIGHTS_NAME,
+)
+from ..errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
+from ..formats import keras_h5, tf_bundle
+from ..formats.checkpoint import checkpoint_records, is_tf_safetensors, tf_weights_in_folder
+from ..formats.keras_h5 import H5Dataset
+from ..plan import TensorRecord
+from . import names as tf_names
 
 # Naming schemes of the stored names (see tf_names).
 KERAS = "keras"                  # full Keras runtime names: tf_model.h5
@@ -156,45 +156,6 @@ def openai_gpt2_config(folder: str) -> Optional[dict[str, int]]:
 
 # --- finding and reading --------------------------------------------------------------------------------------
 
-def tf_weights_in_folder(folder: str) -> Optional[str]:
-    """The TF checkpoint in a folder, in transformers 4's from_tf order (model.ckpt.index, then tf_model.h5),
-    then warpload's additions: the sharded h5 index and the bundle a TF `checkpoint` file names. None if none."""
-    for name in (TF1_CHECKPOINT_INDEX_NAME, TF_H5_WEIGHTS_NAME, TF_H5_INDEX_NAME):
-        candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate):
-            return candidate
-    prefix = tf_bundle.bundle_in_folder(folder)
-    return None if prefix is None else prefix + tf_bundle.INDEX_SUFFIX
-
-
-def is_tf_safetensors(path: str) -> bool:
-    """Whether a safetensors file, or the first shard of a safetensors index, says `format: tf` (formats.md 1.6)."""
-    from .formats.safetensors import read_header
-
-    if path.endswith(".json"):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError, TypeError):
-            return False
-        if not shards:
-            return False
-        path = os.path.join(os.path.dirname(path), shards[0])
-    try:
-        return (read_header(path).metadata or {}).get("format") == "tf"
-    except (OSError, HeaderError):
-        return False
-
-
-def is_tf_checkpoint(path: str) -> bool:
-    """Whether a file is a TF-only checkpoint warpload maps: Keras h5 (or its index) or a bundle index."""
-    if path.endswith(".index.json"):
-        return os.path.basename(path).startswith(TF_H5_WEIGHTS_NAME)
-    if tf_bundle.is_tensor_bundle(path):
-        return True
-    return os.path.isfile(path) and keras_h5.is_hdf5(path)
-
-
 def read_tf_checkpoint(path: str) -> TFCheckpoint:
     """The stored tensors of the TF checkpoint at path: a folder, a file, a shard index, or a bundle prefix.
 
@@ -233,13 +194,11 @@ def read_tf_checkpoint(path: str) -> TFCheckpoint:
 
 
 def _read_tf_safetensors(path: str) -> TFCheckpoint:
-    from .tensors import _checkpoint_records
-
     if not is_tf_safetensors(path):
         raise UnsupportedFormatError(
             f"{path}: not a TensorFlow checkpoint (a safetensors file must say __metadata__ format 'tf'); load it "
             "without from_tf=True", path=path)
-    return TFCheckpoint(path, KERAS_STRIPPED, tuple(_checkpoint_records(path)))
+    return TFCheckpoint(path, KERAS_STRIPPED, tuple(checkpoint_records(path)))
 
 
 def _read_h5_shards(index_path: str) -> TFCheckpoint:
@@ -298,44 +257,3 @@ def _moves_only_unit_axes(shape: tuple[int, ...], permutation: tuple[int, ...]) 
     """Whether permuting changes no byte: the axes longer than 1 keep their order."""
     kept = [axis for axis in permutation if shape[axis] != 1]
     return kept == sorted(kept)
-
-
-def materialise(mapped: MappedTensor) -> "torch.Tensor":
-    """A tensor that is not a plain record: read (engine or h5py), permuted and reshaped, owning its memory."""
-    import torch
-
-    stored, layout = mapped.stored, mapped.layout
-    if isinstance(stored, H5Dataset):
-        tensor = torch.from_numpy(keras_h5.read_dataset(stored))
-    else:
-        tensor = engine.materialize(plan_load([stored]))[stored.name]
-    if layout.permutation is not None:
-        tensor = tensor.permute(layout.permutation)
-    return tensor.contiguous().reshape(layout.shape)
-
-
-def tf_sources(checkpoint: TFCheckpoint, target_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
-               base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> dict[str, "Source"]:
-    """{PyTorch name: engine record, or tensor when the layout needs materialising}, for from_pretrained."""
-    sources: dict[str, "Source"] = {}
-    for mapped in checkpoint.mapped(target_shapes, base_model_prefix):
-        record = plain_record(mapped)
-        sources[mapped.name] = record if record is not None else materialise(mapped)
-    return sources
-
-
-def load_tf_checkpoint(path: str, device: Any = "cpu", *, dtype: Optional[str] = None) -> dict[str, "torch.Tensor"]:
-    """load_checkpoint(from_tf=True): a TF checkpoint as a PyTorch-named state dict (GPT-2-style defaults,
-    tf_names.default_shape), plain records read in one parallel engine call."""
-    mapped = read_tf_checkpoint(path).mapped()
-    records = [record for record in map(plain_record, mapped) if record is not None]
-    tensors = engine.materialize(plan_load(records, dtype), device)
-    result = {}
-    for item in mapped:
-        if item.name not in tensors:
-            tensor = materialise(item)
-            if dtype is not None:
-                tensor = tensor.to(torch_dtype(target_dtype(dtype_name(tensor.dtype), dtype)))
-            tensors[item.name] = tensor.to(device)
-        result[item.name] = tensors[item.name]
-    return result

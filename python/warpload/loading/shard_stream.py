@@ -7,17 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional
 
-from .mapped import AUTO, map_records
-from .placement import load_into
-from .plan import TensorRecord
-from .tensors import _checkpoint_records as read_records
-from .tensors import read_weight_map
-from .tf_checkpoint import is_tf_safetensors
+from ..engine.fill import fill_parameters
+from ..engine.mapped import AUTO, map_records
+from ..formats.checkpoint import checkpoint_records, is_tf_safetensors, read_weight_map
+from ..plan import TensorRecord
 
 if TYPE_CHECKING:
     import torch
 
-    from .hub import ShardDownloads
+    from ..hub.resolve import ShardDownloads
 
 class NeedsWholeCheckpoint(Exception):
     """The stream met what only the whole checkpoint's headers decide (a shape that differs from the model's,
@@ -81,7 +79,7 @@ class ShardStream:
             shard = os.path.basename(path)
             if shard == first_shard and is_tf_safetensors(path):
                 raise NeedsWholeCheckpoint(f"{path} holds TensorFlow-format safetensors")
-            found = read_records(path)
+            found = checkpoint_records(path)
             if {record.name for record in found} != {n for n, s in self.weight_map.items() if s == shard}:
                 raise NeedsWholeCheckpoint(f"{path} holds other tensors than {self.index_path} maps to it")
             chosen_targets, chosen = {}, {}
@@ -96,7 +94,7 @@ class ShardStream:
                                 next(iter(chosen_targets.values())).device if chosen_targets else "cpu",
                                 self.zero_copy)
             replaced.update(views)
-            load_into({key: target for key, target in chosen_targets.items() if key not in views},
+            fill_parameters({key: target for key, target in chosen_targets.items() if key not in views},
                       {key: record for key, record in chosen.items() if key not in views})
             load_end = time.perf_counter()
             self.timings.append(ShardTiming(shard, self.downloads.landed[shard] - self.started,

@@ -6,20 +6,15 @@ import threading
 from array import array
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from . import constants, system
-from .dtypes import DTYPES, copy_code, torch_dtype
-from .plan import LoadPlan
+from .. import constants
+from .._native import core
+from ..dtypes import DTYPES, copy_code, torch_dtype
+from ..plan import LoadPlan
+from . import machine as system
 from .progress import current_counter
 
 if TYPE_CHECKING:
     import torch
-
-
-def core():
-    """The compiled extension, imported on first use so `import warpload` stays cheap."""
-    from . import _core
-
-    return _core
 
 
 def open_files(paths: Sequence[str]) -> list:
@@ -169,12 +164,8 @@ def execute_while_importing_torch(plan: LoadPlan, files: Optional[Sequence[Any]]
 
 def materialize(plan: LoadPlan, device: Any = "cpu",
                 files: Optional[Sequence[Any]] = None) -> dict[str, "torch.Tensor"]:
-    """Loads every tensor of the plan into memory it owns (one buffer), then onto device; a CUDA
-    device, when torch has CUDA, is filled straight from the files through pinned memory (cuda.py)."""
-    from . import cuda
-
-    if cuda.wanted(device):
-        return cuda.materialize(plan, device, files)
+    """Loads every tensor of the plan into memory it owns (one host buffer), then moves them to `device`
+    (the host backend; devices.materialize picks the backend for a device)."""
     buffer = execute_while_importing_torch(plan, files)
     import torch
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import json
 import os
 import threading
 import time
@@ -24,14 +23,27 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
-from .constants import PYTORCH_INDEX_NAME, PYTORCH_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
-from .errors import (CheckpointError, EntryNotFoundError, GatedRepoError, HubError, NotCachedError,
-                     RepositoryNotFoundError, RevisionNotFoundError)
-from .hub_hashes import written_hashes
+from .._fileio import read_json_object
+from ..constants import (
+    CONFIG_NAME,
+    GENERATION_CONFIG_NAME,
+    PYTORCH_WEIGHTS_NAME,
+    SAFETENSORS_INDEX_NAME,
+    SAFETENSORS_WEIGHTS_NAME,
+    TF_H5_WEIGHTS_NAME,
+    add_variant,
+    weight_file_names,
+)
+from ..errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HubError,
+    NotCachedError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from .hashes import written_hashes
 
-CONFIG_NAME = "config.json"
-GENERATION_CONFIG_NAME = "generation_config.json"
-TF_WEIGHTS_NAME = "tf_model.h5"
 OFFLINE_DOCS = "https://huggingface.co/docs/transformers/installation#offline-mode"
 # Parallel shard downloads: enough to fill a link with per-connection limits, few enough for a small VM.
 DOWNLOAD_WORKERS = 8
@@ -97,22 +109,6 @@ class HubOptions:
         return self.local_files_only or constants.is_offline_mode() or flag.upper() in ("1", "ON", "YES", "TRUE")
 
 
-def add_variant(name: str, variant: Optional[str]) -> str:
-    """model.safetensors -> model.fp16.safetensors, model.safetensors.index.json -> model.safetensors.index.fp16.json"""
-    if not variant:
-        return name
-    stem, _, extension = name.rpartition(".")
-    return f"{stem}.{variant}.{extension}"
-
-
-def weight_candidates(variant: Optional[str], use_safetensors: Optional[bool]) -> list[str]:
-    """The weight file names transformers tries, in order: safetensors and its index, then .bin and its index."""
-    names = [SAFETENSORS_WEIGHTS_NAME, SAFETENSORS_INDEX_NAME] if use_safetensors is not False else []
-    if not use_safetensors:
-        names += [PYTORCH_WEIGHTS_NAME, PYTORCH_INDEX_NAME]
-    return [add_variant(name, variant) for name in names]
-
-
 def resolve_pretrained(location: str, options: HubOptions, *, subfolder: str = "", variant: Optional[str] = None,
                        use_safetensors: Optional[bool] = None, from_tf: bool = False, weights: bool = True,
                        check_config: Optional[Callable[[str], None]] = None) -> str:
@@ -151,9 +147,9 @@ def start_pretrained(location: str, options: HubOptions, *, subfolder: str = "",
             check_config(local_config)
         return location, None
     _check_repo_id(location)
-    request = _Request(location, options, subfolder)
+    request = HubRequest(location, options, subfolder)
     with contextlib.ExitStack() as routing:
-        routing.enter_context(_call_proxies(options.proxies))
+        routing.enter_context(call_proxies(options.proxies))
         if options.offline:
             return request.from_cache(variant, use_safetensors, from_tf, weights, check_config), None
         snapshot, shards = request.download(variant, use_safetensors, from_tf, weights, check_config)
@@ -169,7 +165,7 @@ class ShardDownloads:
     cache, so callers can show that loading overlapped the download.
     """
 
-    def __init__(self, request: "_Request", names: list[str], commit: str, folder: str) -> None:
+    def __init__(self, request: "HubRequest", names: list[str], commit: str, folder: str) -> None:
         self.folder = folder
         self.names = names
         self.landed: dict[str, float] = {}
@@ -178,8 +174,8 @@ class ShardDownloads:
         self._futures = [self._pool.submit(contextvars.copy_context().run, self._fetch, request, name, commit)
                          for name in names]
 
-    def _fetch(self, request: "_Request", name: str, commit: str) -> str:
-        path = request._fetch_checked(name, commit)
+    def _fetch(self, request: "HubRequest", name: str, commit: str) -> str:
+        path = request.fetch_checked(name, commit)
         self.landed[name] = time.perf_counter()
         return path
 
@@ -227,7 +223,7 @@ def _check_repo_id(location: str) -> None:
             "holds config.json, or a repo id like 'org/name'", repo_id=location) from err
 
 
-class _Request:
+class HubRequest:
     """One resolution: repo, options, and the snapshot it fills."""
 
     def __init__(self, repo_id: str, options: HubOptions, subfolder: str) -> None:
@@ -239,7 +235,7 @@ class _Request:
     def _path(self, name: str) -> str:
         return f"{self.subfolder}/{name}" if self.subfolder else name
 
-    def _fetch(self, name: str, revision: str, *, offline: bool = False, force: bool = False) -> str:
+    def fetch(self, name: str, revision: str, *, offline: bool = False, force: bool = False) -> str:
         """hf_hub_download of `name` (relative to the subfolder) into the shared cache; its snapshot path."""
         import huggingface_hub
 
@@ -255,7 +251,7 @@ class _Request:
         except Exception as err:
             raise self._translate(err, name) from err
 
-    def _fetch_checked(self, name: str, revision: str) -> str:
+    def fetch_checked(self, name: str, revision: str) -> str:
         """_fetch, then the content hash of a new blob checked against its name (the ETag: sha256 for LFS
         and Xet files, the git blob id for others); a mismatch is evicted and fetched once more.
 
@@ -267,12 +263,12 @@ class _Request:
         cached = huggingface_hub.try_to_load_from_cache(self.repo_id, self._path(name), self.options.cache_dir,
                                                         revision)
         with written_hashes() as written:
-            path = self._fetch(name, revision)
+            path = self.fetch(name, revision)
         if (isinstance(cached, str) and not self.options.force_download) or _blob_matches_name(path, written):
             return path
         _evict(path)
         with written_hashes() as written:
-            path = self._fetch(name, revision, force=True)
+            path = self.fetch(name, revision, force=True)
         if _blob_matches_name(path, written):
             return path
         _evict(path)
@@ -357,10 +353,10 @@ class _Request:
         chosen = self._choose_weights(files, listing, variant, use_safetensors, from_tf) if weights else None
         # The index downloads while config.json does (a HEAD and a GET each): the shards wait for both.
         with ThreadPoolExecutor(1) as pool:
-            index = pool.submit(contextvars.copy_context().run, self._fetch_checked, chosen, commit) \
+            index = pool.submit(contextvars.copy_context().run, self.fetch_checked, chosen, commit) \
                 if chosen is not None and chosen.endswith(".json") else None
             # The user's revision name here, so refs/{revision} is written for later offline loads.
-            config_path = self._fetch_checked(CONFIG_NAME, self.revision)
+            config_path = self.fetch_checked(CONFIG_NAME, self.revision)
             index_path = index.result() if index is not None else None
         if check_config is not None:
             check_config(config_path)
@@ -382,7 +378,7 @@ class _Request:
 
     def _choose_weights(self, files: set[str], listing: list[str], variant: Optional[str],
                         use_safetensors: Optional[bool], from_tf: bool) -> str:
-        candidates = [TF_WEIGHTS_NAME] if from_tf else weight_candidates(variant, use_safetensors)
+        candidates = [TF_H5_WEIGHTS_NAME] if from_tf else weight_file_names(variant, use_safetensors)
         for name in candidates:
             if name in files:
                 return name
@@ -395,12 +391,12 @@ class _Request:
                 f"{self.repo_id} does not appear to have a file named {st_name} or {st_index} and thus cannot be "
                 f"loaded with `safetensors`. Please do not set `use_safetensors=True`.{has}", filename=st_name,
                 **where)
-        if variant and any(name in files for name in weight_candidates(None, use_safetensors)):
+        if variant and any(name in files for name in weight_file_names(None, use_safetensors)):
             raise EntryNotFoundError(
                 f"{self.repo_id} does not appear to have a file named {bin_name} but there is a file without the "
                 f"variant {variant}. Use `variant=None` to load this model from those weights.{has}",
                 filename=bin_name, **where)
-        named = TF_WEIGHTS_NAME if from_tf else f"{bin_name} or {st_name}"
+        named = TF_H5_WEIGHTS_NAME if from_tf else f"{bin_name} or {st_name}"
         raise EntryNotFoundError(f"{self.repo_id} does not appear to have a file named {named}.{has}",
                                  filename=bin_name, **where)
 
@@ -415,10 +411,10 @@ class _Request:
         """Downloads in parallel; each worker runs in this call's context (its proxies)."""
         if len(names) <= 1:
             for name in names:
-                self._fetch_checked(name, commit)
+                self.fetch_checked(name, commit)
             return
         with ThreadPoolExecutor(min(DOWNLOAD_WORKERS, len(names))) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, self._fetch_checked, name, commit)
+            futures = [pool.submit(contextvars.copy_context().run, self.fetch_checked, name, commit)
                        for name in names]
             for future in futures:
                 future.result()
@@ -426,14 +422,14 @@ class _Request:
     def from_cache(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool, weights: bool,
                    check_config: Optional[Callable[[str], None]] = None) -> str:
         """The cached snapshot, with no request: refs/{revision} (or the commit given) names it."""
-        config_path = self._fetch(CONFIG_NAME, self.revision, offline=True)
+        config_path = self.fetch(CONFIG_NAME, self.revision, offline=True)
         if check_config is not None:
             check_config(config_path)
         snapshot = _snapshot_root(config_path, self.subfolder)
         if not weights:
             return snapshot
         folder = os.path.join(snapshot, self.subfolder)
-        candidates = [TF_WEIGHTS_NAME] if from_tf else weight_candidates(variant, use_safetensors)
+        candidates = [TF_H5_WEIGHTS_NAME] if from_tf else weight_file_names(variant, use_safetensors)
         chosen = next((name for name in candidates if os.path.isfile(os.path.join(folder, name))), None)
         if chosen is None:
             raise self._not_cached(candidates[0])
@@ -481,18 +477,6 @@ def _evict(path: str) -> None:
             os.remove(entry)
 
 
-def read_json_object(path: str) -> dict[str, Any]:
-    """The JSON object in a file (config.json, an index). Raises CheckpointError for anything else."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            table = json.load(handle)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); fix or re-save it", path=path) from err
-    if not isinstance(table, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(table).__name__}, expected an object", path=path)
-    return table
-
-
 # The proxies of the from_pretrained call running in this context (threads it starts copy the context).
 _CALL_PROXIES: contextvars.ContextVar[Optional["_ProxyRoutes"]] = contextvars.ContextVar("warpload_proxies",
                                                                                       default=None)
@@ -526,7 +510,7 @@ class _ProxyRoutes:
 
 
 @contextlib.contextmanager
-def _call_proxies(proxies: Optional[dict[str, str]]) -> Iterator[None]:
+def call_proxies(proxies: Optional[dict[str, str]]) -> Iterator[None]:
     """Routes this call's requests (and its download threads') through `proxies`, nobody else's.
 
     huggingface_hub 1.x+ has no `proxies` parameter and shares one httpx client; its transport

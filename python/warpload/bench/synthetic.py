@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from .._fileio import write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +27,7 @@ GPT2_MEDIUM = GPT2Shape(n_layer=24, n_embd=1024)
 # 6,004 small tensors in 0.11 GB: per-tensor costs (header parsing, unpickling) dominate, not bytes.
 MANY_SMALL = GPT2Shape(n_layer=500, n_embd=64, n_positions=128, vocab_size=1000)
 SHAPES = {"gpt2": GPT2_SMALL, "gpt2-medium": GPT2_MEDIUM, "many-small": MANY_SMALL}
+SIZES = {"gpt2": "0.5 GB", "gpt2-medium": "1.4 GB", "many-small": "0.1 GB in 6,004 tensors"}
 
 
 def gpt2_tensor_shapes(shape: GPT2Shape) -> dict[str, tuple[int, ...]]:
@@ -82,22 +85,6 @@ def _write_text(path: str, text: str) -> None:
         handle.write(text)
 
 
-def write_atomically(path: str, write: "Callable[[str], object]") -> None:
-    """Calls write(temporary path) next to path, then renames: a killed process leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "warpload")
@@ -114,3 +101,11 @@ def default_checkpoint(name: str = "gpt2") -> str:
     if not os.path.isfile(weights):
         write_gpt2_checkpoint(os.path.dirname(weights), SHAPES[name])
     return weights
+
+
+def announced_checkpoint(name: str) -> str:
+    """default_checkpoint(name), saying so on stderr when it must be generated first (the CLI's demo models)."""
+    if not os.path.isfile(checkpoint_path(name)):
+        print(f"generating the synthetic {name} checkpoint ({SIZES[name]}, random weights) under {cache_dir()}; "
+              "this happens once", file=sys.stderr)
+    return default_checkpoint(name)

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from .dtypes import element_count
+from ..dtypes import element_count
 
 
 class TransposeType(enum.Enum):

@@ -6,9 +6,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-# Sizes shown when a synthetic checkpoint is generated, so the first run explains its wait.
-SYNTHETIC_SIZES = {"gpt2": "0.5 GB", "gpt2-medium": "1.4 GB", "many-small": "0.1 GB in 6,004 tensors"}
-
+from ..bench import synthetic
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the subcommand named in argv (sys.argv[1:] by default); returns the exit status."""
@@ -21,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="warpload", description="Load Hugging Face checkpoints as fast as the hardware allows.")
     subcommands = parser.add_subparsers(metavar="COMMAND", required=True)
     add_bench_parser(subcommands)
-    from . import generate_cli, inspect_cli
+    from . import generate as generate_cli
+    from . import inspect as inspect_cli
 
     generate_cli.add_parser(subcommands)
     inspect_cli.add_parser(subcommands)
@@ -49,7 +48,7 @@ def positive_int(text: str) -> int:
 
 
 def add_bench_parser(subcommands: argparse._SubParsersAction) -> None:
-    from .bench import CACHE_STATES, PEERS
+    from ..bench.harness import CACHE_STATES, PEERS
 
     parser = subcommands.add_parser(
         "bench", help="time warpload against safetensors and other loaders on one file",
@@ -57,7 +56,7 @@ def add_bench_parser(subcommands: argparse._SubParsersAction) -> None:
                     "next to the machine's measured read and memcpy limits, and prints a table.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("path", nargs="?", help="a .safetensors file (default: a synthetic checkpoint, see --model)")
-    source.add_argument("--model", choices=sorted(SYNTHETIC_SIZES), default="gpt2",
+    source.add_argument("--model", choices=sorted(synthetic.SIZES), default="gpt2",
                         help="synthetic checkpoint to generate (once, under ~/.cache/warpload) and load; default gpt2")
     parser.add_argument("--repeat", type=positive_int, default=5, help="repetitions per case; the median is shown")
     parser.add_argument("--cache", type=comma_list(CACHE_STATES), default=list(CACHE_STATES),
@@ -81,9 +80,9 @@ def add_bench_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from . import bench as harness
+    from ..bench import harness
 
-    path = args.path or synthetic_checkpoint(args.model)
+    path = args.path or synthetic.announced_checkpoint(args.model)
     if not os.path.isfile(path):
         print(f"warpload bench: {path}: no such file", file=sys.stderr)
         return 2
@@ -91,16 +90,6 @@ def bench(args: argparse.Namespace) -> int:
     report = harness.run_benchmark(path, caches=args.cache, peers=args.peers, settings=settings)
     print(harness.format_report(report, markdown=args.markdown))
     return 0
-
-
-def synthetic_checkpoint(name: str) -> str:
-    """The cached synthetic checkpoint's path, saying so on stderr when it must be generated first."""
-    from . import synthetic
-
-    if not os.path.isfile(synthetic.checkpoint_path(name)):
-        print(f"generating the synthetic {name} checkpoint ({SYNTHETIC_SIZES[name]}, random weights) "
-              f"under {synthetic.cache_dir()}; this happens once", file=sys.stderr)
-    return synthetic.default_checkpoint(name)
 
 
 if __name__ == "__main__":

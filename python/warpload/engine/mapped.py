@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-from . import constants, engine
-from .dtypes import DTYPES
-from .errors import CheckpointError, ZeroCopyError
-from .plan import LoadPlan, TensorRecord, plan_load
+from .. import constants
+from .._native import core
+from ..dtypes import DTYPES
+from ..errors import CheckpointError, ZeroCopyError
+from ..plan import LoadPlan, TensorRecord, plan_load
+from . import host as engine
 from .progress import current_counter
 
 if TYPE_CHECKING:
@@ -72,7 +74,7 @@ def map_records(records: Mapping[str, TensorRecord], dtypes: Mapping[str, "torch
         elif mode == REQUIRED:
             raise ZeroCopyError(f"zero_copy=True: tensor {record.name!r} of {record.path} cannot view the file: "
                                 f"{reason}. Pass zero_copy=None to copy such tensors, or False to copy all.")
-    files = {path: engine.core().File(path) for path in {record.path for record in mappable.values()}}
+    files = {path: core().File(path) for path in {record.path for record in mappable.values()}}
     if mode == AUTO:
         warm = {path for path, file in files.items() if is_warm(file)}  # one mincore pass per file
         mappable = {key: record for key, record in mappable.items() if record.path in warm}
@@ -105,5 +107,5 @@ def prefault(plan: LoadPlan, files: Mapping[str, Any]) -> bool:
         else:
             spans.append([file, storage.offset, end])
     ranges = [(file, begin, end - begin) for file, begin, end in spans if end > begin]
-    return engine.core().prefault([files[path] for path in plan.paths], ranges, constants.num_threads(),
+    return core().prefault([files[path] for path in plan.paths], ranges, constants.num_threads(),
                                   progress=current_counter())

@@ -9,10 +9,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..mapped import AUTO
-from ..placement import load_into
-from ..remote_code import RemoteClass, RemoteCode
-from .config import GENERATION_CONFIG_NAME, PretrainedConfig
+from ..constants import GENERATION_CONFIG_NAME
+from ..engine.fill import fill_parameters
+from ..engine.mapped import AUTO
+from ..hub.remote_code import RemoteClass, RemoteCode
+from ..models.config import PretrainedConfig
 from .load_state import Fill, LoadingInfo, Source, match_keys, place
 
 INSTALL_HINT = "install it with `pip install transformers` (version 5 or newer)"
@@ -112,7 +113,7 @@ def checkpoint_renamer(model: nn.Module) -> Callable[[str], str]:
 
 def load(model: nn.Module, sources: dict[str, Source], dtype: torch.dtype, name: Optional[str],
          ignore_mismatched_sizes: bool, device: Any = "cpu", zero_copy: str = AUTO,
-         fill: Fill = load_into) -> LoadingInfo:
+         fill: Fill = fill_parameters) -> LoadingInfo:
     """Fills a meta-built transformers model through the engine (zero_copy and fill as for place),
     then lets transformers finish it."""
     shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}

@@ -12,8 +12,8 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any, Callable, Optional, Sequence
 
-from . import system
-from .constants import ENV_HUGE_PAGES, ENV_NUM_THREADS, ENV_READ_METHOD
+from ..constants import ENV_HUGE_PAGES, ENV_NUM_THREADS, ENV_READ_METHOD
+from ..engine import machine as system
 
 CACHE_STATES = ("warm", "cold")
 # Memory-only cases do not read the file, so the page cache does not apply to them.
@@ -229,7 +229,7 @@ def ensure_torch_bin(path: str) -> str:
     import torch
     from safetensors.torch import load_file
 
-    from .synthetic import write_atomically
+    from .._fileio import write_atomically
 
     # Cloned so each tensor has its own storage, as in a pytorch_model.bin saved by transformers.
     write_atomically(bin_path, lambda tmp: torch.save(owned_copies(load_file(path)), tmp))
@@ -264,7 +264,7 @@ def copy_into_huge_pages(source: Any) -> Any:
 
 def set_cache_state(path: str, cache: str) -> Optional[str]:
     """Makes `path` warm (read once) or cold (evicted); returns a note if that did not fully work."""
-    from .engine import core
+    from .._native import core
 
     residency = core().File(path).resident_fraction()
     if cache == "warm" and residency < 1.0:
@@ -295,7 +295,7 @@ def case_named(name: str, path: str) -> Case:
 # The child imports torch first: the import is not what is timed, as in a long-lived server.
 CHILD_SCRIPT = """
 import sys, torch
-from warpload.bench import case_named, time_once
+from warpload.bench.harness import case_named, time_once
 print(time_once(case_named(sys.argv[1], sys.argv[2])))
 """
 

@@ -8,11 +8,10 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .constants import CHECKPOINT_NAMES
-from .dtypes import DTYPES, element_count
-from .errors import UnsupportedDtypeError, UnsupportedFormatError, WarploadError
-from .plan import TensorRecord
-
+from ..constants import weight_file_names
+from ..dtypes import DTYPES, element_count
+from ..errors import UnsupportedDtypeError, UnsupportedFormatError, WarploadError
+from ..plan import TensorRecord
 
 BUNDLE_KIND = "tf-bundle"
 
@@ -66,8 +65,8 @@ def inspect_checkpoint(path: str, *, tf_names: bool = False) -> tuple[str, list[
 
     Raises what the readers raise: CheckpointNotFoundError, CheckpointError, ImportError (h5 without h5py).
     """
-    from .formats import tf_bundle
-    from .tf_checkpoint import read_tf_checkpoint
+    from ..formats import tf_bundle
+    from ..tf.checkpoint import read_tf_checkpoint
 
     bundle = tf_bundle.is_tensor_bundle(path) or (os.path.isdir(path) and _is_tf(path)
                                                   and tf_bundle.bundle_in_folder(path) is not None)
@@ -83,30 +82,29 @@ def inspect_checkpoint(path: str, *, tf_names: bool = False) -> tuple[str, list[
         if tf_names:
             return checkpoint.naming, [_stored_row(tensor) for tensor in checkpoint.tensors]
         return checkpoint.naming, [_mapped_row(mapped) for mapped in checkpoint.mapped()]
-    from .formats import detect_format
-    from .tensors import _checkpoint_records, _weights_in_folder
+    from ..formats import detect_format
+    from ..formats.checkpoint import checkpoint_records, weights_in_folder
 
-    weights = _weights_in_folder(path) if os.path.isdir(path) else path
+    weights = weights_in_folder(path) if os.path.isdir(path) else path
     kind = "sharded" if weights.endswith(".index.json") else detect_format(weights).name
-    return kind, [_record_row(record) for record in _checkpoint_records(weights)]
+    return kind, [_record_row(record) for record in checkpoint_records(weights)]
 
 
 def _is_tf(path: str) -> bool:
     """TF-only files, TF-format safetensors, or a folder whose weights are either."""
-    from .tensors import _weights_in_folder
-    from .tf_checkpoint import is_tf_checkpoint, is_tf_safetensors, tf_weights_in_folder
+    from ..formats.checkpoint import is_tf_checkpoint, is_tf_safetensors, tf_weights_in_folder, weights_in_folder
 
     if os.path.isdir(path):
-        if not any(os.path.isfile(os.path.join(path, name)) for name in CHECKPOINT_NAMES):
+        if not any(os.path.isfile(os.path.join(path, name)) for name in weight_file_names(None, None)):
             return tf_weights_in_folder(path) is not None
-        path = _weights_in_folder(path)
+        path = weights_in_folder(path)
     return is_tf_checkpoint(path) or is_tf_safetensors(path)
 
 
 def _bundle_rows(path: str) -> list[TensorRow]:
     """Every entry of a tensor bundle's index, strings and unsupported dtypes too (the kind goes in the layout
     column). A partitioned variable is one row: its stored slices have binary keys, not names."""
-    from .formats.tf_bundle import read_bundle_entries
+    from ..formats.tf_bundle import read_bundle_entries
 
     rows = []
     for entry in read_bundle_entries(path):

@@ -8,13 +8,13 @@ import time
 from typing import Any, Optional
 
 TOKENIZER_FILE = "tokenizer.json"
-# The synthetic checkpoints `--model` offers (warpload.synthetic.SHAPES, named here to keep the CLI cheap).
+# The synthetic checkpoints `--model` offers (warpload.bench.synthetic.SHAPES, named here to keep the CLI cheap).
 SYNTHETIC_MODELS = ("gpt2", "gpt2-medium")
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     """Registers the `generate` subcommand."""
-    from .pretrained import BACKENDS
+    from ..loading.pretrained import BACKENDS
 
     parser = subparsers.add_parser(
         "generate", help="load a local checkpoint and generate text, timing each loading step",
@@ -46,15 +46,15 @@ def run(args: argparse.Namespace) -> int:
     """Runs `warpload generate`; returns the exit status (2 for a prompt it cannot encode)."""
     import torch
 
-    from .models.auto import AutoModelForCausalLM
+    from ..loading.auto import AutoModelForCausalLM
 
     if (args.path is None) == (args.model is None):
         print("warpload generate: give a checkpoint PATH or --model, not both", file=sys.stderr)
         return 2
     if args.model is not None:
-        from .cli import synthetic_checkpoint
+        from ..bench import synthetic
 
-        args.path = os.path.dirname(synthetic_checkpoint(args.model))
+        args.path = os.path.dirname(synthetic.announced_checkpoint(args.model))
     tokenizer = None if args.ids else _folder_tokenizer(args.path)
     if not args.ids and tokenizer is None:
         print(f"warpload generate: cannot encode text: {os.path.join(args.path, TOKENIZER_FILE)} is missing or the "

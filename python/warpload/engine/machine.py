@@ -5,7 +5,7 @@ import functools
 import glob
 import os
 
-from .constants import ENV_HUGE_PAGES
+from ..constants import ENV_HUGE_PAGES
 
 # virtio ids (virtio spec 5.5): device 5 is the balloon; feature bit 5 is VIRTIO_BALLOON_F_REPORTING.
 _VIRTIO_BALLOON_DEVICE = "0x0005"

@@ -7,10 +7,12 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from . import constants, engine
-from .constants import TENSOR_ALIGNMENT
-from .dtypes import torch_dtype
-from .plan import LoadPlan, PlannedStorage, TensorRecord
+from .. import constants
+from .._native import core
+from ..constants import TENSOR_ALIGNMENT
+from ..dtypes import torch_dtype
+from ..plan import LoadPlan, PlannedStorage, TensorRecord
+from . import host
 from .progress import current_counter
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ def runtime_info(runtime: Optional[str] = None) -> tuple[str, int]:
 
     Raises CudaUnavailableError when none loads or it sees no GPU.
     """
-    return engine.core().cuda_runtime([runtime] if runtime else runtime_candidates())
+    return core().cuda_runtime([runtime] if runtime else runtime_candidates())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +106,8 @@ def copy_to_device(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any
     raw = dataclasses.replace(plan, storages=tuple(
         dataclasses.replace(s, dtype=s.source_dtype, transposed_from=None) for s in plan.storages))
     ring = ring or ring_for(sum(s.nbytes for s in plan.storages))
-    return engine.core().cuda_execute(
-        [runtime] if runtime else runtime_candidates(), list(files), engine.plan_table(raw, addresses), device_index,
+    return core().cuda_execute(
+        [runtime] if runtime else runtime_candidates(), list(files), host.plan_table(raw, addresses), device_index,
         ring.buffer_bytes, ring.num_buffers, constants.CUDA_STREAMS, constants.num_threads(), constants.read_method(),
         TENSOR_ALIGNMENT, list(regions), progress=current_counter())
 
@@ -193,7 +195,7 @@ def materialize(plan: LoadPlan, device: Any, files: Optional[Sequence[Any]] = No
     import torch
 
     target = torch.device(device)
-    files = engine.open_files(plan.paths) if files is None else files
+    files = host.open_files(plan.paths) if files is None else files
     storages = plan.storages
     arena = torch.empty(plan.total_nbytes, dtype=torch.uint8, device=target)
     staged = [index for index, storage in enumerate(storages) if _needs_device_work(storage)]
@@ -220,7 +222,7 @@ def materialize(plan: LoadPlan, device: Any, files: Optional[Sequence[Any]] = No
 
     direct = {index: arena.data_ptr() + s.dst_offset for index, s in enumerate(storages) if not _needs_device_work(s)}
     _fill(plan, files, target, direct, staged, [(arena.data_ptr(), arena.numel())], convert, runtime, stats)
-    return engine.wrap_tensors(plan, views)
+    return host.wrap_tensors(plan, views)
 
 
 def _typed(buffer: "torch.Tensor", offset: int, nbytes: int, dtype: str) -> "torch.Tensor":
@@ -245,17 +247,17 @@ def _run(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any], target:
             stats[key] = max(stats.get(key, 0), value) if key == "pinned_bytes" else stats.get(key, 0) + value
 
 
-def load_into(pairs: Sequence[tuple[TensorRecord, "torch.Tensor"]], *, runtime: Optional[str] = None,
+def fill_tensors(pairs: Sequence[tuple[TensorRecord, "torch.Tensor"]], *, runtime: Optional[str] = None,
               stats: Optional[dict] = None) -> None:
     """Fills contiguous device tensors (from_pretrained's parameters) with their records' bytes.
 
-    Each record must span its target whole (placement._receives_whole_storage), and each storage
+    Each record must span its target whole (fill.receives_whole_storage), and each storage
     have one target. Records already in the target's dtype are copied straight into it; the
     others land in a staging buffer and are converted into their target by torch on the device.
     Raises as copy_to_device does.
     """
-    from .dtypes import dtype_name
-    from .plan import plan_load
+    from ..dtypes import dtype_name
+    from ..plan import plan_load
 
     if not pairs:
         return
@@ -280,4 +282,4 @@ def load_into(pairs: Sequence[tuple[TensorRecord, "torch.Tensor"]], *, runtime: 
                     source = source.view(storage.transposed_from).t()
                 out.copy_(source.reshape(out.shape))
 
-    _fill(plan, engine.open_files(plan.paths), target, direct, staged, [], convert, runtime, stats)
+    _fill(plan, host.open_files(plan.paths), target, direct, staged, [], convert, runtime, stats)

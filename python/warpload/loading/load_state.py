@@ -9,24 +9,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Un
 import torch
 from torch import nn
 
-from ..errors import WarploadError
-from ..mapped import AUTO, map_records
-from ..placement import load_into
+from ..engine.fill import fill_parameters
+from ..engine.mapped import AUTO, map_records
+from ..errors import ShapeMismatchError
 from ..plan import TensorRecord
 
 if TYPE_CHECKING:
-    from .modeling import PreTrainedModel
+    from ..models.modeling import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
 
-class ShapeMismatchError(WarploadError, RuntimeError):
-    """Checkpoint tensors have other shapes than the model's, and ignore_mismatched_sizes is False."""
-
-
 # A checkpoint tensor: a record the engine reads, or a tensor given through `state_dict=`.
 Source = Union[TensorRecord, torch.Tensor]
-# Fills preallocated tensors with the checkpoint tensors records name: placement.load_into, or a ShardStream,
+# Fills preallocated tensors with the checkpoint tensors records name: fill.fill_parameters, or a ShardStream,
 # which may return tensors that stand in for some targets instead (views of shards mapped as they land).
 Fill = Callable[[Mapping[str, torch.Tensor], Mapping[str, TensorRecord]], Optional[Mapping[str, torch.Tensor]]]
 
@@ -93,7 +89,7 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
           extra_keys: Iterable[str], dtype: torch.dtype, device: Union[str, torch.device] = "cpu",
-          zero_copy: str = AUTO, fill: Fill = load_into) -> list[torch.Tensor]:
+          zero_copy: str = AUTO, fill: Fill = fill_parameters) -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     On the CPU, a checkpoint tensor stored in its final dtype views the memory-mapped file
@@ -127,7 +123,7 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
             targets[key] = empty(key)
             copies[key] = source
     # Files still downloading (a fill from shard_stream.py) are copied as they land, never mapped.
-    if fill is load_into:
+    if fill is fill_parameters:
         targets.update(map_records(records, {key: wanted(key) for key in records}, device, zero_copy))
     owned = {key: empty(key) for key in records if key not in targets}
     # A replaced target was never written: the operating system never backed its memory.
@@ -180,7 +176,7 @@ def _same_source(a: Source, b: Source) -> bool:
 
 def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype: torch.dtype,
                  ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu",
-                 zero_copy: str = AUTO, fill: Fill = load_into) -> LoadingInfo:
+                 zero_copy: str = AUTO, fill: Fill = fill_parameters) -> LoadingInfo:
     """Fills a meta-built warpload model: loads what matches (zero_copy and fill as for place),
     initialises the rest, ties, computes buffers.
 

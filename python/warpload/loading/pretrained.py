@@ -10,27 +10,34 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from . import cuda
-from .constants import PYTORCH_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
-from .dtypes import DTYPES, FLOAT_SOURCES
-from .errors import CheckpointError, CheckpointNotFoundError, WarploadError
-from .hub import HubOptions, ShardDownloads, add_variant, start_pretrained, weight_candidates
-from .mapped import AUTO, zero_copy_mode
-from .placement import load_into
-from .plan import TensorRecord, stored_bytes
-from .progress import LoadProgress
-from .remote_code import AUTO_CLASSES, RemoteCode, TrustCheck, fetch_remote_code
-from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
-from .tf_checkpoint import TFCheckpoint
+from ..constants import PYTORCH_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME, add_variant
+from ..dtypes import DTYPES, FLOAT_SOURCES
+from ..engine import devices
+from ..engine.fill import fill_parameters
+from ..engine.mapped import AUTO, zero_copy_mode
+from ..errors import ArchitectureNotSupportedError, CheckpointError, CheckpointNotFoundError
+
 # The record readers, imported here only, under local names (tensors.py may rename them).
-from .tensors import _checkpoint_records as read_records
-from .tensors import _sharded_records as read_shard_index
+from ..formats.checkpoint import (
+    checkpoint_records,
+    is_tf_checkpoint,
+    is_tf_safetensors,
+    named_weights_in_folder,
+    tf_weights_in_folder,
+)
+from ..hub.remote_code import AUTO_CLASSES, RemoteCode, TrustCheck, fetch_remote_code
+from ..hub.resolve import HubOptions, ShardDownloads, start_pretrained
+from ..models.config import CONFIG_CLASSES, config_for_model, config_of_folder
+from ..plan import TensorRecord, stored_bytes
+from ..tf.checkpoint import TFCheckpoint
+from .progress_line import LoadProgress
+from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 
 if TYPE_CHECKING:
     import torch
 
-    from .models.config import PretrainedConfig
-    from .models.load_state import Fill, Source
+    from ..models.config import PretrainedConfig
+    from .load_state import Fill, Source
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +51,6 @@ UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size",
                        "offload_buffers", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
                        "fusion_config")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
-class ArchitectureNotSupportedError(WarploadError, ValueError):
-    """The checkpoint's architecture has no built-in class (or uses features it lacks) and transformers cannot help."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     for a local folder those are ignored, as transformers does. With trust_remote_code=True the
     `auto_map` classes come from code_revision (default: the weights' commit; another repo's
     default branch for an "org/repo--module.Class" reference), config.json and weights from
-    revision (see warpload.remote_code). A sharded
+    revision (see warpload.hub.remote_code). A sharded
     safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
     (shard_stream.py). Long loads show one progress line on a terminal (progress.py).
     `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
@@ -126,7 +129,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     shards: Optional[ShardDownloads] = None
     # Class.from_pretrained builds its own class: only the config may come from remote code then.
     auto_classes = AUTO_CLASSES if model_class is None else AUTO_CLASSES[:1]
-    trust = TrustCheck(name or "", trust_remote_code, auto_classes)
+    trust = TrustCheck(name or "", trust_remote_code, auto_classes, builtin_model_types=CONFIG_CLASSES)
     if name is not None and state_dict is None:
         location, shards = start_pretrained(name, hub_options, subfolder=subfolder, variant=variant,
                                             use_safetensors=use_safetensors, from_tf=from_tf,
@@ -139,7 +142,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
                                         trust_remote_code=trust.trust_remote_code, auto_classes=auto_classes)
         device = _target_device(device_map)
         # Parameters are allocated where they end up when the engine can fill that device directly.
-        fill_device = device if cuda.wanted(device) else "cpu"
+        fill_device = device if devices.fills_directly(device) else "cpu"
         weights = None if state_dict is not None else resolve_weight_files(
             location, subfolder=subfolder, variant=variant, use_safetensors=use_safetensors, from_tf=from_tf)
         stream = _shard_stream(shards, weights, started, mapping)
@@ -173,11 +176,11 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
             elif stream is not None:
                 sources = stream.placeholders()
             else:
-                sources = {record.name: record for record in _weight_records(weights)}
+                sources = {record.name: record for record in checkpoint_records(weights)}
             stored = sources if not isinstance(sources, TFCheckpoint) else {
                 tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
             torch_type = resolve_dtype(requested, model_config, weights, stored, class_name)
-            fill = stream if stream is not None else load_into
+            fill = stream if stream is not None else fill_parameters
             total = stream.total_bytes if stream is not None else stored_bytes(
                 record for record in stored.values() if isinstance(record, TensorRecord))
             with LoadProgress(total):
@@ -260,8 +263,6 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
     inserted. Raises CheckpointNotFoundError with transformers' messages when none exists, or when the
     location is not on this machine.
     """
-    from .tf_checkpoint import tf_weights_in_folder
-
     if location is None:
         raise ValueError("pass a checkpoint folder, or state_dict= together with config=")
     if os.path.isfile(location):
@@ -274,10 +275,9 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
     tf_weights = tf_weights_in_folder(folder)
     if from_tf and tf_weights is not None:
         return tf_weights
-    for candidate in weight_candidates(variant, use_safetensors):
-        path = os.path.join(folder, candidate)
-        if os.path.isfile(path):
-            return path
+    found = named_weights_in_folder(folder, variant=variant, use_safetensors=use_safetensors)
+    if found is not None:
+        return found
     safetensors_name = add_variant(SAFETENSORS_WEIGHTS_NAME, variant)
     if use_safetensors:
         raise CheckpointNotFoundError(f"Error no file named {safetensors_name} found in directory {location}.")
@@ -292,7 +292,7 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
 def _tf_checkpoint(weights: str, from_tf: bool) -> Optional[TFCheckpoint]:
     """The TF checkpoint to map, or None for PyTorch weights. Like transformers, safetensors saying
     `format: tf` take the TF path without from_tf; a TF file given without from_tf is refused."""
-    from .tf_checkpoint import is_tf_checkpoint, is_tf_safetensors, read_tf_checkpoint
+    from ..tf.checkpoint import read_tf_checkpoint
 
     if is_tf_safetensors(weights) or (from_tf and is_tf_checkpoint(weights)):
         return read_tf_checkpoint(weights)
@@ -305,11 +305,10 @@ def _tf_checkpoint(weights: str, from_tf: bool) -> Optional[TFCheckpoint]:
 def _openai_gpt2_config(folder: str) -> Optional["PretrainedConfig"]:
     """The GPT-2 config of an OpenAI TF1 release folder (hparams.json, no config.json), else None.
     transformers needs a config.json here; keyword overrides then go to the model, as with config=."""
-    from .models.config import AutoConfig
-    from .tf_checkpoint import openai_gpt2_config
+    from ..tf.checkpoint import openai_gpt2_config
 
     fields = openai_gpt2_config(folder)
-    return None if fields is None else AutoConfig.for_model("gpt2", **fields)
+    return None if fields is None else config_for_model("gpt2", **fields)
 
 
 def _model_sources(sources: Union[dict[str, "Source"], TFCheckpoint], model: Any) -> dict[str, "Source"]:
@@ -317,17 +316,10 @@ def _model_sources(sources: Union[dict[str, "Source"], TFCheckpoint], model: Any
     shapes (squeezes, base-model prefix; formats.md 5.2-5.3)."""
     if not isinstance(sources, TFCheckpoint):
         return sources
-    from .tf_checkpoint import tf_sources
+    from ..engine.tf_tensors import tf_sources
 
     shapes = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
     return tf_sources(sources, shapes, model.base_model_prefix)
-
-
-def _weight_records(weights: str) -> list[TensorRecord]:
-    # read_records knows `*.index.json`; variant indexes are named model.safetensors.index.fp16.json.
-    if re.search(r"\.index\.[^./]+\.json$", weights):
-        return read_shard_index(weights)
-    return read_records(weights)
 
 
 def _load_config(location: Optional[str], config: Any, subfolder: str, kwargs: dict[str, Any],
@@ -337,12 +329,12 @@ def _load_config(location: Optional[str], config: Any, subfolder: str, kwargs: d
     A config object is deep-copied and every keyword goes to the constructor; otherwise keywords
     naming config fields override them. A transformers config object is converted field by field.
     """
-    from .models.config import AutoConfig, PretrainedConfig
+    from ..models.config import PretrainedConfig
 
     if isinstance(config, PretrainedConfig):
         return copy.deepcopy(config), dict(kwargs)
     if config is not None and hasattr(config, "to_dict") and hasattr(config, "model_type"):
-        return AutoConfig.for_model(**config.to_dict()), dict(kwargs)
+        return config_for_model(**config.to_dict()), dict(kwargs)
     source = config if config is not None else location
     if source is None:
         raise ValueError("state_dict= needs config= (a config object, or the path of a folder or config.json)")
@@ -354,13 +346,13 @@ def _load_config(location: Optional[str], config: Any, subfolder: str, kwargs: d
         return model_class.config_class.from_pretrained(source, subfolder=subfolder, return_unused_kwargs=True,
                                                         **kwargs)
     # The folder is resolved and remote code decided by the caller: only the architecture is read here.
-    return AutoConfig.from_folder(source, subfolder=subfolder, **kwargs)
+    return config_of_folder(source, subfolder=subfolder, overrides=kwargs)
 
 
 def _builtin_choice(config: "PretrainedConfig", model_class: Optional[type],
                     attn_implementation: Optional[str]) -> tuple[Optional[type], list[str]]:
     """The built-in class for the config and the reasons it cannot serve this call (empty when it can)."""
-    from .models.auto import CAUSAL_LM_CLASSES
+    from ..models.registry import CAUSAL_LM_CLASSES
 
     cls = model_class if model_class is not None else CAUSAL_LM_CLASSES.get(config.model_type)
     if cls is None or not isinstance(config, cls.config_class):
@@ -372,8 +364,8 @@ def _builtin_choice(config: "PretrainedConfig", model_class: Optional[type],
 
 
 def _use_transformers(backend: str, reasons: list[str]) -> bool:
-    from .models import transformers_backend
-    from .models.auto import ARCHITECTURES
+    from ..models.registry import ARCHITECTURES
+    from . import transformers_backend
 
     available = transformers_backend.is_available()
     if backend == "transformers" and not available:
@@ -432,11 +424,11 @@ def _first_float_dtype(sources: dict[str, "Source"]) -> Any:
 def _load_builtin(cls: type, config: "PretrainedConfig", model_args: tuple, model_kwargs: dict[str, Any],
                   sources: dict[str, "Source"], dtype: "torch.dtype", ignore_mismatched_sizes: bool,
                   folder: Optional[str], fill_device: Any = "cpu", zero_copy: str = AUTO,
-                  fill: "Fill" = load_into) -> tuple[Any, Any, float]:
+                  fill: "Fill" = fill_parameters) -> tuple[Any, Any, float]:
     import torch
 
-    from .models.config import GenerationConfig
-    from .models.load_state import load_builtin
+    from ..models.config import GenerationConfig
+    from .load_state import load_builtin
 
     with torch.device("meta"):
         model = cls(config, *model_args, **model_kwargs)
@@ -456,8 +448,8 @@ def _load_with_transformers(location: Optional[str], config: Any, subfolder: str
                             dtype: "torch.dtype", attn_implementation: Optional[str],
                             remote_code: RemoteCode, ignore_mismatched_sizes: bool,
                             folder: Optional[str], fill_device: Any = "cpu",
-                            zero_copy: str = AUTO, fill: "Fill" = load_into) -> tuple[Any, Any, float]:
-    from .models import transformers_backend
+                            zero_copy: str = AUTO, fill: "Fill" = fill_parameters) -> tuple[Any, Any, float]:
+    from . import transformers_backend
 
     hf_config, model_kwargs = transformers_backend.load_config(location, config, subfolder, kwargs, remote_code)
     if attn_implementation is not None:

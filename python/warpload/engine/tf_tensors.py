@@ -1,0 +1,59 @@
+"""TensorFlow checkpoints as torch tensors: plain records read by the engine (2-D transposes while copying),
+the other layouts (conv kernels, h5 datasets that are not a byte range) read and permuted in torch."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+
+from ..dtypes import dtype_name, torch_dtype
+from ..formats import keras_h5
+from ..formats.keras_h5 import H5Dataset
+from ..plan import TensorRecord, plan_load, target_dtype
+from ..tf.checkpoint import DEFAULT_BASE_MODEL_PREFIX, MappedTensor, TFCheckpoint, plain_record, read_tf_checkpoint
+from .devices import materialize
+
+if TYPE_CHECKING:
+    import torch
+
+# What a parameter is filled from: an engine record, or a tensor already in memory.
+Source = Union[TensorRecord, "torch.Tensor"]
+
+
+def materialise(mapped: MappedTensor) -> "torch.Tensor":
+    """A tensor that is not a plain record: read (engine or h5py), permuted and reshaped, owning its memory."""
+    import torch
+
+    stored, layout = mapped.stored, mapped.layout
+    if isinstance(stored, H5Dataset):
+        tensor = torch.from_numpy(keras_h5.read_dataset(stored))
+    else:
+        tensor = materialize(plan_load([stored]))[stored.name]
+    if layout.permutation is not None:
+        tensor = tensor.permute(layout.permutation)
+    return tensor.contiguous().reshape(layout.shape)
+
+
+def tf_sources(checkpoint: TFCheckpoint, target_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
+               base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> dict[str, Source]:
+    """{PyTorch name: engine record, or tensor when the layout needs materialising}, for from_pretrained."""
+    sources: dict[str, Source] = {}
+    for mapped in checkpoint.mapped(target_shapes, base_model_prefix):
+        record = plain_record(mapped)
+        sources[mapped.name] = record if record is not None else materialise(mapped)
+    return sources
+
+
+def load_tf_checkpoint(path: str, device: Any = "cpu", *, dtype: Optional[str] = None) -> dict[str, "torch.Tensor"]:
+    """load_checkpoint(from_tf=True): a TF checkpoint as a PyTorch-named state dict (GPT-2-style defaults,
+    tf_names.default_shape), plain records read in one parallel engine call."""
+    mapped = read_tf_checkpoint(path).mapped()
+    records = [record for record in map(plain_record, mapped) if record is not None]
+    tensors = materialize(plan_load(records, dtype), device)
+    result = {}
+    for item in mapped:
+        if item.name not in tensors:
+            tensor = materialise(item)
+            if dtype is not None:
+                tensor = tensor.to(torch_dtype(target_dtype(dtype_name(tensor.dtype), dtype)))
+            tensors[item.name] = tensor.to(device)
+        result[item.name] = tensors[item.name]
+    return result
