@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
 
-from warpload.bench import Timing
+from warpload.bench.harness import Timing
 
 GB = 1e9
 MIB = 1 << 20
@@ -133,7 +133,7 @@ def safetensors_pinned_copy(folder: str, files: Sequence[str]) -> Any:
 def fastsafetensors_cuda(folder: str, files: Sequence[str]) -> Any:
     from fastsafetensors import SingleGroup
 
-    from warpload.bench import fastsafetensors_load
+    from warpload.bench.harness import fastsafetensors_load
 
     return fastsafetensors_load(files, "cuda:0", SingleGroup())
 
@@ -187,14 +187,14 @@ def pinned_h2d_seconds(nbytes: int = H2D_BYTES, repeat: int = 5) -> float:
 
 
 def parallel_read(files: Sequence[str]) -> int:
-    from warpload.bench import sequential_read
+    from warpload.bench.harness import sequential_read
 
     with ThreadPoolExecutor(max_workers=max(len(files), 1)) as pool:
         return sum(pool.map(sequential_read, files))
 
 
 def set_cache_state(files: Sequence[str], cache: str) -> list[str]:
-    from warpload.bench import set_cache_state as set_one
+    from warpload.bench.harness import set_cache_state as set_one
 
     return [note for note in (set_one(path, cache) for path in files) if note]
 
@@ -270,7 +270,7 @@ def report(rows: Sequence[Timing], nbytes: int, h2d_s: float, notes: Sequence[st
 def header_info(folder: str, files: Sequence[str], nbytes: int, dtype: str, repeat: int) -> dict[str, str]:
     import torch
 
-    from warpload.bench import machine_info, package_versions
+    from warpload.bench.harness import machine_info, package_versions
 
     versions = package_versions(PEER_PACKAGES)
     properties = torch.cuda.get_device_properties(0)

@@ -130,7 +130,7 @@ def measure_once(root: Path, run: int) -> dict[str, float]:
     import huggingface_hub
     import transformers
 
-    from warpload.models.auto import AutoModelForCausalLM
+    from warpload.loading.auto import AutoModelForCausalLM
 
     def fresh(tag: str) -> str:
         return os.fspath(root / f"cache-{run}-{tag}")
@@ -178,9 +178,10 @@ def main() -> None:
     repo = build_repo(mirrors, args.size_mb)
 
     import huggingface_hub
-    import hub_server
     import torch
     import transformers
+
+    import hub_server
 
     olah = hub_server.OlahServer(root, mirrors, probe_repo=REPO)
     shards = sorted(path.name for path in repo.glob("*.safetensors"))

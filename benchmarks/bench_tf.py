@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 import warpload
-from warpload import bench
-from warpload.synthetic import SHAPES, GPT2Shape, cache_dir, gpt2_tensor_shapes
+from warpload.bench import harness as bench
+from warpload.bench.synthetic import SHAPES, GPT2Shape, cache_dir, gpt2_tensor_shapes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from tf_bundle_writer import write_bundle  # noqa: E402  (the test-side writer, on purpose)

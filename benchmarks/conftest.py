@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from warpload.synthetic import SHAPES, GPT2Shape, default_checkpoint, write_gpt2_checkpoint
+from warpload.bench.synthetic import SHAPES, GPT2Shape, default_checkpoint, write_gpt2_checkpoint
 
 # Read only by these benchmarks, so it lives here rather than in warpload.constants.
 ENV_BENCH_CHECKPOINT = "WARPLOAD_BENCH_CHECKPOINT"

@@ -19,8 +19,15 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from bench_from_pretrained import (CACHE_STATES, CHECKPOINTS, LIBRARIES, ensure_checkpoint,  # noqa: E402
-                                   first_token, load_function, set_cache_state)
+from bench_from_pretrained import (  # noqa: E402
+    CACHE_STATES,
+    CHECKPOINTS,
+    LIBRARIES,
+    ensure_checkpoint,
+    first_token,
+    load_function,
+    set_cache_state,
+)
 
 ROUNDS = 3
 # The first token each library produced per checkpoint: both must produce the same one.

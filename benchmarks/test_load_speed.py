@@ -20,7 +20,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from warpload.bench import CACHE_STATES, NO_CACHE, PEERS, WARPLOAD, Case, memory_cases, read_limit_case, set_cache_state
+from warpload.bench.harness import (
+    CACHE_STATES,
+    NO_CACHE,
+    PEERS,
+    WARPLOAD,
+    Case,
+    memory_cases,
+    read_limit_case,
+    set_cache_state,
+)
 
 ROUNDS = 5
 LOADERS = {**WARPLOAD, **PEERS}
