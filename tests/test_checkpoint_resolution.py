@@ -45,3 +45,23 @@ def test_both_entry_points_choose_transformers_first_present_file(tmp_path, name
     assert os.path.basename(resolve_weight_files(os.fspath(tmp_path))) == expected
     loaded = warpload.load_checkpoint(tmp_path)
     assert torch.equal(loaded["w"], torch.full((4,), float(TRANSFORMERS_ORDER.index(expected))))
+
+
+@pytest.mark.parametrize("index_text", ['[1, 2]', '{"weight_map": ["a"]}', '{"weight_map": {"w": "../x.safetensors"}}',
+                                        '{"weight_map": {"w": "a.safetensors"}, "metadata": 3}', "{not json"])
+def test_every_entry_point_refuses_a_bad_index_with_one_error(tmp_path, index_text):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2}')
+    (tmp_path / "model.safetensors.index.json").write_text(index_text)
+    with pytest.raises(warpload.errors.HeaderError, match="model.safetensors.index.json"):
+        warpload.load_checkpoint(tmp_path)
+    with pytest.raises(warpload.errors.HeaderError, match="model.safetensors.index.json"):
+        warpload.AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_tensorflow_weights_without_from_tf_raise_one_class(tmp_path):
+    (tmp_path / "tf_model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(504))
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2}')
+    with pytest.raises(warpload.errors.UnsupportedFormatError, match="from_tf"):
+        warpload.load_checkpoint(tmp_path / "tf_model.h5")
+    with pytest.raises(warpload.errors.UnsupportedFormatError, match="from_tf"):
+        warpload.AutoModelForCausalLM.from_pretrained(tmp_path / "tf_model.h5", config=tmp_path)

@@ -71,7 +71,7 @@ def test_views_of_a_shared_bin_storage_are_copied_from_its_owner(tmp_path):
         assert same_bits(targets[name], tensor.to(torch.bfloat16)), name
 
 
-def test_a_storage_no_tensor_covers_is_materialised(tmp_path):
+def test_a_storage_no_tensor_covers_is_loaded_then_copied(tmp_path):
     base = random_tensor((10,), torch.float32, seed=4)
     state = {"head": base[:4], "tail": base[6:]}
     path = tmp_path / "pytorch_model.bin"

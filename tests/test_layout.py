@@ -40,3 +40,20 @@ def private_imports(path: Path) -> list[str]:
 def test_no_module_imports_another_modules_private_names():
     offenders = [line for path in sorted(PACKAGE.rglob("*.py")) for line in private_imports(path)]
     assert offenders == []
+
+
+def long_functions(path: Path, limit: int) -> list[str]:
+    """Functions whose code (docstring left out) runs over `limit` lines."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0]
+            has_docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and len(node.body) > 1
+            start = first.end_lineno if has_docstring else node.lineno
+            if node.end_lineno - start > limit:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    return found
+
+
+def test_no_function_runs_over_eighty_lines():
+    assert [line for path in sorted(PACKAGE.rglob("*.py")) for line in long_functions(path, 80)] == []

@@ -235,7 +235,7 @@ def test_a_base_model_target_drops_the_main_layer_prefix_as_transformers_does():
     # (load_tf2_state_dict_in_pytorch_model's start_prefix_to_remove), and biases take the model's shapes.
     reference = load_file(H5_REFERENCE)
     base_shapes = {name.removeprefix("transformer."): tuple(tensor.shape) for name, tensor in reference.items()}
-    mapped = read_tf_checkpoint(str(TF / "tf_gpt2_h5")).mapped(base_shapes, "transformer")
+    mapped = read_tf_checkpoint(str(TF / "tf_gpt2_h5")).translated(base_shapes, "transformer")
     assert {item.name: item.shape for item in mapped} == base_shapes
 
 
@@ -250,25 +250,25 @@ def test_tf1_checkpoints_of_other_models_are_refused_by_name():
     st.sampled_from([TransposeType.NO, TransposeType.SIMPLE]
                     + ([TransposeType.CONV1D] if len(shape) == 3 else [])
                     + ([TransposeType.CONV2D] if len(shape) == 4 else [])))))
-def test_engine_records_equal_materialised_layouts(case):
+def test_engine_records_equal_layouts_read_in_torch(case):
     # plain_record hands the engine only layouts that need no data movement beyond a 2-D transpose.
     import tempfile
 
     from safetensors.torch import save_file
 
     from warpload import engine
-    from warpload.engine.tf_tensors import materialise
+    from warpload.engine.tf_tensors import read_with_layout
     from warpload.formats.safetensors import read_header
     from warpload.plan import plan_load
-    from warpload.tf.checkpoint import MappedTensor, plain_record
+    from warpload.tf.checkpoint import TranslatedTensor, plain_record
 
     tf_shape, transpose = case
     with tempfile.TemporaryDirectory() as folder:
         path = f"{folder}/w.safetensors"
         save_file({"w": torch.randn(tf_shape)}, path)
         (record,) = read_header(path).records
-        mapped = MappedTensor("pt", record, tf_layout(transpose, tf_shape, None))
-        expected = materialise(mapped)
+        mapped = TranslatedTensor("pt", record, tf_layout(transpose, tf_shape, None))
+        expected = read_with_layout(mapped)
         planned = plain_record(mapped)
         if planned is not None:
             assert torch.equal(engine.materialize(plan_load([planned]))["pt"], expected)

@@ -1,12 +1,14 @@
-"""Small files written atomically and JSON objects read with a typed error: what configs, indexes and caches share."""
+"""Small files written atomically, and JSON files read with typed errors: config.json, shard indexes (one reader of
+`*.index.json` for every caller: the Hub, the resolver, the TF reader, streamed shards, the dtype rule)."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from .errors import CheckpointError
+from .errors import HeaderError
 
 
 def write_atomically(path: str, write: "Callable[[str], object]") -> None:
@@ -26,12 +28,49 @@ def write_atomically(path: str, write: "Callable[[str], object]") -> None:
 
 
 def read_json_object(path: str) -> dict[str, Any]:
-    """The JSON object in a file (config.json, an index). Raises CheckpointError for anything else."""
+    """The JSON object in a file (config.json, an index). Raises HeaderError (a CheckpointError) for anything else."""
     try:
         with open(path, encoding="utf-8") as handle:
             table = json.load(handle)
     except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); fix or re-save it", path=path) from err
+        raise HeaderError(f"{path} is not valid JSON ({err}); fix or re-save it", path=path) from err
     if not isinstance(table, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(table).__name__}, expected an object", path=path)
+        raise HeaderError(f"{path} holds a JSON {type(table).__name__}, expected an object", path=path)
     return table
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A `*.index.json` of a sharded checkpoint: tensor name -> shard file name, and its metadata."""
+
+    path: str
+    weight_map: dict[str, str]
+    metadata: dict[str, Any]
+
+    @property
+    def shards(self) -> list[str]:
+        """The shard file names, sorted, each once."""
+        return sorted(set(self.weight_map.values()))
+
+    @property
+    def total_size(self) -> Optional[int]:
+        """The tensor bytes the index announces (transformers and huggingface_hub write it), or None."""
+        total = self.metadata.get("total_size")
+        return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+
+
+def read_shard_index(path: str) -> ShardIndex:
+    """The shard index at `path`. Raises HeaderError when it is not JSON, has no `weight_map` of plain shard file
+    names, or its `metadata` is not an object; OSError when it cannot be read."""
+    table = read_json_object(path)
+    weight_map, metadata = table.get("weight_map"), table.get("metadata") or {}
+    problem = None
+    if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+        problem = "its weight_map must map tensor names to shard file names"
+    elif any(os.path.basename(shard) != shard for shard in weight_map.values()):
+        problem = "its shard names must be plain file names"
+    elif not isinstance(metadata, dict):
+        problem = "its metadata must be an object"
+    if problem:
+        raise HeaderError(f"{path}: not a valid shard index: {problem}; re-save the checkpoint", path=path)
+    return ShardIndex(path, weight_map, metadata)

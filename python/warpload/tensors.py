@@ -9,7 +9,7 @@ from ._native import core
 from .dtypes import dtype_name
 from .engine.gc_pause import without_gc_pauses
 from .engine.mapped import aligned_in_file
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, ZeroCopyError
 from .formats.checkpoint import checkpoint_records
 from .formats.safetensors import read_header
 from .plan import LoadPlan, TensorRecord, plan_load
@@ -53,7 +53,7 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
 
 def _check_zero_copy(plan: LoadPlan, device: DeviceLike) -> None:
     if not _is_cpu(device) or any(s.converts for s in plan.storages):
-        raise ValueError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
+        raise ZeroCopyError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
 
 
 def _existing_file(filename: PathLike) -> str:
@@ -167,8 +167,8 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
         from .engine.tf_tensors import load_tf_checkpoint
 
         if zero_copy:
-            raise ValueError("zero_copy=True cannot be combined with from_tf=True: TF tensors are re-laid out "
-                             "(transposed, reshaped) while they are read")
+            raise ZeroCopyError("zero_copy=True cannot be combined with from_tf=True: TF tensors are re-laid out "
+                                "(transposed, reshaped) while they are read")
         return load_tf_checkpoint(os.fspath(path), device, dtype=_requested_dtype(dtype))
     records = checkpoint_records(os.fspath(path))
     plan = plan_load(records, _requested_dtype(dtype))

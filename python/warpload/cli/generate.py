@@ -14,7 +14,7 @@ SYNTHETIC_MODELS = ("gpt2", "gpt2-medium")
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     """Registers the `generate` subcommand."""
-    from ..loading.pretrained import BACKENDS
+    from ..loading.options import BACKENDS
 
     parser = subparsers.add_parser(
         "generate", help="load a local checkpoint and generate text, timing each loading step",

@@ -81,7 +81,7 @@ def inspect_checkpoint(path: str, *, tf_names: bool = False) -> tuple[str, list[
             return BUNDLE_KIND, _bundle_rows(path)  # not a model warpload maps: list the entries as stored
         if tf_names:
             return checkpoint.naming, [_stored_row(tensor) for tensor in checkpoint.tensors]
-        return checkpoint.naming, [_mapped_row(mapped) for mapped in checkpoint.mapped()]
+        return checkpoint.naming, [_translated_row(translated) for translated in checkpoint.translated()]
     from ..formats import detect_format
     from ..formats.checkpoint import checkpoint_records, weights_in_folder
 
@@ -133,12 +133,12 @@ def _stored_row(tensor: object) -> TensorRow:
                      layout=f"h5py: {tensor.reason}")
 
 
-def _mapped_row(mapped: object) -> TensorRow:
-    stored = _stored_row(mapped.stored)
+def _translated_row(translated: object) -> TensorRow:
+    stored = _stored_row(translated.stored)
     layout = stored.layout
-    if layout is None and mapped.layout.permutation is not None:
-        layout = "transposed" if mapped.layout.is_matrix_transpose else f"permuted {mapped.layout.permutation}"
-    return TensorRow(mapped.name, stored.dtype, mapped.shape, stored.nbytes, stored.file, stored.offset,
+    if layout is None and translated.layout.permutation is not None:
+        layout = "transposed" if translated.layout.is_matrix_transpose else f"permuted {translated.layout.permutation}"
+    return TensorRow(translated.name, stored.dtype, translated.shape, stored.nbytes, stored.file, stored.offset,
                      tf_name=stored.name, layout=layout)
 
 

@@ -8,6 +8,7 @@ from typing import Callable, Optional, Sequence
 
 from ..bench import synthetic
 
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the subcommand named in argv (sys.argv[1:] by default); returns the exit status."""
     args = build_parser().parse_args(argv)

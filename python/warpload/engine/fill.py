@@ -19,12 +19,12 @@ def fill_parameters(targets: Mapping[str, "torch.Tensor"], records: Mapping[str,
     engine passes (floats converted on the way, as plan_load converts); CUDA targets are filled
     through the pinned ring and converted on the device (cuda.load_into). Records that view part of
     a shared storage (PyTorch .bin slices and tied tensors) are copied from a target that received
-    their whole storage, or, when none did, materialised and copied. Shapes must already agree in
+    their whole storage, or, when none did, loaded into a buffer and copied. Shapes must already agree in
     element count. Raises CheckpointError / EngineIOError from the engine.
     """
     direct: dict[str, tuple[TensorRecord, "torch.Tensor"]] = {}
     views: list[tuple[str, str]] = []  # (key, key of the target holding its storage)
-    materialised: list[str] = []
+    loaded_then_copied: list[str] = []
     by_storage: dict[tuple, list[str]] = defaultdict(list)
     for key, record in records.items():
         by_storage[(record.path, record.offset, record.nbytes, record.dtype)].append(key)
@@ -36,7 +36,7 @@ def fill_parameters(targets: Mapping[str, "torch.Tensor"], records: Mapping[str,
             elif owner is not None and targets[key].dtype == targets[owner].dtype:
                 views.append((key, owner))
             else:
-                materialised.append(key)
+                loaded_then_copied.append(key)
     by_backend: dict[DeviceBackend, list[tuple[TensorRecord, "torch.Tensor"]]] = defaultdict(list)
     for record, target in direct.values():
         by_backend[backend_for(target.device)].append((record, target))
@@ -47,8 +47,8 @@ def fill_parameters(targets: Mapping[str, "torch.Tensor"], records: Mapping[str,
         stride = record.stride if record.stride is not None else contiguous_stride(record.shape)
         storage = targets[owner].view(-1)
         targets[key].copy_(storage.as_strided(record.shape, stride, record.storage_offset).view(targets[key].shape))
-    if materialised:
-        _copy_materialised(materialised, targets, records)
+    if loaded_then_copied:
+        _load_then_copy(loaded_then_copied, targets, records)
 
 
 def receives_whole_storage(record: TensorRecord, target: "torch.Tensor") -> bool:
@@ -70,7 +70,7 @@ def _planned_dtype(record: TensorRecord, target: "torch.Tensor") -> str:
     return target_dtype(record.dtype, wanted if wanted in CONVERSION_TARGETS else None)
 
 
-def _copy_materialised(keys: Sequence[str], targets: Mapping[str, "torch.Tensor"],
+def _load_then_copy(keys: Sequence[str], targets: Mapping[str, "torch.Tensor"],
                        records: Mapping[str, TensorRecord]) -> None:
     """Loads these records into one temporary buffer, then copies (and casts) them into their targets."""
     dtype: Optional[str] = None

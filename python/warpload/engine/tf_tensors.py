@@ -8,7 +8,7 @@ from ..dtypes import dtype_name, torch_dtype
 from ..formats import keras_h5
 from ..formats.keras_h5 import H5Dataset
 from ..plan import TensorRecord, plan_load, target_dtype
-from ..tf.checkpoint import DEFAULT_BASE_MODEL_PREFIX, MappedTensor, TFCheckpoint, plain_record, read_tf_checkpoint
+from ..tf.checkpoint import DEFAULT_BASE_MODEL_PREFIX, TFCheckpoint, TranslatedTensor, plain_record, read_tf_checkpoint
 from .devices import materialize
 
 if TYPE_CHECKING:
@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 Source = Union[TensorRecord, "torch.Tensor"]
 
 
-def materialise(mapped: MappedTensor) -> "torch.Tensor":
+def read_with_layout(translated: TranslatedTensor) -> "torch.Tensor":
     """A tensor that is not a plain record: read (engine or h5py), permuted and reshaped, owning its memory."""
     import torch
 
-    stored, layout = mapped.stored, mapped.layout
+    stored, layout = translated.stored, translated.layout
     if isinstance(stored, H5Dataset):
         tensor = torch.from_numpy(keras_h5.read_dataset(stored))
     else:
@@ -36,22 +36,22 @@ def tf_sources(checkpoint: TFCheckpoint, target_shapes: Optional[Mapping[str, tu
                base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> dict[str, Source]:
     """{PyTorch name: engine record, or tensor when the layout needs materialising}, for from_pretrained."""
     sources: dict[str, Source] = {}
-    for mapped in checkpoint.mapped(target_shapes, base_model_prefix):
-        record = plain_record(mapped)
-        sources[mapped.name] = record if record is not None else materialise(mapped)
+    for translated in checkpoint.translated(target_shapes, base_model_prefix):
+        record = plain_record(translated)
+        sources[translated.name] = record if record is not None else read_with_layout(translated)
     return sources
 
 
 def load_tf_checkpoint(path: str, device: Any = "cpu", *, dtype: Optional[str] = None) -> dict[str, "torch.Tensor"]:
     """load_checkpoint(from_tf=True): a TF checkpoint as a PyTorch-named state dict (GPT-2-style defaults,
     tf_names.default_shape), plain records read in one parallel engine call."""
-    mapped = read_tf_checkpoint(path).mapped()
-    records = [record for record in map(plain_record, mapped) if record is not None]
+    translated = read_tf_checkpoint(path).translated()
+    records = [record for record in map(plain_record, translated) if record is not None]
     tensors = materialize(plan_load(records, dtype), device)
     result = {}
-    for item in mapped:
+    for item in translated:
         if item.name not in tensors:
-            tensor = materialise(item)
+            tensor = read_with_layout(item)
             if dtype is not None:
                 tensor = tensor.to(torch_dtype(target_dtype(dtype_name(tensor.dtype), dtype)))
             tensors[item.name] = tensor.to(device)

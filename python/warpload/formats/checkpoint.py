@@ -2,11 +2,11 @@
 shard indexes read and checked, TensorFlow files recognised; records only, no bytes."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Optional
 
+from .._fileio import read_shard_index
 from ..constants import TF1_CHECKPOINT_INDEX_NAME, TF_H5_INDEX_NAME, TF_H5_WEIGHTS_NAME, weight_file_names
 from ..errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from ..plan import TensorRecord
@@ -73,28 +73,14 @@ def weights_in_folder(folder: str, *, variant: Optional[str] = None, use_safeten
         f"(found: {', '.join(names) or 'nothing'}){hint}")
 
 
-def read_weight_map(index_path: str) -> dict[str, str]:
-    """The `weight_map` of a shard index: tensor name -> shard file name. Raises HeaderError when invalid."""
-    try:
-        with open(index_path, encoding="utf-8") as handle:
-            weight_map = json.load(handle)["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise TypeError("weight_map must map tensor names to file names")
-    except (ValueError, KeyError, TypeError) as err:
-        raise HeaderError(f"{index_path}: not a valid shard index ({err!r})", path=index_path) from err
-    return weight_map
-
-
 def sharded_records(index_path: str) -> list[TensorRecord]:
     """Records of every shard an index names, checked against its weight_map."""
-    weight_map = read_weight_map(index_path)
+    weight_map = read_shard_index(index_path).weight_map
     folder = os.path.dirname(index_path)
     records: list[TensorRecord] = []
     owner: dict[str, str] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = os.path.join(folder, shard)
-        if os.path.basename(shard) != shard:
-            raise HeaderError(f"{index_path}: shard name {shard!r} must be a plain file name", path=index_path)
         if not os.path.isfile(shard_path):
             raise CheckpointNotFoundError(f"{index_path} names shard {shard!r}, which is missing from {folder}")
         for record in detect_format(shard_path).read(shard_path).records:
@@ -131,9 +117,8 @@ def is_tf_safetensors(path: str) -> bool:
     """Whether a safetensors file, or the first shard of a safetensors index, says `format: tf` (formats.md 1.6)."""
     if path.endswith(".json"):
         try:
-            with open(path, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            shards = read_shard_index(path).shards
+        except (OSError, HeaderError):
             return False
         if not shards:
             return False

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
-from .._fileio import read_json_object
+from .._fileio import read_shard_index
 from ..constants import (
     CONFIG_NAME,
     GENERATION_CONFIG_NAME,
@@ -401,7 +401,7 @@ class HubRequest:
                                  filename=bin_name, **where)
 
     def _shards(self, index_path: str, files: set[str], listing: list[str]) -> list[str]:
-        shards = sorted(set(read_json_object(index_path).get("weight_map", {}).values()))
+        shards = read_shard_index(index_path).shards
         missing = [shard for shard in shards if shard not in files]
         if missing:
             raise self._missing(missing[0], listing)
@@ -434,7 +434,7 @@ class HubRequest:
         if chosen is None:
             raise self._not_cached(candidates[0])
         if chosen.endswith(".json"):
-            for shard in sorted(set(read_json_object(os.path.join(folder, chosen)).get("weight_map", {}).values())):
+            for shard in read_shard_index(os.path.join(folder, chosen)).shards:
                 if not os.path.isfile(os.path.join(folder, shard)):
                     raise self._not_cached(shard)
         return snapshot

@@ -1,15 +1,15 @@
 """Loading a sharded safetensors checkpoint while it downloads: each shard fills its parameters as it lands."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional
 
+from .._fileio import read_shard_index
 from ..engine.fill import fill_parameters
 from ..engine.mapped import AUTO, map_records
-from ..formats.checkpoint import checkpoint_records, is_tf_safetensors, read_weight_map
+from ..formats.checkpoint import checkpoint_records, is_tf_safetensors
 from ..plan import TensorRecord
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class ShardStream:
         self.index_path = index_path
         self.started = started
         self.timings: list[ShardTiming] = []
-        self.weight_map = read_weight_map(index_path)
+        self.weight_map = read_shard_index(index_path).weight_map
         self.total_bytes = index_total_size(index_path)
 
     def placeholders(self) -> dict[str, TensorRecord]:
@@ -105,6 +105,4 @@ class ShardStream:
 def index_total_size(index_path: str) -> Optional[int]:
     """The tensor bytes a shard index announces (`metadata.total_size`, written by transformers and
     huggingface_hub), or None when it has none."""
-    with open(index_path, encoding="utf-8") as handle:
-        total = json.load(handle).get("metadata", {}).get("total_size")
-    return total if isinstance(total, int) and total >= 0 else None
+    return read_shard_index(index_path).total_size

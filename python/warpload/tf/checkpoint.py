@@ -5,7 +5,7 @@ Formats (formats.md sections 4, 5): Keras h5 (tf_model.h5 and its shards), TF-fl
 bundles (tf.train.Checkpoint, Keras save_weights). Reading gives a TFCheckpoint: the stored tensors
 under their stored names. Mapping it, with or without the target model's parameter shapes, gives
 PyTorch names and layouts; 2-D transposes happen in the engine while copying, other layout changes
-(conv kernels, non-plain h5 datasets) are materialised as tensors.
+(conv kernels, non-plain h5 datasets) are read and permuted in torch (engine/tf_tensors.py).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Union
 
+from .._fileio import read_shard_index
 from ..constants import (
     CONFIG_NAME,
     SAFETENSORS_INDEX_NAME,
@@ -44,7 +45,7 @@ StoredTensor = Union[TensorRecord, H5Dataset]
 
 
 @dataclass(frozen=True)
-class MappedTensor:
+class TranslatedTensor:
     """One stored TF tensor and the PyTorch tensor it becomes."""
 
     name: str              # PyTorch name
@@ -64,8 +65,8 @@ class TFCheckpoint:
     naming: str
     tensors: tuple[StoredTensor, ...]
 
-    def mapped(self, target_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
-               base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> list[MappedTensor]:
+    def translated(self, target_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
+               base_model_prefix: str = DEFAULT_BASE_MODEL_PREFIX) -> list[TranslatedTensor]:
         """PyTorch names and layouts. With `target_shapes` (the model's state-dict shapes) names and shapes
         follow transformers' load_tf2_state_dict_in_pytorch_model for that model; without, GPT-2-style
         shapes (tf_names.default_shape) and the names as stored, main layer included (Keras:
@@ -75,7 +76,7 @@ class TFCheckpoint:
         if target_shapes is not None:
             prefix = tf_names.start_prefix_to_remove(base_model_prefix, list(target_shapes))
         runtime = self._runtime_names()
-        result: list[MappedTensor] = []
+        result: list[TranslatedTensor] = []
         seen: dict[str, str] = {}
         for stored in self.tensors:
             if self.naming == TF1:
@@ -98,7 +99,7 @@ class TFCheckpoint:
                 raise CheckpointError(f"{self.path}: TF tensors {seen[name]!r} and {stored.name!r} both map to "
                                       f"PyTorch name {name!r}", path=self.path, tensor=stored.name)
             seen[name] = stored.name
-            result.append(MappedTensor(name, stored, layout))
+            result.append(TranslatedTensor(name, stored, layout))
         return result
 
     def _runtime_names(self) -> dict[str, str]:
@@ -203,14 +204,8 @@ def _read_tf_safetensors(path: str) -> TFCheckpoint:
 
 def _read_h5_shards(index_path: str) -> TFCheckpoint:
     """Every shard an h5 index names; its weight_map keys are runtime names, the shards store them stripped (4.2)."""
-    try:
-        with open(index_path, encoding="utf-8") as handle:
-            weight_map = json.load(handle)["weight_map"]
-        shards = sorted(set(weight_map.values()))
-        if not all(isinstance(shard, str) and os.path.basename(shard) == shard for shard in shards):
-            raise TypeError("weight_map values must be plain file names")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise HeaderError(f"{index_path}: not a valid shard index ({err!r})", path=index_path) from err
+    index = read_shard_index(index_path)
+    weight_map, shards = index.weight_map, index.shards
     folder = os.path.dirname(index_path)
     tensors: list[StoredTensor] = []
     for shard in shards:
@@ -240,16 +235,16 @@ def _read_bundle(path: str) -> TFCheckpoint:
 
 # --- tensors ------------------------------------------------------------------------------------------------------
 
-def plain_record(mapped: MappedTensor) -> Optional[TensorRecord]:
-    """The mapped tensor as an engine record (renamed, reshaped, 2-D transposed while copying), or None
+def plain_record(translated: TranslatedTensor) -> Optional[TensorRecord]:
+    """The translated tensor as an engine record (renamed, reshaped, 2-D transposed while copying), or None
     when its layout needs a real permutation or its data is not a plain byte range."""
-    stored, layout = mapped.stored, mapped.layout
+    stored, layout = translated.stored, translated.layout
     if not isinstance(stored, TensorRecord):
         return None
     if layout.permutation is None or _moves_only_unit_axes(stored.shape, layout.permutation):
-        return replace(stored, name=mapped.name, shape=layout.shape)
+        return replace(stored, name=translated.name, shape=layout.shape)
     if layout.is_matrix_transpose and len(layout.shape) == 2 and layout.shape == stored.shape[::-1]:
-        return replace(stored, name=mapped.name, shape=layout.shape, transpose=True)
+        return replace(stored, name=translated.name, shape=layout.shape, transpose=True)
     return None
 
 
