@@ -6,7 +6,7 @@ import gc
 import pytest
 
 import warpload
-from warpload.engine.gc_pause import without_gc_pauses
+from warpload.gc_pause import without_gc_pauses
 
 
 @without_gc_pauses

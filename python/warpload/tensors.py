@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from . import engine
 from ._native import core
 from .dtypes import dtype_name
-from .engine.gc_pause import without_gc_pauses
 from .engine.mapped import aligned_in_file
 from .errors import CheckpointNotFoundError, ZeroCopyError
 from .formats.checkpoint import checkpoint_records
 from .formats.safetensors import read_header
+from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
 
 if TYPE_CHECKING:

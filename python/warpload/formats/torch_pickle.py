@@ -9,15 +9,14 @@ unpickler makes torch.load(weights_only=True) take 43 us per tensor.
 """
 from __future__ import annotations
 
-import gc
 import io
 import pickle
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from .._native import core
 from ..constants import TORCH_MAX_PICKLE_BYTES, TORCH_MAX_PICKLE_NESTING
 from ..errors import CheckpointError, UnsafeCheckpointError, WarploadError
+from ..gc_pause import gc_paused
 from .torch_objects import resolve_global
 
 # torch.load(weights_only=True)'s opcodes (torch/_weights_only_unpickler.py); csrc/pickle_scan.cpp refuses the rest.
@@ -93,19 +92,6 @@ class _WeightsOnlyUnpickler(pickle.Unpickler):
         return resolve_global(module, name, source=self._source, path=self._path)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # The unpickler allocates a dozen containers per tensor and the memo keeps them all alive, so
-    # the cyclic GC rescans an ever larger heap: 7.1 us per tensor with it, 2.8 us without (5000 tensors).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def load_pickle(data: bytes, *, path: str, name: str, persistent_load: Optional[Callable[[Any], Any]] = None) -> Any:
     """Unpickles `data` (the pickle `name` of checkpoint `path`) with stand-ins for everything torch would build.
 
@@ -122,7 +108,7 @@ def load_pickle(data: bytes, *, path: str, name: str, persistent_load: Optional[
                               "file is truncated or corrupt", path=path)
     unpickler = _WeightsOnlyUnpickler(data, source, path, persistent_load)
     try:
-        with _gc_paused():
+        with gc_paused():
             return unpickler.load()
     except CheckpointError as err:
         if err.path is not None:

