@@ -356,13 +356,12 @@ CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared
     }
 
     const size_t num_buffers = std::min(options.num_buffers, batches.size());
-    std::lock_guard<std::mutex> lock(shared_pool_mutex());
-    ThreadPool& pool = shared_pool(options.num_threads);
+    PoolLease pool(options.num_threads);
     DeviceGuard device(rt, options.device);
     Pipeline pipeline(rt, num_buffers, options.buffer_bytes, options.num_streams);
     stats.pinned_bytes = uint64_t(num_buffers) * options.buffer_bytes;
     SlotTurns turns(num_buffers);
-    std::vector<int> worker_device(pool.size(), -1);
+    std::vector<int> worker_device(pool.workers(), -1);
 
     auto fill_and_send = [&](size_t index, size_t worker) {
         try {

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <string>
 
 #include "convert.h"
@@ -212,9 +211,8 @@ void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const s
     }
     std::vector<Chunk> chunks = split(ops, modes, options.chunk_bytes);
 
-    std::lock_guard<std::mutex> lock(shared_pool_mutex());
-    ThreadPool& pool = shared_pool(options.num_threads);
-    std::vector<Scratch> scratch(pool.size());
+    PoolLease pool(options.num_threads);
+    std::vector<Scratch> scratch(pool.workers());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
         copy_chunk(*files[chunks[i].op->file], chunks[i], options.populate, scratch[worker]);
         report(options.progress, chunks[i].src_len);

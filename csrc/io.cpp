@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "errors.h"
@@ -252,9 +251,8 @@ bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, cons
         }
     }
     std::atomic<bool> touched{false};
-    std::lock_guard<std::mutex> lock(shared_pool_mutex());
-    ThreadPool& pool = shared_pool(num_threads);
-    std::vector<std::vector<uint8_t>> scratch(pool.size());
+    PoolLease pool(num_threads);
+    std::vector<std::vector<uint8_t>> scratch(pool.workers());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
         read_if_cold(chunks[i], scratch[worker]);
         if (!use_madvise || !populate_read(chunks[i])) {

@@ -1,7 +1,6 @@
 // tfbundle.cpp — parses TF tensor bundle .index files (a LevelDB-style SSTable of BundleEntryProto) with every read bounds-checked.
 #include "tfbundle.h"
 
-#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -339,10 +338,7 @@ int64_t first_checksum_mismatch(const std::vector<std::shared_ptr<MappedFile>>& 
                                   std::to_string(file.size()) + " bytes)");
         }
     }
-    // A pool of its own: the shared pool runs one engine plan at a time and is not reentrant, and a
-    // verification may run while another Python thread loads. Starting threads costs microseconds,
-    // checking a checkpoint milliseconds and more.
-    ThreadPool pool(std::min(num_threads == 0 ? available_cores() : num_threads, std::max<size_t>(jobs.size(), 1)));
+    PoolLease pool(num_threads);
     std::atomic<int64_t> first{-1};
     pool.run(jobs.size(), [&](size_t i, size_t) {
         const ChecksumJob& job = jobs[i];

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import subprocess
 import sys
+import threading
 from array import array
 
 import pytest
@@ -84,6 +85,32 @@ def test_malformed_plan_rows_are_refused_before_any_copy(tmp_path, row, message)
     path.write_bytes(bytes(100))
     with pytest.raises(CheckpointError, match=message):
         _run([core().File(str(path))], [row])
+
+
+def test_concurrent_plans_with_different_thread_counts_share_the_pool(tmp_path):
+    # Each call may rebuild the shared pool with its own size; that happens only between calls.
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(i % 256 for i in range(1000)))
+    file = core().File(str(path))
+    results, errors = {}, []
+
+    def load(threads: int) -> None:
+        try:
+            for _ in range(20):
+                out = torch.zeros(1000, dtype=torch.uint8)
+                table = array("q", [v for i in range(0, 1000, 10) for v in (0, i, 10, 0, out.data_ptr() + i, 0, 0, 0)])
+                core().execute([file], table, 0, threads, 8)
+                results.setdefault(threads, set()).add(out.numpy().tobytes())
+        except Exception as err:  # reported below, in the test's thread
+            errors.append(err)
+
+    workers = [threading.Thread(target=load, args=(threads,)) for threads in (1, 2, 3, 4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    assert all(found == {bytes(i % 256 for i in range(1000))} for found in results.values())
 
 
 def test_missing_file_is_an_os_error_with_errno(tmp_path):
