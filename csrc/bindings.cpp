@@ -58,22 +58,65 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
     return ops;
 }
 
+py::object text(const std::string& s) {
+    return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s.data(), s.size(), "surrogateescape"));
+}
+
+py::object path_or_none(const std::string& path) {
+    if (path.empty()) return py::none();
+    return text(path);
+}
+
+py::object offset_or_none(uint64_t offset) {
+    if (offset == kNoOffset) return py::none();
+    return py::int_(offset);
+}
+
+// warpload.errors' classes, imported once and never released: a `static py::object` would be
+// decref'd during static destruction, after the interpreter is gone (pybind11's
+// gil_safe_call_once.h).
+struct ErrorClasses {
+    py::object checkpoint, bundle, io, cuda, cuda_unavailable;
+};
+
+const ErrorClasses& error_classes() {
+    PYBIND11_CONSTINIT static py::gil_safe_call_once_and_store<ErrorClasses> storage;
+    return storage
+        .call_once_and_store_result([] {
+            py::module_ errors = py::module_::import("warpload.errors");
+            return ErrorClasses{errors.attr("CheckpointError"), errors.attr("TensorBundleError"),
+                                errors.attr("EngineIOError"), errors.attr("CudaError"),
+                                errors.attr("CudaUnavailableError")};
+        })
+        .get_stored();
+}
+
+void raise_instance(const py::object& cls, const py::object& exc) { PyErr_SetObject(cls.ptr(), exc.ptr()); }
+
+// The core's exceptions as warpload.errors classes, with where they happened as attributes.
+void translate_errors(std::exception_ptr caught) {
+    const ErrorClasses& c = error_classes();
+    try {
+        if (caught) std::rethrow_exception(caught);
+    } catch (const tfbundle::BundleError& err) {
+        py::object key = err.key().empty() ? py::none() : text(err.key());
+        raise_instance(c.bundle, c.bundle(text(err.what()), py::arg("path") = text(err.path()), py::arg("tensor") = key,
+                                          py::arg("offset") = err.offset()));
+    } catch (const CheckpointError& err) {
+        raise_instance(c.checkpoint, c.checkpoint(text(err.what()), py::arg("path") = path_or_none(err.path()),
+                                                  py::arg("offset") = offset_or_none(err.offset())));
+    } catch (const IOError& err) {
+        raise_instance(c.io, c.io(err.errno_value(), text(err.what()), py::arg("path") = path_or_none(err.path()),
+                                  py::arg("offset") = offset_or_none(err.offset())));
+    } catch (const CudaError& err) {
+        raise_instance(c.cuda, c.cuda(text(err.what()), py::arg("code") = err.code()));
+    } catch (const CudaUnavailableError& err) {
+        PyErr_SetString(c.cuda_unavailable.ptr(), err.what());
+    }
+}
+
 // TensorFlow tensor bundles (python/warpload/formats/tf_bundle.py): plain tuples, bytes keys.
 void bind_tfbundle(py::module_& m) {
-    static py::object bundle_error = py::module_::import("warpload.errors").attr("TensorBundleError");
-    py::register_exception_translator([](std::exception_ptr caught) {
-        try {
-            if (caught) std::rethrow_exception(caught);
-        } catch (const tfbundle::BundleError& err) {
-            auto text = [](const std::string& s) {
-                return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s.data(), s.size(), "surrogateescape"));
-            };
-            py::object key = err.key().empty() ? py::none() : text(err.key());
-            py::object exc = bundle_error(text(err.what()), py::arg("path") = text(err.path()), py::arg("tensor") = key,
-                                          py::arg("offset") = err.offset());
-            PyErr_SetObject(bundle_error.ptr(), exc.ptr());
-        }
-    });
     m.def(
         "tf_bundle_index",
         [](const std::string& path) {
@@ -152,7 +195,8 @@ void check_in_file(const MappedFile& file, uint64_t offset, uint64_t nbytes) {
     uint64_t end = offset + nbytes;
     if (end < offset || end > file.size()) {
         throw CheckpointError(file.path() + ": cannot read " + std::to_string(nbytes) + " bytes at offset " +
-                              std::to_string(offset) + ", the file has " + std::to_string(file.size()));
+                                  std::to_string(offset) + ", the file has " + std::to_string(file.size()),
+                              file.path(), offset);
     }
 }
 
@@ -164,26 +208,8 @@ uint8_t empty_buffer_byte = 0;
 PYBIND11_MODULE(_core, m) {
     m.doc() = "warpload's C++ engine: mapped files, huge-page buffers, parallel plan execution.";
 
-    py::module_ errors = py::module_::import("warpload.errors");
-    static py::object checkpoint_error = errors.attr("CheckpointError");
-    static py::object io_error = errors.attr("EngineIOError");
-    static py::object cuda_error = errors.attr("CudaError");
-    static py::object cuda_unavailable_error = errors.attr("CudaUnavailableError");
-    py::register_exception_translator([](std::exception_ptr caught) {
-        try {
-            if (caught) std::rethrow_exception(caught);
-        } catch (const CheckpointError& err) {
-            PyErr_SetString(checkpoint_error.ptr(), err.what());
-        } catch (const IOError& err) {
-            py::object exc = io_error(err.errno_value(), err.what());
-            PyErr_SetObject(io_error.ptr(), exc.ptr());
-        } catch (const CudaError& err) {
-            py::object exc = cuda_error(err.what(), py::arg("code") = err.code());
-            PyErr_SetObject(cuda_error.ptr(), exc.ptr());
-        } catch (const CudaUnavailableError& err) {
-            PyErr_SetString(cuda_unavailable_error.ptr(), err.what());
-        }
-    });
+    error_classes();  // imported now, so a broken warpload.errors fails the import, not a later error
+    py::register_exception_translator(&translate_errors);
 
     py::class_<MappedFile, std::shared_ptr<MappedFile>>(m, "File", py::buffer_protocol())
         .def(py::init<const std::string&>(), py::arg("path"))

@@ -269,9 +269,12 @@ void validate_raw(const std::vector<std::shared_ptr<MappedFile>>& files, const s
     validate_plan(files, ops);
     for (size_t i = 0; i < ops.size(); ++i) {
         if (ops[i].src_dtype != ops[i].dst_dtype || ops[i].rows > 0) {
-            throw CheckpointError("plan operation " + std::to_string(i) +
-                                  ": the CUDA pipeline copies raw bytes; conversions and transposes run on the "
-                                  "device after the copy (python/warpload/cuda.py)");
+            const std::string& path = files[ops[i].file]->path();
+            throw CheckpointError(path + ": plan row " + std::to_string(i) + " (bytes at offset " +
+                                      std::to_string(ops[i].src_offset) +
+                                      "): the CUDA pipeline copies raw bytes; conversions and transposes run on "
+                                      "the device after the copy (python/warpload/cuda.py)",
+                                  path, ops[i].src_offset);
         }
     }
 }

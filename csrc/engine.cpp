@@ -151,40 +151,46 @@ void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, Scrat
     convert(src, op.src_dtype, dst, op.dst_dtype, chunk.src_len / src_size);
 }
 
+// The checks of an operation's source bytes: inside the file, whole elements, a known conversion,
+// a transpose shape that matches them. Messages are built only on failure: a plan has thousands of rows.
+void check_source(const MappedFile& file, const CopyOp& op, size_t row) {
+    auto fail = [&](const std::string& what) {
+        throw CheckpointError(file.path() + ": plan row " + std::to_string(row) + what, file.path(), op.src_offset);
+    };
+    uint64_t end = 0;
+    if (__builtin_add_overflow(op.src_offset, op.src_nbytes, &end) || end > file.size()) {
+        fail(" reads bytes [" + std::to_string(op.src_offset) + ", " + std::to_string(op.src_offset) + "+" +
+             std::to_string(op.src_nbytes) + "), past the end of the file (" + std::to_string(file.size()) + " bytes)");
+    }
+    if (op.src_nbytes % itemsize(op.src_dtype) != 0) {
+        fail(" copies " + std::to_string(op.src_nbytes) + " bytes at offset " + std::to_string(op.src_offset) +
+             ", not a whole number of elements");
+    }
+    if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
+        fail(": no conversion from dtype code " + std::to_string(static_cast<int>(op.src_dtype)) + " to " +
+             std::to_string(static_cast<int>(op.dst_dtype)) + " (bytes at offset " + std::to_string(op.src_offset) + ")");
+    }
+    if (op.rows > 0 || op.cols > 0) {
+        uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
+        if (op.rows == 0 || op.cols == 0 || op.cols > elements / op.rows || op.rows * op.cols != elements) {
+            fail(" transposes a " + std::to_string(op.rows) + " x " + std::to_string(op.cols) + " matrix but copies " +
+                 std::to_string(elements) + " elements at offset " + std::to_string(op.src_offset));
+        }
+    }
+}
+
 }  // namespace
 
 void validate_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
     for (size_t i = 0; i < ops.size(); ++i) {
-        const CopyOp& op = ops[i];
-        const std::string where = "plan operation " + std::to_string(i);
-        if (op.file >= files.size()) {
-            throw CheckpointError(where + ": file index " + std::to_string(op.file) + " but the plan has " +
-                                  std::to_string(files.size()) + " files");
+        if (ops[i].file >= files.size()) {
+            throw CheckpointError("plan row " + std::to_string(i) + ": file index " + std::to_string(ops[i].file) +
+                                  ", but there are " + std::to_string(files.size()) + " files");
         }
-        const MappedFile& file = *files[op.file];
-        uint64_t end = op.src_offset + op.src_nbytes;
-        if (end < op.src_offset || end > file.size()) {
-            throw CheckpointError(file.path() + ": " + where + " reads bytes [" + std::to_string(op.src_offset) +
-                                  ", " + std::to_string(op.src_offset) + "+" + std::to_string(op.src_nbytes) +
-                                  "), past the end of the file (" + std::to_string(file.size()) + " bytes)");
-        }
-        if (op.src_nbytes % itemsize(op.src_dtype) != 0) {
-            throw CheckpointError(file.path() + ": " + where + " copies " + std::to_string(op.src_nbytes) +
-                                  " bytes, not a whole number of elements");
-        }
-        if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
-            throw CheckpointError(where + ": no conversion from dtype code " +
-                                  std::to_string(static_cast<int>(op.src_dtype)) + " to " +
-                                  std::to_string(static_cast<int>(op.dst_dtype)));
-        }
-        if (op.src_nbytes > 0 && op.dst == nullptr) throw CheckpointError(where + ": null destination");
-        if (op.rows > 0 || op.cols > 0) {
-            uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
-            if (op.rows == 0 || op.cols == 0 || op.cols > elements / op.rows || op.rows * op.cols != elements) {
-                throw CheckpointError(file.path() + ": " + where + " transposes a " + std::to_string(op.rows) + " x " +
-                                      std::to_string(op.cols) + " matrix but copies " + std::to_string(elements) +
-                                      " elements");
-            }
+        const MappedFile& file = *files[ops[i].file];
+        check_source(file, ops[i], i);
+        if (ops[i].src_nbytes > 0 && ops[i].dst == nullptr) {
+            throw CheckpointError("plan row " + std::to_string(i) + ": null destination");
         }
     }
 }

@@ -205,10 +205,9 @@ void for_each_in_block(const std::string& path, Cursor block, const char* what, 
 
 BundleError::BundleError(const std::string& path, const std::string& key, uint64_t offset, const std::string& what)
     : CheckpointError(path + ": " + (key.empty() ? std::string() : "entry '" + printable(key) + "': ") + what +
-                      " (at byte " + std::to_string(offset) + " of the file)"),
-      path_(path),
-      key_(key),
-      offset_(offset) {}
+                          " (at byte " + std::to_string(offset) + " of the file)",
+                      path, offset),
+      key_(key) {}
 
 std::string printable(const std::string& key) {
     static const char hex[] = "0123456789abcdef";

@@ -58,8 +58,9 @@ def test_plan_reading_past_the_end_names_the_file_and_range(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(bytes(100))
     out = torch.empty(64, dtype=torch.uint8)
-    with pytest.raises(CheckpointError, match=r"f\.bin.*\[50, 50\+64\).*100 bytes"):
+    with pytest.raises(CheckpointError, match=r"f\.bin.*\[50, 50\+64\).*100 bytes") as caught:
         _run([core().File(str(path))], [(0, 50, 64, 0, out.data_ptr(), 0)])
+    assert caught.value.path == str(path) and caught.value.offset == 50
 
 
 def test_plan_with_offset_overflow_is_refused(tmp_path):
@@ -71,7 +72,7 @@ def test_plan_with_offset_overflow_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("row,message", [
-    ((1, 0, 8, 0, 1, 0), "file index 1"),
+    ((1, 0, 8, 0, 1, 0), "file index 1, but there are 1 files"),
     ((0, 0, 3, 2, 1, 2), "whole number of elements"),
     ((0, 0, 8, 0, 0, 0), "null destination"),
     ((0, 0, 8, 10, 1, 0), "unknown dtype"),
@@ -113,11 +114,12 @@ def test_concurrent_plans_with_different_thread_counts_share_the_pool(tmp_path):
     assert all(found == {bytes(i % 256 for i in range(1000))} for found in results.values())
 
 
-def test_missing_file_is_an_os_error_with_errno(tmp_path):
+def test_missing_file_is_an_os_error_with_errno_and_path(tmp_path):
+    path = str(tmp_path / "absent")
     with pytest.raises(EngineIOError) as caught:
-        core().File(str(tmp_path / "absent"))
+        core().File(path)
     assert caught.value.errno == errno.ENOENT
-    assert isinstance(caught.value, FileNotFoundError) or isinstance(caught.value, OSError)
+    assert caught.value.path == path and path in str(caught.value) and caught.value.offset is None
 
 
 def test_file_read_is_bounds_checked(tmp_path):
@@ -125,8 +127,9 @@ def test_file_read_is_bounds_checked(tmp_path):
     path.write_bytes(b"abcdef")
     handle = core().File(str(path))
     assert handle.read(2, 3) == b"cde"
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot read 3 bytes at offset 4") as caught:
         handle.read(4, 3)
+    assert (caught.value.path, caught.value.offset) == (str(path), 4)
 
 
 def test_huge_page_buffer_is_zeroed_and_writable():
@@ -155,8 +158,9 @@ os.truncate({str(path)!r}, 1000)
 try:
     engine.execute(plan, files)
 except CheckpointError as err:
-    print("refused:", err)
+    print("refused:", err, err.path == {str(path)!r}, err.offset >= 1000)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout and "end of file" in result.stdout
+    assert result.stdout.endswith("True True\n")  # the error keeps its file and byte offset

@@ -49,7 +49,15 @@ class CheckpointNotFoundError(WarploadError, FileNotFoundError):
 
 
 class EngineIOError(WarploadError, OSError):
-    """The operating system failed a read, open or allocation (raised by the C++ engine)."""
+    """The operating system failed a read, open or allocation (raised by the C++ engine).
+
+    ``errno`` is the system's error number; ``path`` and ``offset`` name the file and byte, when known.
+    """
+
+    def __init__(self, errno: int, message: str, *, path: Optional[str] = None, offset: Optional[int] = None) -> None:
+        super().__init__(errno, message)
+        self.path = path
+        self.offset = offset
 
 
 class CudaError(WarploadError, RuntimeError):
