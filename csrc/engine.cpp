@@ -183,11 +183,7 @@ void check_source(const MappedFile& file, const CopyOp& op, size_t row) {
 
 void validate_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
     for (size_t i = 0; i < ops.size(); ++i) {
-        if (ops[i].file >= files.size()) {
-            throw CheckpointError("plan row " + std::to_string(i) + ": file index " + std::to_string(ops[i].file) +
-                                  ", but there are " + std::to_string(files.size()) + " files");
-        }
-        const MappedFile& file = *files[ops[i].file];
+        const MappedFile& file = file_at(files, ops[i].file, "plan row", i);
         check_source(file, ops[i], i);
         if (ops[i].src_nbytes > 0 && ops[i].dst == nullptr) {
             throw CheckpointError("plan row " + std::to_string(i) + ": null destination");

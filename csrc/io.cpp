@@ -125,6 +125,14 @@ void evict_from_page_cache(const std::string& path) {
     if (rc != 0) throw_io_error(path + ": posix_fadvise(DONTNEED) failed", rc, path);
 }
 
+const MappedFile& file_at(const std::vector<std::shared_ptr<MappedFile>>& files, uint64_t index, const char* what,
+                          size_t number) {
+    if (index < files.size() && files[index] != nullptr) return *files[index];
+    const std::string where = std::string(what) + " " + std::to_string(number) + ": file index " + std::to_string(index);
+    if (index >= files.size()) throw CheckpointError(where + ", but there are " + std::to_string(files.size()) + " files");
+    throw CheckpointError(where + " is null (None passed for a File)");
+}
+
 HostBuffer::HostBuffer(size_t nbytes, bool huge_pages) : size_(nbytes) {
     if (nbytes == 0) return;
     // With huge pages, over-allocate by one huge page so the region can start 2 MiB-aligned,
@@ -241,12 +249,9 @@ bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, cons
                      size_t num_threads, bool use_madvise, Progress* progress) {
     const uint64_t page = page_size();
     std::vector<PrefaultChunk> chunks;
-    for (const FileRange& range : ranges) {
-        if (range.file >= files.size() || files[range.file] == nullptr) {
-            throw CheckpointError("prefault range names file " + std::to_string(range.file) + " of " +
-                                  std::to_string(files.size()));
-        }
-        const MappedFile& file = *files[range.file];
+    for (size_t i = 0; i < ranges.size(); ++i) {
+        const FileRange& range = ranges[i];
+        const MappedFile& file = file_at(files, range.file, "prefault range", i);
         uint64_t end = range.offset + range.nbytes;
         if (end < range.offset || end > file.size()) {
             throw CheckpointError(file.path() + ": cannot map " + std::to_string(range.nbytes) + " bytes at offset " +

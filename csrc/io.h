@@ -46,6 +46,11 @@ class MappedFile {
     uint8_t* data_ = nullptr;
 };
 
+// files[index], which must exist: throws CheckpointError "<what> <number>: ..." (say, "plan row 3")
+// for an index past the end or a null file (None passed for a File), so no caller dereferences one.
+const MappedFile& file_at(const std::vector<std::shared_ptr<MappedFile>>& files, uint64_t index, const char* what,
+                          size_t number);
+
 // Drops the file's pages from the page cache (POSIX_FADV_DONTNEED), for cold-cache benchmarks.
 void evict_from_page_cache(const std::string& path);
 

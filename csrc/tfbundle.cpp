@@ -328,9 +328,9 @@ std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64
 
 int64_t first_checksum_mismatch(const std::vector<std::shared_ptr<MappedFile>>& files,
                                 const std::vector<ChecksumJob>& jobs, size_t num_threads) {
-    for (const ChecksumJob& job : jobs) {
-        if (job.file >= files.size() || !files[job.file]) throw CheckpointError("checksum job names an unknown file");
-        const MappedFile& file = *files[job.file];
+    for (size_t i = 0; i < jobs.size(); ++i) {
+        const ChecksumJob& job = jobs[i];
+        const MappedFile& file = file_at(files, job.file, "checksum job", i);
         if (job.offset > file.size() || job.nbytes > file.size() - job.offset) {
             throw BundleError(file.path(), "", job.offset,
                               "tensor of " + std::to_string(job.nbytes) + " bytes runs past the end of the file (" +

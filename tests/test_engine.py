@@ -122,6 +122,32 @@ def test_missing_file_is_an_os_error_with_errno_and_path(tmp_path):
     assert caught.value.path == path and path in str(caught.value) and caught.value.offset is None
 
 
+def test_null_files_are_refused_not_dereferenced():
+    # The engine once dereferenced a None file; a subprocess keeps the suite alive if that comes back.
+    script = """
+from array import array
+from warpload.engine import core
+from warpload.errors import CheckpointError
+calls = {
+    "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 1, 0, 0, 0])),
+    "prefault": lambda: core().prefault([None], [(0, 0, 8)]),
+    "checksum": lambda: core().tf_bundle_first_bad_checksum([None], [(0, 0, 8, 0)]),
+}
+for name, call in calls.items():
+    try:
+        call()
+    except CheckpointError as err:
+        print(name, "refused:", err)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "execute refused: plan row 0: file index 0 is null (None passed for a File)",
+        "prefault refused: prefault range 0: file index 0 is null (None passed for a File)",
+        "checksum refused: checksum job 0: file index 0 is null (None passed for a File)",
+    ]
+
+
 def test_file_read_is_bounds_checked(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abcdef")
