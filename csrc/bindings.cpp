@@ -200,6 +200,11 @@ void check_in_file(const MappedFile& file, uint64_t offset, uint64_t nbytes) {
     }
 }
 
+ReadMethod read_method(int method) {
+    if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
+    return static_cast<ReadMethod>(method);
+}
+
 // A buffer of zero bytes still needs a non-null address for the buffer protocol.
 uint8_t empty_buffer_byte = 0;
 
@@ -264,12 +269,12 @@ PYBIND11_MODULE(_core, m) {
         "execute",
         [](const std::vector<std::shared_ptr<MappedFile>>& files, const py::buffer& table, int method,
            size_t num_threads, size_t chunk_bytes, bool huge_pages, bool populate,
-           const std::shared_ptr<Progress>& progress) {
-            if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
+           const std::shared_ptr<Progress>& progress, double warm_fraction) {
             std::vector<CopyOp> ops = decode_plan(table);
             ExecuteOptions options;
             options.progress = progress.get();
-            options.method = static_cast<ReadMethod>(method);
+            options.method = read_method(method);
+            options.warm_fraction = warm_fraction;
             options.num_threads = num_threads;
             if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
             options.huge_pages = huge_pages;
@@ -279,7 +284,7 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("files"), py::arg("table"), py::arg("method") = 0, py::arg("num_threads") = 0,
         py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false, py::arg("populate") = true,
-        py::arg("progress") = nullptr,
+        py::arg("progress") = nullptr, py::kw_only(), py::arg("warm_fraction"),
         "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_address, dst_dtype, "
         "transpose_rows, transpose_cols; 0, 0 for a plain copy).");
 
@@ -317,8 +322,7 @@ PYBIND11_MODULE(_core, m) {
            const py::buffer& table, int device, size_t buffer_bytes, size_t num_buffers, size_t num_streams,
            size_t num_threads, int method, uint64_t coalesce_gap,
            const std::vector<std::pair<uint64_t, uint64_t>>& coalesce_regions,
-           const std::shared_ptr<Progress>& progress) {
-            if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
+           const std::shared_ptr<Progress>& progress, double warm_fraction) {
             std::vector<CopyOp> ops = decode_plan(table);
             CudaOptions options;
             options.progress = progress.get();
@@ -327,7 +331,8 @@ PYBIND11_MODULE(_core, m) {
             options.num_buffers = num_buffers;
             options.num_streams = num_streams;
             options.num_threads = num_threads;
-            options.method = static_cast<ReadMethod>(method);
+            options.method = read_method(method);
+            options.warm_fraction = warm_fraction;
             options.coalesce_gap = coalesce_gap;
             options.coalesce_regions = coalesce_regions;
             CudaStats stats;
@@ -348,7 +353,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("runtime_candidates"), py::arg("files"), py::arg("table"), py::arg("device"), py::arg("buffer_bytes"),
         py::arg("num_buffers"), py::arg("num_streams"), py::arg("num_threads") = 0, py::arg("method") = 0,
         py::arg("coalesce_gap") = 0, py::arg("coalesce_regions") = std::vector<std::pair<uint64_t, uint64_t>>(),
-        py::arg("progress") = nullptr,
+        py::arg("progress") = nullptr, py::kw_only(), py::arg("warm_fraction"),
         "Runs a plan table of raw copies into device addresses through a ring of pinned buffers; returns counters.");
     bind_tfbundle(m);
 

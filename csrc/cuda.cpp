@@ -23,9 +23,6 @@ constexpr int kMemcpyHostToDevice = 1;
 constexpr unsigned int kStreamNonBlocking = 0x01;
 constexpr unsigned int kEventDisableTiming = 0x02;
 constexpr unsigned int kHostAllocDefault = 0x00;
-// A file at least this resident is copied from its mapping; below, read with pread so the
-// kernel reads ahead in large requests (the CPU engine's rule, csrc/engine.cpp).
-constexpr double kWarmFraction = 0.9;
 
 template <typename Function>
 bool resolve(void* handle, const char* name, Function& out, std::string& missing) {
@@ -346,16 +343,11 @@ CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared
     std::vector<Batch> batches = pack(ops, options.buffer_bytes, options);
     if (batches.empty()) return stats;
 
-    // Resident files are copied from the mapping; cold ones read with pread, with readahead hints.
+    // Every byte passes through the ring: resident files are copied from the mapping, cold ones read with pread.
+    std::vector<ReadMode> modes = read_modes(files, ops, options.method, options.warm_fraction, false);
     std::vector<FileSpan> spans = spans_of(files.size(), ops);
-    std::vector<bool> use_pread(files.size(), false);
     for (size_t f = 0; f < files.size(); ++f) {
-        if (spans[f].empty()) continue;
-        uint64_t length = spans[f].end - spans[f].begin;
-        bool cold = files[f]->resident_fraction(spans[f].begin, length) < kWarmFraction;
-        use_pread[f] = options.method == ReadMethod::Pread || (options.method == ReadMethod::Auto && cold);
-        if (use_pread[f] && cold) files[f]->advise_sequential_reads(spans[f].begin, length);
-        ++(use_pread[f] ? stats.pread_files : stats.mmap_files);
+        if (!spans[f].empty()) ++(modes[f].bounce_via_pread ? stats.pread_files : stats.mmap_files);
     }
 
     const size_t num_buffers = std::min(options.num_buffers, batches.size());
@@ -380,7 +372,7 @@ CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared
             uint8_t* buffer = pipeline.buffer(slot);
             for (const Read& read : batch.reads) {
                 const MappedFile& file = *files[read.file];
-                if (use_pread[read.file]) {
+                if (modes[read.file].bounce_via_pread) {
                     file.read_into(buffer + read.buffer_offset, read.src_offset, read.length);
                 } else {
                     std::memcpy(buffer + read.buffer_offset, file.data() + read.src_offset, read.length);

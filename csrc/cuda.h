@@ -70,6 +70,7 @@ struct CudaOptions {
     size_t num_streams = 4;
     size_t num_threads = 0;  // 0: one per available core
     ReadMethod method = ReadMethod::Auto;
+    double warm_fraction = 1.0;  // as ExecuteOptions::warm_fraction
     // A destination at most coalesce_gap bytes after the previous one in the same buffer is sent
     // with the same copy, gap included, when both lie in one of coalesce_regions (address, nbytes):
     // allocations the caller owns whose gaps are padding. Elsewhere a gap may be someone's memory.

@@ -13,9 +13,6 @@ namespace warpload {
 
 namespace {
 
-// Below this a file is treated as cold: converting from the mapping would page-fault on nearly
-// every 64 KiB of source, and pread lets the kernel read ahead in large requests.
-constexpr double kWarmFraction = 0.9;
 // Destinations smaller than this gain nothing from huge-page advice.
 constexpr uint64_t kHugePageAdviceMin = uint64_t(4) << 20;
 
@@ -26,33 +23,7 @@ struct Chunk {
     bool use_pread;
 };
 
-// How each file's bytes are read, decided once per plan.
-struct FileReadMode {
-    bool convert_via_pread = false;  // conversions: pread into a bounce buffer, else the mapping
-    bool copy_via_pread = true;      // plain copies: pread into the destination, else memcpy
-};
-
-// Decides per file how its bytes are read, and gives the kernel the matching hint.
-std::vector<FileReadMode> choose_read_modes(const std::vector<std::shared_ptr<MappedFile>>& files,
-                                            const std::vector<FileSpan>& spans, ReadMethod method) {
-    std::vector<FileReadMode> modes(files.size());
-    for (size_t f = 0; f < files.size(); ++f) {
-        const FileSpan& span = spans[f];
-        if (span.empty()) continue;
-        uint64_t length = span.end - span.begin;
-        FileReadMode& mode = modes[f];
-        bool cold = files[f]->resident_fraction(span.begin, length) < kWarmFraction;
-        mode.copy_via_pread = method != ReadMethod::Mmap;
-        mode.convert_via_pread = method == ReadMethod::Pread || (method == ReadMethod::Auto && cold);
-        if (!cold) continue;
-        if (mode.copy_via_pread || mode.convert_via_pread) files[f]->advise_sequential_reads(span.begin, length);
-        if (!mode.copy_via_pread || !mode.convert_via_pread) files[f]->advise_mapping_willneed(span.begin, length);
-    }
-    return modes;
-}
-
-std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<FileReadMode>& modes,
-                         size_t chunk_bytes) {
+std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<ReadMode>& modes, size_t chunk_bytes) {
     std::vector<Chunk> chunks;
     chunks.reserve(ops.size());
     for (const CopyOp& op : ops) {
@@ -64,8 +35,8 @@ std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<FileR
             uint64_t row_bytes = op.cols * itemsize(op.src_dtype);
             step = std::max<uint64_t>(step / row_bytes, 1) * row_bytes;
         }
-        const FileReadMode& mode = modes[op.file];
-        bool use_pread = op.src_dtype == op.dst_dtype ? mode.copy_via_pread : mode.convert_via_pread;
+        const ReadMode& mode = modes[op.file];
+        bool use_pread = op.src_dtype == op.dst_dtype ? mode.copy_via_pread : mode.bounce_via_pread;
         for (uint64_t begin = 0; begin < op.src_nbytes; begin += step) {
             chunks.push_back({&op, begin, std::min(step, op.src_nbytes - begin), use_pread});
         }
@@ -201,10 +172,22 @@ std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops)
     return spans;
 }
 
+std::vector<ReadMode> read_modes(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
+                                 ReadMethod method, double warm_fraction, bool direct_copies) {
+    std::vector<FileSpan> spans = spans_of(files.size(), ops);
+    std::vector<ReadMode> modes(files.size());
+    for (size_t f = 0; f < files.size(); ++f) {
+        if (spans[f].empty()) continue;
+        modes[f] = choose_read_mode(*files[f], spans[f].begin, spans[f].end - spans[f].begin, method, warm_fraction,
+                                    direct_copies);
+    }
+    return modes;
+}
+
 void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
                   const ExecuteOptions& options) {
     validate_plan(files, ops);
-    std::vector<FileReadMode> modes = choose_read_modes(files, spans_of(files.size(), ops), options.method);
+    std::vector<ReadMode> modes = read_modes(files, ops, options.method, options.warm_fraction, true);
     if (options.huge_pages) {
         for (const CopyOp& op : ops) {
             uint64_t dst_nbytes = op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);

@@ -28,15 +28,11 @@ struct CopyOp {
     uint64_t cols = 0;
 };
 
-// How bytes leave the file. Auto reads plain copies with pread straight into the destination
-// (measured here on fresh memory: 10-40% faster than memcpy from the mapping, which also pays a
-// page fault per 64 KiB of source). Conversions read from the mapping when the file is in the
-// page cache (mincore), so no bounce buffer is needed, and with pread into a bounce buffer when
-// it is cold, so the kernel reads ahead in large requests.
-enum class ReadMethod : int32_t { Auto = 0, Mmap = 1, Pread = 2 };
-
 struct ExecuteOptions {
     ReadMethod method = ReadMethod::Auto;
+    // A file with less of its span in the page cache than this is cold (choose_read_mode); the
+    // caller passes python/warpload/constants.py MAP_WARM_FRACTION.
+    double warm_fraction = 1.0;
     size_t num_threads = 0;             // 0: one per available core
     size_t chunk_bytes = size_t(4) << 20;  // work unit handed to one thread
     // Advise destinations of 4 MiB and more for transparent huge pages. A win on bare metal; a
@@ -61,6 +57,10 @@ struct FileSpan {
 
 // The range of each file the plan reads.
 std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops);
+
+// The read mode (choose_read_mode) of each file over the span the ops read from it.
+std::vector<ReadMode> read_modes(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
+                                 ReadMethod method, double warm_fraction, bool direct_copies);
 
 // Checks every operation (file index, bounds with overflow checks, dtype pair), then runs them
 // all on the shared thread pool. Throws CheckpointError for a bad plan, IOError for a failed

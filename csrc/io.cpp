@@ -133,6 +133,21 @@ const MappedFile& file_at(const std::vector<std::shared_ptr<MappedFile>>& files,
     throw CheckpointError(where + " is null (None passed for a File)");
 }
 
+ReadMode choose_read_mode(const MappedFile& file, uint64_t begin, uint64_t length, ReadMethod method,
+                          double warm_fraction, bool direct_copies) {
+    ReadMode mode;
+    mode.cold = file.resident_fraction(begin, length) < warm_fraction;
+    mode.copy_via_pread = method != ReadMethod::Mmap;
+    mode.bounce_via_pread = method == ReadMethod::Pread || (method == ReadMethod::Auto && mode.cold);
+    if (!mode.cold) return mode;
+    // Only a cold file gains from hints: a warm one is read from memory whichever way.
+    bool preads = mode.bounce_via_pread || (direct_copies && mode.copy_via_pread);
+    bool maps = !mode.bounce_via_pread || (direct_copies && !mode.copy_via_pread);
+    if (preads) file.advise_sequential_reads(begin, length);
+    if (maps) file.advise_mapping_willneed(begin, length);
+    return mode;
+}
+
 HostBuffer::HostBuffer(size_t nbytes, bool huge_pages) : size_(nbytes) {
     if (nbytes == 0) return;
     // With huge pages, over-allocate by one huge page so the region can start 2 MiB-aligned,

@@ -270,6 +270,17 @@ def test_cold_files_are_read_with_pread_and_warm_ones_from_the_mapping(fake, tmp
     assert_bit_exact({k: loaded[k] for k in tensors}, tensors)
 
 
+@pytest.mark.parametrize("fraction, counter", [(0.0, "mmap_files"), (1.01, "pread_files")])
+def test_the_engine_takes_its_warm_threshold_from_constants(fake, tmp_path, monkeypatch, fraction, counter):
+    # One definition of "in the page cache": with 0 every file is warm, above 1 none is.
+    monkeypatch.setattr(constants, "MAP_WARM_FRACTION", fraction)
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.randn(1000)}, os.fspath(path))
+    stats = {}
+    assert_bit_exact(load_via_fake(path, stats=stats), load_file(os.fspath(path)))
+    assert stats[counter] == 1
+
+
 def test_transposed_records_are_transposed_on_the_device(fake, tmp_path):
     matrix = torch.randn(37, 53)
     path = tmp_path / "tf.safetensors"

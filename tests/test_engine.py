@@ -13,6 +13,7 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save_file
 
 import warpload
+from warpload import constants
 from warpload.engine import core
 from warpload.errors import CheckpointError, EngineIOError
 
@@ -51,7 +52,7 @@ def test_cold_file_is_read_correctly_after_eviction(mixed_file):
 def _run(files, rows):
     """Runs plan rows; 6-column rows are plain copies (no transposition)."""
     table = array("q", [value for row in rows for value in (tuple(row) + (0, 0))[:8]])
-    core().execute(files, table)
+    core().execute(files, table, warm_fraction=constants.MAP_WARM_FRACTION)
 
 
 def test_plan_reading_past_the_end_names_the_file_and_range(tmp_path):
@@ -100,7 +101,7 @@ def test_concurrent_plans_with_different_thread_counts_share_the_pool(tmp_path):
             for _ in range(20):
                 out = torch.zeros(1000, dtype=torch.uint8)
                 table = array("q", [v for i in range(0, 1000, 10) for v in (0, i, 10, 0, out.data_ptr() + i, 0, 0, 0)])
-                core().execute([file], table, 0, threads, 8)
+                core().execute([file], table, 0, threads, 8, warm_fraction=constants.MAP_WARM_FRACTION)
                 results.setdefault(threads, set()).add(out.numpy().tobytes())
         except Exception as err:  # reported below, in the test's thread
             errors.append(err)
@@ -126,10 +127,11 @@ def test_null_files_are_refused_not_dereferenced():
     # The engine once dereferenced a None file; a subprocess keeps the suite alive if that comes back.
     script = """
 from array import array
+from warpload import constants
 from warpload.engine import core
 from warpload.errors import CheckpointError
 calls = {
-    "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 1, 0, 0, 0])),
+    "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 1, 0, 0, 0]), warm_fraction=constants.MAP_WARM_FRACTION),
     "prefault": lambda: core().prefault([None], [(0, 0, 8)]),
     "checksum": lambda: core().tf_bundle_first_bad_checksum([None], [(0, 0, 8, 0)]),
 }

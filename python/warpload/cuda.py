@@ -107,7 +107,7 @@ def copy_to_device(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any
     return engine.core().cuda_execute(
         [runtime] if runtime else runtime_candidates(), list(files), engine.plan_table(raw, addresses), device_index,
         ring.buffer_bytes, ring.num_buffers, constants.CUDA_STREAMS, constants.num_threads(), constants.read_method(),
-        TENSOR_ALIGNMENT, list(regions), progress=current_counter())
+        TENSOR_ALIGNMENT, list(regions), progress=current_counter(), warm_fraction=constants.MAP_WARM_FRACTION)
 
 
 # Source bytes of converted or transposed storages pass through a device staging buffer of at

@@ -131,7 +131,8 @@ def run_table(plan: LoadPlan, dst_addresses: Sequence[int], files: Optional[Sequ
     if files is None:
         files = open_files(plan.paths)
     core().execute(list(files), plan_table(plan, dst_addresses, copy_gaps=copy_gaps), constants.read_method(),
-                   constants.num_threads(), huge_pages=system.use_huge_pages(), progress=current_counter())
+                   constants.num_threads(), huge_pages=system.use_huge_pages(), progress=current_counter(),
+                   warm_fraction=constants.MAP_WARM_FRACTION)
 
 
 def execute(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:
