@@ -64,6 +64,7 @@ struct Copy {
     uint64_t buffer_offset;
     uint8_t* dst;
     uint64_t length;
+    uint32_t region;
 };
 
 // What one ring buffer carries: the reads that fill it and the copies that empty it.
@@ -73,18 +74,27 @@ struct Batch {
     uint64_t used = 0;
 };
 
-// Whether [begin, end) lies inside one of the regions.
-bool within_one(const std::vector<std::pair<uint64_t, uint64_t>>& regions, uintptr_t begin, uintptr_t end) {
-    for (const auto& region : regions) {
-        if (begin >= region.first && end <= region.first + region.second) return true;
-    }
-    return false;
+// Where in the batch's buffer bytes bound for dst go: right after the last copy, or, when dst follows
+// that copy's destination in the same region across a gap a copy may span, as far after it, so one
+// copy sends both.
+uint64_t place_in(const Batch& batch, const CopyOp& op, uint8_t* dst, const std::vector<Region>& regions,
+                  uint64_t buffer_bytes, uint64_t max_gap, bool& extends) {
+    extends = false;
+    if (batch.copies.empty() || batch.copies.back().region != op.region) return batch.used;
+    const Copy& last = batch.copies.back();
+    uint8_t* last_end = last.dst + last.length;
+    if (dst < last_end) return batch.used;
+    const uint64_t gap = static_cast<uint64_t>(dst - last_end);
+    if (!regions[op.region].padded || gap > max_gap || batch.used + gap >= buffer_bytes) return batch.used;
+    extends = true;
+    return batch.used + gap;
 }
 
-// Packs the operations, in (file, offset) order, into buffers of buffer_bytes: small ones share a
-// buffer (and one copy, when their destinations are close in a coalescing region), large ones are
-// split over several buffers.
-std::vector<Batch> pack(const std::vector<CopyOp>& ops, uint64_t buffer_bytes, const CudaOptions& options) {
+// Packs the resolved operations, in (file, offset) order, into buffers of buffer_bytes: small ones
+// share a buffer (and one copy, when their destinations are close in a padded region), large ones
+// are split over several buffers.
+std::vector<Batch> pack(const std::vector<CopyOp>& ops, const std::vector<Region>& regions, uint64_t buffer_bytes,
+                        uint64_t max_gap) {
     std::vector<const CopyOp*> order;
     for (const CopyOp& op : ops) {
         if (op.src_nbytes > 0) order.push_back(&op);
@@ -99,19 +109,8 @@ std::vector<Batch> pack(const std::vector<CopyOp>& ops, uint64_t buffer_bytes, c
             if (batches.empty() || batches.back().used == buffer_bytes) batches.emplace_back();
             Batch& batch = batches.back();
             uint8_t* dst = op->dst + done;
-            uint64_t place = batch.used;
             bool extends = false;
-            if (!batch.copies.empty()) {
-                Copy& last = batch.copies.back();
-                uint8_t* last_end = last.dst + last.length;
-                if (dst >= last_end && static_cast<uint64_t>(dst - last_end) <= options.coalesce_gap &&
-                    batch.used + static_cast<uint64_t>(dst - last_end) < buffer_bytes &&
-                    within_one(options.coalesce_regions, reinterpret_cast<uintptr_t>(last.dst),
-                               reinterpret_cast<uintptr_t>(dst) + 1)) {
-                    place = batch.used + static_cast<uint64_t>(dst - last_end);
-                    extends = true;
-                }
-            }
+            const uint64_t place = place_in(batch, *op, dst, regions, buffer_bytes, max_gap, extends);
             uint64_t take = std::min(op->src_nbytes - done, buffer_bytes - place);
             Read read{op->file, op->src_offset + done, take, place};
             if (!batch.reads.empty()) {
@@ -129,7 +128,7 @@ std::vector<Batch> pack(const std::vector<CopyOp>& ops, uint64_t buffer_bytes, c
                 Copy& last = batch.copies.back();
                 last.length = place + take - last.buffer_offset;
             } else {
-                batch.copies.push_back({place, dst, take});
+                batch.copies.push_back({place, dst, take, op->region});
             }
             batch.used = place + take;
             done += take;
@@ -262,8 +261,10 @@ class SlotTurns {
 
 class Cancelled : public std::exception {};
 
-void validate_raw(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
-    validate_plan(files, ops);
+// resolve_plan, and the pipeline's own rule: raw copies only.
+void resolve_raw(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                 std::vector<CopyOp>& ops) {
+    resolve_plan(files, regions, ops);
     for (size_t i = 0; i < ops.size(); ++i) {
         if (ops[i].src_dtype != ops[i].dst_dtype || ops[i].rows > 0) {
             const std::string& path = files[ops[i].file]->path();
@@ -329,8 +330,8 @@ int cuda_device_count(const CudaRuntime& runtime) {
 }
 
 CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared_ptr<MappedFile>>& files,
-                            const std::vector<CopyOp>& ops, const CudaOptions& options) {
-    validate_raw(files, ops);
+                            const std::vector<Region>& regions, std::vector<CopyOp> ops, const CudaOptions& options) {
+    resolve_raw(files, regions, ops);
     if (options.buffer_bytes == 0 || options.num_buffers == 0 || options.num_streams == 0) {
         throw std::invalid_argument("the CUDA pipeline needs at least one buffer of at least one byte and one stream");
     }
@@ -340,7 +341,7 @@ CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared
                                    std::to_string(devices) + " device(s)");
     }
     CudaStats stats;
-    std::vector<Batch> batches = pack(ops, options.buffer_bytes, options);
+    std::vector<Batch> batches = pack(ops, regions, options.buffer_bytes, options.coalesce_gap);
     if (batches.empty()) return stats;
 
     // Every byte passes through the ring: resident files are copied from the mapping, cold ones read with pread.

@@ -150,15 +150,36 @@ void check_source(const MappedFile& file, const CopyOp& op, size_t row) {
     }
 }
 
+// The check that keeps the engine memory-safe: the bytes an operation writes lie inside its region.
+// Runs after check_source, so the element count is whole; the byte count is still overflow-checked.
+void check_destination(const MappedFile& file, const std::vector<Region>& regions, const CopyOp& op, size_t row) {
+    uint64_t nbytes = 0;
+    if (__builtin_mul_overflow(op.src_nbytes / itemsize(op.src_dtype), itemsize(op.dst_dtype), &nbytes)) {
+        nbytes = UINT64_MAX;
+    }
+    const uint64_t size = op.region < regions.size() ? regions[op.region].size : 0;
+    uint64_t end = 0;
+    if (op.region < regions.size() && !__builtin_add_overflow(op.dst_offset, nbytes, &end) && end <= size) return;
+    const std::string region = "destination region " + std::to_string(op.region);
+    const std::string what =
+        op.region < regions.size()
+            ? region + ", which has " + std::to_string(size) + " bytes"
+            : region + ", but the plan has " + std::to_string(regions.size()) + " regions";
+    throw DestinationError(file.path() + ": plan row " + std::to_string(row) + " would write " + std::to_string(nbytes) +
+                               " bytes at offset " + std::to_string(op.dst_offset) + " of " + what +
+                               "; nothing was written",
+                           row, op.region, op.dst_offset, nbytes, size, file.path());
+}
+
 }  // namespace
 
-void validate_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
+void resolve_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                  std::vector<CopyOp>& ops) {
     for (size_t i = 0; i < ops.size(); ++i) {
         const MappedFile& file = file_at(files, ops[i].file, "plan row", i);
         check_source(file, ops[i], i);
-        if (ops[i].src_nbytes > 0 && ops[i].dst == nullptr) {
-            throw CheckpointError("plan row " + std::to_string(i) + ": null destination");
-        }
+        check_destination(file, regions, ops[i], i);
+        ops[i].dst = regions[ops[i].region].base + ops[i].dst_offset;
     }
 }
 
@@ -184,14 +205,13 @@ std::vector<ReadMode> read_modes(const std::vector<std::shared_ptr<MappedFile>>&
     return modes;
 }
 
-void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
-                  const ExecuteOptions& options) {
-    validate_plan(files, ops);
+void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                  std::vector<CopyOp> ops, const ExecuteOptions& options) {
+    resolve_plan(files, regions, ops);
     std::vector<ReadMode> modes = read_modes(files, ops, options.method, options.warm_fraction, true);
     if (options.huge_pages) {
         for (const CopyOp& op : ops) {
-            uint64_t dst_nbytes = op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);
-            if (dst_nbytes >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes);
+            if (dst_nbytes(op) >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes(op));
         }
     }
     std::vector<Chunk> chunks = split(ops, modes, options.chunk_bytes);

@@ -12,21 +12,37 @@
 
 namespace warpload {
 
-// One planned copy: src_nbytes of files[file] at src_offset, in src_dtype, written to dst as
-// dst_dtype (src_nbytes / itemsize(src) * itemsize(dst) bytes). Equal dtypes copy raw bytes.
-// With rows > 0 the source is a row-major rows x cols matrix and dst receives its transpose
-// (cols x rows), as TF -> PyTorch weight mapping needs; the transposition happens per chunk of
-// source rows, in parallel, with no full-size temporary.
+// Memory a plan writes into: bytes [base, base + size), which the caller owns for the call. padded:
+// the bytes between the plan's destinations in it are padding (the plan's own buffer), so one copy
+// may span the gap between two destinations instead of stopping at it (the CUDA ring's shared copies).
+struct Region {
+    uint8_t* base = nullptr;
+    uint64_t size = 0;
+    bool padded = false;
+};
+
+// One planned copy: src_nbytes of files[file] at src_offset, in src_dtype, written as dst_dtype
+// (dst_nbytes(op) bytes) at dst_offset of regions[region]. Equal dtypes copy raw bytes.
+// With rows > 0 the source is a row-major rows x cols matrix and the destination receives its
+// transpose (cols x rows), as TF -> PyTorch weight mapping needs; the transposition happens per
+// chunk of source rows, in parallel, with no full-size temporary.
 struct CopyOp {
     uint32_t file;
     uint64_t src_offset;
     uint64_t src_nbytes;
     DType src_dtype;
-    uint8_t* dst;
+    uint32_t region;
+    uint64_t dst_offset;
     DType dst_dtype;
     uint64_t rows = 0;
     uint64_t cols = 0;
+    uint8_t* dst = nullptr;  // regions[region].base + dst_offset, set by resolve_plan once the op is checked
 };
+
+// Bytes an operation writes; within range once resolve_plan has accepted it.
+inline uint64_t dst_nbytes(const CopyOp& op) {
+    return op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);
+}
 
 struct ExecuteOptions {
     ReadMethod method = ReadMethod::Auto;
@@ -44,9 +60,12 @@ struct ExecuteOptions {
     Progress* progress = nullptr;
 };
 
-// Checks every operation (file index, bounds with overflow checks, element size, dtype pair,
-// transpose shape); throws CheckpointError naming the operation and file.
-void validate_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops);
+// Checks every operation before any byte moves: file index, source bounds, element size, dtype
+// pair, transpose shape, and that the bytes it writes lie inside its region, all with overflow-checked
+// arithmetic. Then points each op's dst into its region. Throws CheckpointError naming the operation
+// and file for a bad source, DestinationError for a write outside its region.
+void resolve_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                  std::vector<CopyOp>& ops);
 
 // The byte range of one file a plan reads (empty when it reads none).
 struct FileSpan {
@@ -62,10 +81,10 @@ std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops)
 std::vector<ReadMode> read_modes(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
                                  ReadMethod method, double warm_fraction, bool direct_copies);
 
-// Checks every operation (file index, bounds with overflow checks, dtype pair), then runs them
-// all on the shared thread pool. Throws CheckpointError for a bad plan, IOError for a failed
-// read. Plans run one at a time; each uses every core.
-void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
-                  const ExecuteOptions& options);
+// Resolves the operations, then runs them all on the shared thread pool. Throws CheckpointError /
+// DestinationError for a bad plan (before any byte moves), IOError for a failed read. Plans run one
+// at a time; each uses every core.
+void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                          std::vector<CopyOp> ops, const ExecuteOptions& options);
 
 }  // namespace warpload

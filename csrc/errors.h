@@ -40,6 +40,29 @@ class IOError : public std::runtime_error {
     uint64_t offset_;
 };
 
+// A plan row that would write outside the destination regions its caller gave (-> DestinationError, a
+// ValueError): a bug in the caller, found before any byte moved. row is the row's index in the plan,
+// offset and nbytes the bytes it would write in region `region` of region_size bytes; path is its source file.
+class DestinationError : public std::runtime_error {
+   public:
+    DestinationError(const std::string& what, size_t row, uint64_t region, uint64_t offset, uint64_t nbytes,
+                     uint64_t region_size, std::string path)
+        : std::runtime_error(what),
+          row_(row), region_(region), offset_(offset), nbytes_(nbytes), region_size_(region_size),
+          path_(std::move(path)) {}
+    size_t row() const { return row_; }
+    uint64_t region() const { return region_; }
+    uint64_t offset() const { return offset_; }
+    uint64_t nbytes() const { return nbytes_; }
+    uint64_t region_size() const { return region_size_; }
+    const std::string& path() const { return path_; }
+
+   private:
+    size_t row_;
+    uint64_t region_, offset_, nbytes_, region_size_;
+    std::string path_;
+};
+
 // Throws IOError "what: strerror(errno_value)". Callers capture errno into errno_value first thing
 // after the failed call: building the message allocates, and an allocation may change errno.
 [[noreturn]] void throw_io_error(const std::string& what, int errno_value, const std::string& path = {},

@@ -69,8 +69,8 @@ def load_to_device(runtime, path) -> dict[str, torch.Tensor]:
     arena = DeviceMemory(lib, plan.total_nbytes)
     try:
         base = arena.pointer.value or 0
-        cuda.copy_to_device(plan, [base + s.dst_offset for s in plan.storages], engine.open_files(plan.paths), 0,
-                            regions=[(base, plan.total_nbytes)], runtime=runtime_path)
+        cuda.copy_to_device(plan, [(base, plan.total_nbytes)], [(0, s.dst_offset) for s in plan.storages],
+                            engine.open_files(plan.paths), 0, padded=[0], runtime=runtime_path)
         host = arena.read()
     finally:
         arena.free()

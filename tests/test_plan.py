@@ -74,7 +74,7 @@ def test_only_plain_matrices_can_be_transposed():
 
 
 def _rows(table) -> list[tuple[int, ...]]:
-    return [tuple(table[i:i + 8]) for i in range(0, len(table), 8)]
+    return [tuple(table[i:i + 9]) for i in range(0, len(table), 9)]
 
 
 @pytest.mark.parametrize("dtype", [None, "BF16"])
@@ -86,13 +86,13 @@ def test_storages_back_to_back_in_file_and_memory_share_an_engine_row(dtype):
     records += [TensorRecord("i", "I64", (8,), "f", 484, 64),
                 TensorRecord("t", "F32", (4, 4), "f", 548, 64, transpose=True)]
     plan = plan_load(records, dtype)
-    base = 1 << 20
-    rows = _rows(engine.plan_table(plan, [base + s.dst_offset for s in plan.storages]))
-    assert [(row[1], row[2], row[4], row[6:]) for row in rows] == [
-        (100, 384, base, (0, 0)), (484, 64, base + plan.storages[3].dst_offset, (0, 0)),
-        (548, 64, base + plan.storages[4].dst_offset, (4, 4))]
+    rows = _rows(engine.plan_table(plan, [(0, s.dst_offset) for s in plan.storages]))
+    assert [(row[1], row[2], row[4:6], row[7:]) for row in rows] == [
+        (100, 384, (0, 0), (0, 0)), (484, 64, (0, plan.storages[3].dst_offset), (0, 0)),
+        (548, 64, (0, plan.storages[4].dst_offset), (4, 4))]
     # Destinations that are not back to back keep their rows.
-    assert len(_rows(engine.plan_table(plan, [4096 * i for i in range(1, 6)]))) == 5
+    assert len(_rows(engine.plan_table(plan, [(0, 4096 * i) for i in range(1, 6)]))) == 5
+    assert len(_rows(engine.plan_table(plan, [(i, s.dst_offset) for i, s in enumerate(plan.storages)]))) == 5
 
 
 @pytest.mark.parametrize("dtype, rows", [(None, 1), ("BF16", 2)])
@@ -102,7 +102,7 @@ def test_gaps_between_storages_are_mirrored_so_one_row_copies_them(dtype, rows):
     plan = plan_load(records, dtype)
     if dtype is None:
         assert plan.storages[1].dst_offset - plan.storages[0].dst_offset == 192
-    addresses = [(1 << 20) + s.dst_offset for s in plan.storages]
-    assert len(_rows(engine.plan_table(plan, addresses, copy_gaps=True))) == rows
+    destinations = [(0, s.dst_offset) for s in plan.storages]
+    assert len(_rows(engine.plan_table(plan, destinations, padded=[0]))) == rows
     # Memory the caller owns may hold something else between its tensors: no gap is copied into it.
-    assert len(_rows(engine.plan_table(plan, addresses))) == 2
+    assert len(_rows(engine.plan_table(plan, destinations))) == 2

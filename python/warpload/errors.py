@@ -60,6 +60,26 @@ class EngineIOError(WarploadError, OSError):
         self.offset = offset
 
 
+class DestinationError(WarploadError, ValueError):
+    """A load plan would write outside the memory given to receive it: a bug in the caller, not in the checkpoint.
+    Raised by the C++ engine before any byte is written.
+
+    Row ``row`` of the plan (tensor ``tensor``, when known; source file ``path``) writes ``nbytes`` bytes at
+    ``offset`` of destination region ``region``, which has ``region_size`` bytes.
+    """
+
+    def __init__(self, message: str, *, row: int, region: int, offset: int, nbytes: int, region_size: int,
+                 path: Optional[str] = None, tensor: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.row = row
+        self.region = region
+        self.offset = offset
+        self.nbytes = nbytes
+        self.region_size = region_size
+        self.path = path
+        self.tensor = tensor
+
+
 class CudaError(WarploadError, RuntimeError):
     """A CUDA runtime call failed while loading to a GPU; ``code`` is the cudaError_t value."""
 
