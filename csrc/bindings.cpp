@@ -343,28 +343,37 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "execute",
         [](const std::vector<std::shared_ptr<MappedFile>>& files, const py::buffer& table, const py::sequence& regions,
-           double warm_fraction, const std::vector<size_t>& padded, int method, size_t num_threads,
-           size_t chunk_bytes, bool huge_pages, bool populate, const std::shared_ptr<Progress>& progress) {
+           double warm_fraction, uint64_t coalesce_gap, const std::vector<size_t>& padded, int method,
+           size_t num_threads, size_t chunk_bytes, bool huge_pages, bool populate,
+           const std::shared_ptr<Progress>& progress) {
             std::vector<CopyOp> ops = decode_plan(table);
             Destinations destinations = destinations_of(regions, padded, true);
             ExecuteOptions options;
             options.method = read_method(method);
             options.warm_fraction = warm_fraction;
+            options.coalesce_gap = coalesce_gap;
             options.num_threads = num_threads;
             if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
             options.huge_pages = huge_pages;
             options.populate = populate;
             options.progress = progress.get();
-            py::gil_scoped_release release;
-            execute_plan(files, destinations.regions, std::move(ops), options);
+            ExecuteStats stats;
+            {
+                py::gil_scoped_release release;
+                stats = execute_plan(files, destinations.regions, std::move(ops), options);
+            }
+            py::dict out;
+            out["copies"] = stats.copies;
+            out["bytes"] = stats.bytes;
+            return out;
         },
         py::arg("files"), py::arg("table"), py::arg("regions"), py::kw_only(), py::arg("warm_fraction"),
-        py::arg("padded") = std::vector<size_t>(), py::arg("method") = 0,
+        py::arg("coalesce_gap"), py::arg("padded") = std::vector<size_t>(), py::arg("method") = 0,
         py::arg("num_threads") = 0, py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false,
         py::arg("populate") = true, py::arg("progress") = nullptr,
         "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_region, dst_offset, dst_dtype, "
         "transpose_rows, transpose_cols; 0, 0 for a plain copy) into regions (writable buffers or (address, "
-        "nbytes) pairs), every row checked before any byte moves.");
+        "nbytes) pairs), every row checked first; returns {'copies', 'bytes'} after coalescing.");
 
     m.def(
         "convert_buffer",

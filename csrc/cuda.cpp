@@ -85,7 +85,7 @@ uint64_t place_in(const Batch& batch, const CopyOp& op, uint8_t* dst, const std:
     uint8_t* last_end = last.dst + last.length;
     if (dst < last_end) return batch.used;
     const uint64_t gap = static_cast<uint64_t>(dst - last_end);
-    if (!regions[op.region].padded || gap > max_gap || batch.used + gap >= buffer_bytes) return batch.used;
+    if (!may_span_gap(regions[op.region], gap, max_gap) || batch.used + gap >= buffer_bytes) return batch.used;
     extends = true;
     return batch.used + gap;
 }
@@ -332,6 +332,7 @@ int cuda_device_count(const CudaRuntime& runtime) {
 CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared_ptr<MappedFile>>& files,
                             const std::vector<Region>& regions, std::vector<CopyOp> ops, const CudaOptions& options) {
     resolve_raw(files, regions, ops);
+    ops = coalesce(ops, regions, options.coalesce_gap);
     if (options.buffer_bytes == 0 || options.num_buffers == 0 || options.num_streams == 0) {
         throw std::invalid_argument("the CUDA pipeline needs at least one buffer of at least one byte and one stream");
     }

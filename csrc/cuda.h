@@ -72,8 +72,8 @@ struct CudaOptions {
     ReadMethod method = ReadMethod::Auto;
     double warm_fraction = 1.0;  // as ExecuteOptions::warm_fraction
     // A destination at most coalesce_gap bytes after the previous one in the same buffer is sent
-    // with the same copy, gap included, when both lie in one padded region: memory whose gaps are
-    // padding. Elsewhere a gap may be someone's memory.
+    // with the same copy, gap included, when both lie in one padded region (may_span_gap): memory
+    // whose gaps are padding. Elsewhere a gap may be someone's memory. Rows merge as in coalesce.
     uint64_t coalesce_gap = 0;
     // Advanced by each batch's source bytes once its copies are queued; nullptr: nobody watches.
     Progress* progress = nullptr;

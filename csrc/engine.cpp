@@ -171,6 +171,23 @@ void check_destination(const MappedFile& file, const std::vector<Region>& region
                            row, op.region, op.dst_offset, nbytes, size, file.path());
 }
 
+// Whether op can be copied as the continuation of last (the rule coalesce documents).
+bool extends(const CopyOp& last, const CopyOp& op, const std::vector<Region>& regions, uint64_t max_gap) {
+    if (last.file != op.file || last.region != op.region || last.src_dtype != op.src_dtype ||
+        last.dst_dtype != op.dst_dtype || last.rows > 0 || op.rows > 0) {
+        return false;
+    }
+    const uint64_t src_end = last.src_offset + last.src_nbytes;
+    const uint64_t dst_end = last.dst_offset + dst_nbytes(last);
+    if (op.src_offset < src_end || op.dst_offset < dst_end || op.dst_offset - dst_end != op.src_offset - src_end) {
+        return false;
+    }
+    const uint64_t gap = op.src_offset - src_end;
+    if (gap == 0) return true;
+    return op.src_dtype == op.dst_dtype && gap % itemsize(op.src_dtype) == 0 &&
+           may_span_gap(regions[op.region], gap, max_gap);
+}
+
 }  // namespace
 
 void resolve_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
@@ -181,6 +198,19 @@ void resolve_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const s
         check_destination(file, regions, ops[i], i);
         ops[i].dst = regions[ops[i].region].base + ops[i].dst_offset;
     }
+}
+
+std::vector<CopyOp> coalesce(const std::vector<CopyOp>& ops, const std::vector<Region>& regions, uint64_t max_gap) {
+    std::vector<CopyOp> merged;
+    merged.reserve(ops.size());
+    for (const CopyOp& op : ops) {
+        if (!merged.empty() && extends(merged.back(), op, regions, max_gap)) {
+            merged.back().src_nbytes = op.src_offset + op.src_nbytes - merged.back().src_offset;
+        } else {
+            merged.push_back(op);
+        }
+    }
+    return merged;
 }
 
 std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops) {
@@ -205,14 +235,16 @@ std::vector<ReadMode> read_modes(const std::vector<std::shared_ptr<MappedFile>>&
     return modes;
 }
 
-void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
-                  std::vector<CopyOp> ops, const ExecuteOptions& options) {
+ExecuteStats execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                          std::vector<CopyOp> ops, const ExecuteOptions& options) {
     resolve_plan(files, regions, ops);
+    ops = coalesce(ops, regions, options.coalesce_gap);
     std::vector<ReadMode> modes = read_modes(files, ops, options.method, options.warm_fraction, true);
-    if (options.huge_pages) {
-        for (const CopyOp& op : ops) {
-            if (dst_nbytes(op) >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes(op));
-        }
+    ExecuteStats stats;
+    for (const CopyOp& op : ops) {
+        stats.copies += 1;
+        stats.bytes += dst_nbytes(op);
+        if (options.huge_pages && dst_nbytes(op) >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes(op));
     }
     std::vector<Chunk> chunks = split(ops, modes, options.chunk_bytes);
 
@@ -222,6 +254,7 @@ void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const s
         copy_chunk(*files[chunks[i].op->file], chunks[i], options.populate, scratch[worker]);
         report(options.progress, chunks[i].src_len);
     });
+    return stats;
 }
 
 }  // namespace warpload

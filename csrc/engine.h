@@ -14,7 +14,7 @@ namespace warpload {
 
 // Memory a plan writes into: bytes [base, base + size), which the caller owns for the call. padded:
 // the bytes between the plan's destinations in it are padding (the plan's own buffer), so one copy
-// may span the gap between two destinations instead of stopping at it (the CUDA ring's shared copies).
+// may span the gap between two destinations instead of stopping at it.
 struct Region {
     uint8_t* base = nullptr;
     uint64_t size = 0;
@@ -49,6 +49,8 @@ struct ExecuteOptions {
     // A file with less of its span in the page cache than this is cold (choose_read_mode); the
     // caller passes python/warpload/constants.py MAP_WARM_FRACTION.
     double warm_fraction = 1.0;
+    // Rows merge across gaps of at most this many bytes in padded regions (coalesce).
+    uint64_t coalesce_gap = 0;
     size_t num_threads = 0;             // 0: one per available core
     size_t chunk_bytes = size_t(4) << 20;  // work unit handed to one thread
     // Advise destinations of 4 MiB and more for transparent huge pages. A win on bare metal; a
@@ -67,6 +69,19 @@ struct ExecuteOptions {
 void resolve_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
                   std::vector<CopyOp>& ops);
 
+// Whether a copy may also write the `gap` bytes that follow one destination in region: none, or,
+// when the region is padded, at most max_gap. The one rule for copies spanning gaps (coalesce here,
+// the CUDA ring's shared copies in cuda.cpp).
+inline bool may_span_gap(const Region& region, uint64_t gap, uint64_t max_gap) {
+    return gap == 0 || (region.padded && gap <= max_gap);
+}
+
+// Resolved operations with each one merged into the one before it when one copy does both: same
+// file, region and dtype pair, neither transposed, and the same gap after the previous one in the
+// file as in memory, which may_span_gap allows (a gap of whole elements of a plain copy is copied
+// from the file). Merged operations stay in bounds: they span two checked ones.
+std::vector<CopyOp> coalesce(const std::vector<CopyOp>& ops, const std::vector<Region>& regions, uint64_t max_gap);
+
 // The byte range of one file a plan reads (empty when it reads none).
 struct FileSpan {
     uint64_t begin = UINT64_MAX;
@@ -77,14 +92,19 @@ struct FileSpan {
 // The range of each file the plan reads.
 std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops);
 
-// The read mode (choose_read_mode) of each file over the span the ops read from it.
+// The read mode (choose_read_mode) of each file over the span the resolved ops read from it.
 std::vector<ReadMode> read_modes(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
                                  ReadMethod method, double warm_fraction, bool direct_copies);
 
-// Resolves the operations, then runs them all on the shared thread pool. Throws CheckpointError /
-// DestinationError for a bad plan (before any byte moves), IOError for a failed read. Plans run one
-// at a time; each uses every core.
-void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+struct ExecuteStats {
+    uint64_t copies = 0;  // operations after coalescing
+    uint64_t bytes = 0;   // bytes written, gaps spanned included
+};
+
+// Resolves and coalesces the operations, then runs them all on the shared thread pool. Throws
+// CheckpointError / DestinationError for a bad plan (before any byte moves), IOError for a failed
+// read. Plans run one at a time; each uses every core.
+ExecuteStats execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
                           std::vector<CopyOp> ops, const ExecuteOptions& options);
 
 }  // namespace warpload

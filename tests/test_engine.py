@@ -54,10 +54,11 @@ def test_cold_file_is_read_correctly_after_eviction(mixed_file):
 
 def _run(files, rows, regions=None, **options):
     """Runs plan rows (file, src offset, src bytes, src dtype, region, dst offset, dst dtype[, rows, cols]) into
-    regions (default: one 4 KiB bytearray)."""
+    regions (default: one 4 KiB bytearray); returns the engine's counters."""
     table = array("q", [value for row in rows for value in (tuple(row) + (0, 0))[:9]])
-    core().execute(files, table, [bytearray(4096)] if regions is None else regions,
-                   warm_fraction=constants.MAP_WARM_FRACTION, **options)
+    return core().execute(files, table, [bytearray(4096)] if regions is None else regions,
+                          warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES,
+                          **options)
 
 
 @pytest.fixture
@@ -146,8 +147,9 @@ def _bytes_of(owner) -> bytes:
 @pytest.mark.parametrize("kind", list(_region_kinds()))
 def test_every_region_kind_receives_its_bytes(data_file, kind):
     region, owner = _region_kinds()[kind]()
-    _run([data_file], [(0, 100, 64, 0, 0, 0, 0)], [region])
+    stats = _run([data_file], [(0, 100, 64, 0, 0, 0, 0)], [region])
     assert _bytes_of(owner) == bytes(i % 256 for i in range(100, 164))
+    assert stats == {"copies": 1, "bytes": 64}
 
 
 # Rows that would write outside a 64-byte region (F8_E4M3 is dtype code 5, F64 code 1, Raw32 code 8),
@@ -243,7 +245,7 @@ from warpload.engine import core
 from warpload.errors import CheckpointError
 calls = {
     "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 0, 0, 0, 0, 0]), [bytearray(8)],
-                                      warm_fraction=constants.MAP_WARM_FRACTION),
+                                      warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=0),
     "prefault": lambda: core().prefault([None], [(0, 0, 8)]),
     "checksum": lambda: core().tf_bundle_first_bad_checksum([None], [(0, 0, 8, 0)]),
 }
@@ -260,6 +262,21 @@ for name, call in calls.items():
         "prefault refused: prefault range 0: file index 0 is null (None passed for a File)",
         "checksum refused: checksum job 0: file index 0 is null (None passed for a File)",
     ]
+
+
+@pytest.mark.parametrize("padded, copies", [([], 3), ([0], 1)])
+def test_gaps_are_copied_over_only_in_padded_regions(data_file, padded, copies):
+    # Rows 16 bytes apart both in the file and in memory: one copy spans the gaps only where the region's
+    # gaps are padding; back-to-back rows merge anywhere; a conversion never copies a gap.
+    region = bytearray(b"\x5a" * 256)
+    rows = [(0, 0, 16, 0, 0, 0, 0), (0, 32, 16, 0, 0, 32, 0), (0, 48, 16, 0, 0, 48, 0), (0, 80, 16, 0, 0, 80, 0)]
+    stats = _run([data_file], rows, [region], padded=padded)
+    assert stats["copies"] == copies
+    expected = bytearray(b"\x5a" * 256)
+    span = range(96) if padded else [*range(16), *range(32, 64), *range(80, 96)]
+    for i in span:
+        expected[i] = i
+    assert region == expected
 
 
 def test_concurrent_plans_with_different_thread_counts_share_the_pool(data_file):

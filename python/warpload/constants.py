@@ -32,7 +32,9 @@ TENSOR_ALIGNMENT = 64
 # A storage whose bytes start at most this far after the previous one's in its file (a zip local
 # header and data descriptor: 128 bytes in torch.save archives) is placed as far after it in the
 # buffer, so the engine copies both, and the gap, as one row: 6,004 rows of a .bin cost ~10 ms
-# more engine time than one.
+# more engine time than one. The engine (csrc/engine.h may_span_gap) spans gaps of at most this
+# many bytes, and only in memory that holds nothing but the plan's storages: rows merge across
+# them, and the GPU ring sends destinations that close together with one copy.
 MIRRORED_GAP_MAX_BYTES = 256
 
 ENV_NUM_THREADS = "WARPLOAD_NUM_THREADS"

@@ -98,19 +98,19 @@ def copy_to_device(plan: LoadPlan, regions: Sequence[tuple[int, int]], destinati
     in the device `regions` ((address, nbytes) pairs: engine.tensor_region); returns the engine's counters
     (bytes, batches, copies, reads, pinned_bytes, mmap_files, pread_files).
 
-    Destinations closer than TENSOR_ALIGNMENT in a region listed in `padded` (memory holding only this
-    plan's storages and padding) share a copy, gap included. Raises DestinationError for a storage that does not fit its
+    Destinations close together in a region listed in `padded` (memory holding only this plan's storages
+    and padding) share a copy, gap included. Raises DestinationError for a storage that does not fit its
     region (before any byte moves), CheckpointError / EngineIOError for the files, CudaError for a failed
     CUDA call, CudaUnavailableError when no runtime or GPU is there.
     """
     raw = dataclasses.replace(plan, storages=tuple(
         dataclasses.replace(s, dtype=s.source_dtype, transposed_from=None) for s in plan.storages))
     ring = ring or ring_for(sum(s.nbytes for s in plan.storages))
-    with engine.naming_tensors(raw, destinations):
+    with engine.naming_tensors(raw):
         return engine.core().cuda_execute(
             [runtime] if runtime else runtime_candidates(), list(files), engine.plan_table(raw, destinations),
             list(regions), device_index, ring.buffer_bytes, ring.num_buffers, constants.CUDA_STREAMS,
-            warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=TENSOR_ALIGNMENT,
+            warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES,
             padded=list(padded), num_threads=constants.num_threads(), method=constants.read_method(),
             progress=current_counter())
 

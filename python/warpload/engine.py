@@ -82,42 +82,24 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-def plan_table(plan: LoadPlan, destinations: Sequence[tuple[int, int]], *, padded: Sequence[int] = ()) -> array:
-    """The engine's int64 row table: file, src offset, src bytes, src dtype, destination region, offset
-    in that region, dst dtype, and the (rows, cols) of a matrix to transpose while copying, (0, 0) for
-    a plain copy.
+def plan_table(plan: LoadPlan, destinations: Sequence[tuple[int, int]]) -> array:
+    """The engine's int64 row table, one row per storage: file, src offset, src bytes, src dtype,
+    destination region, offset in that region, dst dtype, and the (rows, cols) of a matrix to transpose
+    while copying, (0, 0) for a plain copy.
 
     destinations[i] is (region index, byte offset) where storage i goes, in the regions passed with the
-    table; the engine checks that each storage fits there, in its planned dtype, before copying any.
-    Storages that follow each other both in their file and in one region share a row; in the regions
-    listed in `padded` (the memory between storages is padding, as in a plan's own buffer), so do
-    storages copied as they are whose gap in memory equals their gap in the file (plan_load's mirrored
-    gaps), and the gap's bytes are copied too.
+    table; the engine checks that each storage fits there, in its planned dtype, before copying any, and
+    merges rows one copy can do (csrc/engine.h, coalesce).
     """
     if len(destinations) != len(plan.storages):
         raise ValueError(f"{len(destinations)} destinations for {len(plan.storages)} storages")
     file_index = {path: i for i, path in enumerate(plan.paths)}
     codes = {(s.source_dtype, s.dtype): _engine_codes(s.source_dtype, s.dtype) for s in plan.storages}
-    padded_regions = set(padded)
     cells: list[int] = []
-    follows = None  # (file, src end, region, dst end, codes) of the last plain row
     for storage, (region, offset) in zip(plan.storages, destinations):
-        file, pair = file_index[storage.path], codes[storage.source_dtype, storage.dtype]
-        if storage.transposed_from is not None:
-            cells += (file, storage.offset, storage.nbytes, pair[0], region, offset, pair[1], *storage.transposed_from)
-            follows = None
-            continue
-        same = follows is not None and follows[0] == file and follows[2] == region and follows[4] == pair
-        gap = storage.offset - follows[1] if same else -1
-        max_gap = constants.MIRRORED_GAP_MAX_BYTES if region in padded_regions else 0
-        # A gap is copied as it is, so only between copies (not conversions), in whole elements.
-        if gap == 0 == offset - follows[3] or (0 < gap <= max_gap and gap == offset - follows[3]
-                                               and pair[0] == pair[1]
-                                               and gap * 8 % DTYPES[storage.source_dtype].bits == 0):
-            cells[-7] = storage.offset + storage.nbytes - cells[-8]
-        else:
-            cells += (file, storage.offset, storage.nbytes, pair[0], region, offset, pair[1], 0, 0)
-        follows = (file, storage.offset + storage.nbytes, region, offset + storage.dst_nbytes, pair)
+        source_code, target_code = codes[storage.source_dtype, storage.dtype]
+        cells += (file_index[storage.path], storage.offset, storage.nbytes, source_code, region, offset, target_code,
+                  *(storage.transposed_from or (0, 0)))
     return array("q", cells)
 
 
@@ -134,16 +116,12 @@ def tensor_region(tensor: "torch.Tensor") -> tuple[int, int]:
 
 
 @contextmanager
-def naming_tensors(plan: LoadPlan, destinations: Sequence[tuple[int, int]]) -> Iterator[None]:
-    """Adds the tensor's name to a DestinationError the engine raises for plan_table(plan, destinations):
-    the storage whose row starts where the failing one writes (rows may merge several storages)."""
+def naming_tensors(plan: LoadPlan) -> Iterator[None]:
+    """Adds the tensor's name to a DestinationError the engine raises for a row of plan_table(plan, ...)."""
     try:
         yield
     except DestinationError as err:
-        index = next((i for i, place in enumerate(destinations) if place == (err.region, err.offset)), None)
-        if index is None:
-            raise
-        storage = plan.storages[index]
+        storage = plan.storages[err.row]
         name = next((t.name for t in plan.tensors if (t.record.path, t.record.offset, t.record.nbytes)
                      == (storage.path, storage.offset, storage.nbytes)), None)
         if name is None:
@@ -166,18 +144,18 @@ def run_table(plan: LoadPlan, regions: Sequence[Any], destinations: Sequence[tup
 
     destinations[i] is (region index, byte offset) of storage i in `regions`: writable buffers (a
     HostBuffer) or (address, nbytes) pairs (tensor_region). The regions listed in `padded` hold only the
-    plan's storages and padding (a plan's own buffer), so a file's bytes between two storages may be
-    copied into them too, doing both with one copy (plan_table).
+    plan's storages and padding (a plan's own buffer), so the engine may also copy a file's bytes between
+    two storages into them, doing both with one copy.
 
     Raises CheckpointError for a plan that reads outside its files, DestinationError for one that would
     write outside its regions (before any byte moves), EngineIOError for a failed read.
     """
     if files is None:
         files = open_files(plan.paths)
-    with naming_tensors(plan, destinations):
-        core().execute(list(files), plan_table(plan, destinations, padded=padded), list(regions),
-                       warm_fraction=constants.MAP_WARM_FRACTION, padded=list(padded),
-                       method=constants.read_method(), num_threads=constants.num_threads(),
+    with naming_tensors(plan):
+        core().execute(list(files), plan_table(plan, destinations), list(regions),
+                       warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES,
+                       padded=list(padded), method=constants.read_method(), num_threads=constants.num_threads(),
                        huge_pages=system.use_huge_pages(), progress=current_counter())
 
 
