@@ -1,7 +1,9 @@
 """The C++ engine through warpload._core: read methods, thread counts, chunking, and typed errors for bad plans."""
 from __future__ import annotations
 
+import ast
 import errno
+import importlib.resources
 import subprocess
 import sys
 import threading
@@ -300,6 +302,21 @@ def test_concurrent_plans_with_different_thread_counts_share_the_pool(data_file)
         worker.join()
     assert not errors
     assert all(found == {bytes(i % 256 for i in range(1000))} for found in results.values())
+
+
+def test_core_stub_declares_every_binding_with_a_docstring():
+    stub = importlib.resources.files("warpload").joinpath("_core.pyi")
+    assert stub.is_file(), "warpload/_core.pyi is not installed with the package"
+    tree = ast.parse(stub.read_text())
+    declared = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    public = {name for name in dir(core()) if not name.startswith("_")}
+    assert set(declared) == public
+    for name, node in declared.items():
+        members = [node] + [child for child in getattr(node, "body", []) if isinstance(child, ast.FunctionDef)]
+        assert all(ast.get_docstring(member) for member in members), name
+    for name in ("File", "HostBuffer", "Progress"):
+        methods = {child.name for child in declared[name].body if isinstance(child, ast.FunctionDef)}
+        assert {m for m in dir(getattr(core(), name)) if not m.startswith("_")} <= methods, name
 
 
 def test_huge_page_buffer_is_zeroed_and_writable():
