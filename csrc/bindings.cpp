@@ -26,8 +26,9 @@ using namespace warpload;
 namespace {
 
 // Columns of one row of the int64 plan table built by python/warpload/engine.py: file,
-// src_offset, src_nbytes, src_dtype, dst_address, dst_dtype, transpose_rows, transpose_cols.
-constexpr size_t kPlanColumns = 8;
+// src_offset, src_nbytes, src_dtype, dst_region, dst_offset, dst_dtype, transpose_rows,
+// transpose_cols.
+constexpr size_t kPlanColumns = 9;
 
 std::vector<CopyOp> decode_plan(const py::buffer& table) {
     py::buffer_info info = table.request();
@@ -35,45 +36,164 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
     if (info.itemsize != 8 || (info.format != "q" && info.format != "l")) {
         throw std::invalid_argument("plan table must be a buffer of int64");
     }
-    if (info.size % kPlanColumns != 0) throw std::invalid_argument("plan table length is not a multiple of 8");
+    if (info.size % kPlanColumns != 0) throw std::invalid_argument("plan table length is not a multiple of 9");
     const auto* row = static_cast<const int64_t*>(info.ptr);
     std::vector<CopyOp> ops(static_cast<size_t>(info.size) / kPlanColumns);
     for (auto& op : ops) {
-        if (row[0] < 0 || row[1] < 0 || row[2] < 0 || row[6] < 0 || row[7] < 0) {
-            throw CheckpointError("negative value in plan table");
+        for (size_t column : {0, 1, 2, 4, 5, 7, 8}) {
+            if (row[column] < 0) throw CheckpointError("negative value in plan table");
         }
-        if (!is_known_dtype(static_cast<int32_t>(row[3])) || !is_known_dtype(static_cast<int32_t>(row[5]))) {
+        if (row[0] > UINT32_MAX || row[4] > UINT32_MAX) throw CheckpointError("file or region index too large in plan table");
+        if (!is_known_dtype(static_cast<int32_t>(row[3])) || !is_known_dtype(static_cast<int32_t>(row[6]))) {
             throw CheckpointError("unknown dtype code in plan table");
         }
         op.file = static_cast<uint32_t>(row[0]);
         op.src_offset = static_cast<uint64_t>(row[1]);
         op.src_nbytes = static_cast<uint64_t>(row[2]);
         op.src_dtype = static_cast<DType>(row[3]);
-        op.dst = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(row[4]));
-        op.dst_dtype = static_cast<DType>(row[5]);
-        op.rows = static_cast<uint64_t>(row[6]);
-        op.cols = static_cast<uint64_t>(row[7]);
+        op.region = static_cast<uint32_t>(row[4]);
+        op.dst_offset = static_cast<uint64_t>(row[5]);
+        op.dst_dtype = static_cast<DType>(row[6]);
+        op.rows = static_cast<uint64_t>(row[7]);
+        op.cols = static_cast<uint64_t>(row[8]);
         row += kPlanColumns;
     }
     return ops;
 }
 
+// One destination buffer exported for a call (the buffer protocol): while the export lasts its
+// owner can neither free nor resize it. Released with the GIL held, after the call.
+class HeldBuffer {
+   public:
+    HeldBuffer(const py::handle& object, size_t index) {
+        if (PyObject_GetBuffer(object.ptr(), &view_, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+            std::string message = "destination region " + std::to_string(index) +
+                                  " is not a writable, C-contiguous buffer (nor an (address, nbytes) pair)";
+            py::raise_from(PyExc_TypeError, message.c_str());
+            throw py::error_already_set();
+        }
+    }
+    ~HeldBuffer() { PyBuffer_Release(&view_); }
+    HeldBuffer(const HeldBuffer&) = delete;
+    HeldBuffer& operator=(const HeldBuffer&) = delete;
+
+    Region region() const { return {static_cast<uint8_t*>(view_.buf), static_cast<uint64_t>(view_.len)}; }
+
+   private:
+    Py_buffer view_{};
+};
+
+// A call's destination regions and the buffers exported for them.
+struct Destinations {
+    std::vector<Region> regions;
+    std::vector<std::unique_ptr<HeldBuffer>> held;
+};
+
+// The regions of `items`: each a writable C-contiguous buffer (a HostBuffer, a numpy array, a
+// bytearray), exported for the call, or an (address, nbytes) tuple of memory the caller keeps alive
+// and that Python cannot export (device memory; buffers are refused where accept_buffers is false).
+// `padded` lists the regions whose gaps are padding (Region::padded).
+Destinations destinations_of(const py::sequence& items, const std::vector<size_t>& padded, bool accept_buffers) {
+    Destinations out;
+    out.regions.reserve(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+        py::object item = items[i];
+        if (PyTuple_Check(item.ptr())) {
+            // The C API rather than a generic cast: placement passes one pair per parameter, thousands a call.
+            if (PyTuple_GET_SIZE(item.ptr()) != 2) {
+                throw py::type_error("destination region " + std::to_string(i) + " must be an (address, nbytes) tuple");
+            }
+            uint64_t address = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item.ptr(), 0));
+            uint64_t nbytes = address == uint64_t(-1) && PyErr_Occurred()
+                                  ? 0
+                                  : PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item.ptr(), 1));
+            if (PyErr_Occurred()) throw py::error_already_set();
+            if ((address == 0 && nbytes > 0) || address + nbytes < address || address + nbytes > UINTPTR_MAX) {
+                throw std::invalid_argument("destination region " + std::to_string(i) + " (" + std::to_string(address) +
+                                            ", " + std::to_string(nbytes) + ") is not a range of memory");
+            }
+            out.regions.push_back({reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(address)), nbytes});
+        } else if (accept_buffers) {
+            out.held.push_back(std::make_unique<HeldBuffer>(item, i));
+            out.regions.push_back(out.held.back()->region());
+        } else {
+            throw py::type_error("destination region " + std::to_string(i) + " must be an (address, nbytes) tuple");
+        }
+    }
+    for (size_t index : padded) {
+        if (index >= out.regions.size()) {
+            throw std::invalid_argument("padded region " + std::to_string(index) + " of " +
+                                        std::to_string(out.regions.size()));
+        }
+        out.regions[index].padded = true;
+    }
+    return out;
+}
+
+py::object text(const std::string& s) {
+    return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s.data(), s.size(), "surrogateescape"));
+}
+
+py::object path_or_none(const std::string& path) {
+    if (path.empty()) return py::none();
+    return text(path);
+}
+
+py::object offset_or_none(uint64_t offset) {
+    if (offset == kNoOffset) return py::none();
+    return py::int_(offset);
+}
+
+// warpload.errors' classes, imported once and never released: a `static py::object` would be
+// decref'd during static destruction, after the interpreter is gone (pybind11's
+// gil_safe_call_once.h).
+struct ErrorClasses {
+    py::object checkpoint, bundle, destination, io, cuda, cuda_unavailable;
+};
+
+const ErrorClasses& error_classes() {
+    PYBIND11_CONSTINIT static py::gil_safe_call_once_and_store<ErrorClasses> storage;
+    return storage
+        .call_once_and_store_result([] {
+            py::module_ errors = py::module_::import("warpload.errors");
+            return ErrorClasses{errors.attr("CheckpointError"), errors.attr("TensorBundleError"),
+                                errors.attr("DestinationError"), errors.attr("EngineIOError"),
+                                errors.attr("CudaError"), errors.attr("CudaUnavailableError")};
+        })
+        .get_stored();
+}
+
+void raise_instance(const py::object& cls, const py::object& exc) { PyErr_SetObject(cls.ptr(), exc.ptr()); }
+
+// The core's exceptions as warpload.errors classes, with where they happened as attributes.
+void translate_errors(std::exception_ptr caught) {
+    const ErrorClasses& c = error_classes();
+    try {
+        if (caught) std::rethrow_exception(caught);
+    } catch (const tfbundle::BundleError& err) {
+        py::object key = err.key().empty() ? py::none() : text(err.key());
+        raise_instance(c.bundle, c.bundle(text(err.what()), py::arg("path") = text(err.path()), py::arg("tensor") = key,
+                                          py::arg("offset") = err.offset()));
+    } catch (const CheckpointError& err) {
+        raise_instance(c.checkpoint, c.checkpoint(text(err.what()), py::arg("path") = path_or_none(err.path()),
+                                                  py::arg("offset") = offset_or_none(err.offset())));
+    } catch (const DestinationError& err) {
+        raise_instance(c.destination,
+                       c.destination(text(err.what()), py::arg("row") = err.row(), py::arg("region") = err.region(),
+                                     py::arg("offset") = err.offset(), py::arg("nbytes") = err.nbytes(),
+                                     py::arg("region_size") = err.region_size(), py::arg("path") = text(err.path())));
+    } catch (const IOError& err) {
+        raise_instance(c.io, c.io(err.errno_value(), text(err.what()), py::arg("path") = path_or_none(err.path()),
+                                  py::arg("offset") = offset_or_none(err.offset())));
+    } catch (const CudaError& err) {
+        raise_instance(c.cuda, c.cuda(text(err.what()), py::arg("code") = err.code()));
+    } catch (const CudaUnavailableError& err) {
+        PyErr_SetString(c.cuda_unavailable.ptr(), err.what());
+    }
+}
+
 // TensorFlow tensor bundles (python/warpload/formats/tf_bundle.py): plain tuples, bytes keys.
 void bind_tfbundle(py::module_& m) {
-    static py::object bundle_error = py::module_::import("warpload.errors").attr("TensorBundleError");
-    py::register_exception_translator([](std::exception_ptr caught) {
-        try {
-            if (caught) std::rethrow_exception(caught);
-        } catch (const tfbundle::BundleError& err) {
-            auto text = [](const std::string& s) {
-                return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s.data(), s.size(), "surrogateescape"));
-            };
-            py::object key = err.key().empty() ? py::none() : text(err.key());
-            py::object exc = bundle_error(text(err.what()), py::arg("path") = text(err.path()), py::arg("tensor") = key,
-                                          py::arg("offset") = err.offset());
-            PyErr_SetObject(bundle_error.ptr(), exc.ptr());
-        }
-    });
     m.def(
         "tf_bundle_index",
         [](const std::string& path) {
@@ -152,8 +272,14 @@ void check_in_file(const MappedFile& file, uint64_t offset, uint64_t nbytes) {
     uint64_t end = offset + nbytes;
     if (end < offset || end > file.size()) {
         throw CheckpointError(file.path() + ": cannot read " + std::to_string(nbytes) + " bytes at offset " +
-                              std::to_string(offset) + ", the file has " + std::to_string(file.size()));
+                                  std::to_string(offset) + ", the file has " + std::to_string(file.size()),
+                              file.path(), offset);
     }
+}
+
+ReadMethod read_method(int method) {
+    if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
+    return static_cast<ReadMethod>(method);
 }
 
 // A buffer of zero bytes still needs a non-null address for the buffer protocol.
@@ -164,26 +290,8 @@ uint8_t empty_buffer_byte = 0;
 PYBIND11_MODULE(_core, m) {
     m.doc() = "warpload's C++ engine: mapped files, huge-page buffers, parallel plan execution.";
 
-    py::module_ errors = py::module_::import("warpload.errors");
-    static py::object checkpoint_error = errors.attr("CheckpointError");
-    static py::object io_error = errors.attr("EngineIOError");
-    static py::object cuda_error = errors.attr("CudaError");
-    static py::object cuda_unavailable_error = errors.attr("CudaUnavailableError");
-    py::register_exception_translator([](std::exception_ptr caught) {
-        try {
-            if (caught) std::rethrow_exception(caught);
-        } catch (const CheckpointError& err) {
-            PyErr_SetString(checkpoint_error.ptr(), err.what());
-        } catch (const IOError& err) {
-            py::object exc = io_error(err.errno_value(), err.what());
-            PyErr_SetObject(io_error.ptr(), exc.ptr());
-        } catch (const CudaError& err) {
-            py::object exc = cuda_error(err.what(), py::arg("code") = err.code());
-            PyErr_SetObject(cuda_error.ptr(), exc.ptr());
-        } catch (const CudaUnavailableError& err) {
-            PyErr_SetString(cuda_unavailable_error.ptr(), err.what());
-        }
-    });
+    error_classes();  // imported now, so a broken warpload.errors fails the import, not a later error
+    py::register_exception_translator(&translate_errors);
 
     py::class_<MappedFile, std::shared_ptr<MappedFile>>(m, "File", py::buffer_protocol())
         .def(py::init<const std::string&>(), py::arg("path"))
@@ -226,8 +334,6 @@ PYBIND11_MODULE(_core, m) {
     py::class_<HostBuffer, std::shared_ptr<HostBuffer>>(m, "HostBuffer", py::buffer_protocol())
         .def(py::init<size_t, bool>(), py::arg("nbytes"), py::arg("huge_pages") = false)
         .def_property_readonly("size", &HostBuffer::size)
-        .def_property_readonly("address",
-                               [](const HostBuffer& buf) { return reinterpret_cast<uintptr_t>(buf.data()); })
         .def_buffer([](HostBuffer& buf) {
             uint8_t* data = buf.data() != nullptr ? buf.data() : &empty_buffer_byte;
             return py::buffer_info(data, 1, py::format_descriptor<uint8_t>::format(), 1,
@@ -236,26 +342,38 @@ PYBIND11_MODULE(_core, m) {
 
     m.def(
         "execute",
-        [](const std::vector<std::shared_ptr<MappedFile>>& files, const py::buffer& table, int method,
+        [](const std::vector<std::shared_ptr<MappedFile>>& files, const py::buffer& table, const py::sequence& regions,
+           double warm_fraction, uint64_t coalesce_gap, const std::vector<size_t>& padded, int method,
            size_t num_threads, size_t chunk_bytes, bool huge_pages, bool populate,
            const std::shared_ptr<Progress>& progress) {
-            if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
             std::vector<CopyOp> ops = decode_plan(table);
+            Destinations destinations = destinations_of(regions, padded, true);
             ExecuteOptions options;
-            options.progress = progress.get();
-            options.method = static_cast<ReadMethod>(method);
+            options.method = read_method(method);
+            options.warm_fraction = warm_fraction;
+            options.coalesce_gap = coalesce_gap;
             options.num_threads = num_threads;
             if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
             options.huge_pages = huge_pages;
             options.populate = populate;
-            py::gil_scoped_release release;
-            execute_plan(files, ops, options);
+            options.progress = progress.get();
+            ExecuteStats stats;
+            {
+                py::gil_scoped_release release;
+                stats = execute_plan(files, destinations.regions, std::move(ops), options);
+            }
+            py::dict out;
+            out["copies"] = stats.copies;
+            out["bytes"] = stats.bytes;
+            return out;
         },
-        py::arg("files"), py::arg("table"), py::arg("method") = 0, py::arg("num_threads") = 0,
-        py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false, py::arg("populate") = true,
-        py::arg("progress") = nullptr,
-        "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_address, dst_dtype, "
-        "transpose_rows, transpose_cols; 0, 0 for a plain copy).");
+        py::arg("files"), py::arg("table"), py::arg("regions"), py::kw_only(), py::arg("warm_fraction"),
+        py::arg("coalesce_gap"), py::arg("padded") = std::vector<size_t>(), py::arg("method") = 0,
+        py::arg("num_threads") = 0, py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false,
+        py::arg("populate") = true, py::arg("progress") = nullptr,
+        "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_region, dst_offset, dst_dtype, "
+        "transpose_rows, transpose_cols; 0, 0 for a plain copy) into regions (writable buffers or (address, "
+        "nbytes) pairs), every row checked first; returns {'copies', 'bytes'} after coalescing.");
 
     m.def(
         "convert_buffer",
@@ -288,26 +406,26 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "cuda_execute",
         [](const std::vector<std::string>& candidates, const std::vector<std::shared_ptr<MappedFile>>& files,
-           const py::buffer& table, int device, size_t buffer_bytes, size_t num_buffers, size_t num_streams,
-           size_t num_threads, int method, uint64_t coalesce_gap,
-           const std::vector<std::pair<uint64_t, uint64_t>>& coalesce_regions,
-           const std::shared_ptr<Progress>& progress) {
-            if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (auto), 1 (mmap) or 2 (pread)");
+           const py::buffer& table, const py::sequence& regions, int device, size_t buffer_bytes, size_t num_buffers,
+           size_t num_streams, double warm_fraction, uint64_t coalesce_gap, const std::vector<size_t>& padded,
+           size_t num_threads, int method, const std::shared_ptr<Progress>& progress) {
             std::vector<CopyOp> ops = decode_plan(table);
+            Destinations destinations = destinations_of(regions, padded, false);
             CudaOptions options;
-            options.progress = progress.get();
             options.device = device;
             options.buffer_bytes = buffer_bytes;
             options.num_buffers = num_buffers;
             options.num_streams = num_streams;
             options.num_threads = num_threads;
-            options.method = static_cast<ReadMethod>(method);
+            options.method = read_method(method);
+            options.warm_fraction = warm_fraction;
             options.coalesce_gap = coalesce_gap;
-            options.coalesce_regions = coalesce_regions;
+            options.progress = progress.get();
             CudaStats stats;
             {
                 py::gil_scoped_release release;
-                stats = execute_plan_cuda(load_cuda_runtime(candidates), files, ops, options);
+                stats = execute_plan_cuda(load_cuda_runtime(candidates), files, destinations.regions, std::move(ops),
+                                          options);
             }
             py::dict out;
             out["bytes"] = stats.bytes;
@@ -319,11 +437,12 @@ PYBIND11_MODULE(_core, m) {
             out["pread_files"] = stats.pread_files;
             return out;
         },
-        py::arg("runtime_candidates"), py::arg("files"), py::arg("table"), py::arg("device"), py::arg("buffer_bytes"),
-        py::arg("num_buffers"), py::arg("num_streams"), py::arg("num_threads") = 0, py::arg("method") = 0,
-        py::arg("coalesce_gap") = 0, py::arg("coalesce_regions") = std::vector<std::pair<uint64_t, uint64_t>>(),
-        py::arg("progress") = nullptr,
-        "Runs a plan table of raw copies into device addresses through a ring of pinned buffers; returns counters.");
+        py::arg("runtime_candidates"), py::arg("files"), py::arg("table"), py::arg("regions"), py::arg("device"),
+        py::arg("buffer_bytes"), py::arg("num_buffers"), py::arg("num_streams"), py::kw_only(),
+        py::arg("warm_fraction"), py::arg("coalesce_gap"), py::arg("padded") = std::vector<size_t>(),
+        py::arg("num_threads") = 0, py::arg("method") = 0, py::arg("progress") = nullptr,
+        "Runs a plan table of raw copies into device regions ((address, nbytes) pairs) through a ring of pinned "
+        "buffers, every row checked first; returns counters.");
     bind_tfbundle(m);
 
     m.def(

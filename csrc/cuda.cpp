@@ -23,9 +23,6 @@ constexpr int kMemcpyHostToDevice = 1;
 constexpr unsigned int kStreamNonBlocking = 0x01;
 constexpr unsigned int kEventDisableTiming = 0x02;
 constexpr unsigned int kHostAllocDefault = 0x00;
-// A file at least this resident is copied from its mapping; below, read with pread so the
-// kernel reads ahead in large requests (the CPU engine's rule, csrc/engine.cpp).
-constexpr double kWarmFraction = 0.9;
 
 template <typename Function>
 bool resolve(void* handle, const char* name, Function& out, std::string& missing) {
@@ -67,6 +64,7 @@ struct Copy {
     uint64_t buffer_offset;
     uint8_t* dst;
     uint64_t length;
+    uint32_t region;
 };
 
 // What one ring buffer carries: the reads that fill it and the copies that empty it.
@@ -76,18 +74,27 @@ struct Batch {
     uint64_t used = 0;
 };
 
-// Whether [begin, end) lies inside one of the regions.
-bool within_one(const std::vector<std::pair<uint64_t, uint64_t>>& regions, uintptr_t begin, uintptr_t end) {
-    for (const auto& region : regions) {
-        if (begin >= region.first && end <= region.first + region.second) return true;
-    }
-    return false;
+// Where in the batch's buffer bytes bound for dst go: right after the last copy, or, when dst follows
+// that copy's destination in the same region across a gap a copy may span, as far after it, so one
+// copy sends both.
+uint64_t place_in(const Batch& batch, const CopyOp& op, uint8_t* dst, const std::vector<Region>& regions,
+                  uint64_t buffer_bytes, uint64_t max_gap, bool& extends) {
+    extends = false;
+    if (batch.copies.empty() || batch.copies.back().region != op.region) return batch.used;
+    const Copy& last = batch.copies.back();
+    uint8_t* last_end = last.dst + last.length;
+    if (dst < last_end) return batch.used;
+    const uint64_t gap = static_cast<uint64_t>(dst - last_end);
+    if (!may_span_gap(regions[op.region], gap, max_gap) || batch.used + gap >= buffer_bytes) return batch.used;
+    extends = true;
+    return batch.used + gap;
 }
 
-// Packs the operations, in (file, offset) order, into buffers of buffer_bytes: small ones share a
-// buffer (and one copy, when their destinations are close in a coalescing region), large ones are
-// split over several buffers.
-std::vector<Batch> pack(const std::vector<CopyOp>& ops, uint64_t buffer_bytes, const CudaOptions& options) {
+// Packs the resolved operations, in (file, offset) order, into buffers of buffer_bytes: small ones
+// share a buffer (and one copy, when their destinations are close in a padded region), large ones
+// are split over several buffers.
+std::vector<Batch> pack(const std::vector<CopyOp>& ops, const std::vector<Region>& regions, uint64_t buffer_bytes,
+                        uint64_t max_gap) {
     std::vector<const CopyOp*> order;
     for (const CopyOp& op : ops) {
         if (op.src_nbytes > 0) order.push_back(&op);
@@ -102,19 +109,8 @@ std::vector<Batch> pack(const std::vector<CopyOp>& ops, uint64_t buffer_bytes, c
             if (batches.empty() || batches.back().used == buffer_bytes) batches.emplace_back();
             Batch& batch = batches.back();
             uint8_t* dst = op->dst + done;
-            uint64_t place = batch.used;
             bool extends = false;
-            if (!batch.copies.empty()) {
-                Copy& last = batch.copies.back();
-                uint8_t* last_end = last.dst + last.length;
-                if (dst >= last_end && static_cast<uint64_t>(dst - last_end) <= options.coalesce_gap &&
-                    batch.used + static_cast<uint64_t>(dst - last_end) < buffer_bytes &&
-                    within_one(options.coalesce_regions, reinterpret_cast<uintptr_t>(last.dst),
-                               reinterpret_cast<uintptr_t>(dst) + 1)) {
-                    place = batch.used + static_cast<uint64_t>(dst - last_end);
-                    extends = true;
-                }
-            }
+            const uint64_t place = place_in(batch, *op, dst, regions, buffer_bytes, max_gap, extends);
             uint64_t take = std::min(op->src_nbytes - done, buffer_bytes - place);
             Read read{op->file, op->src_offset + done, take, place};
             if (!batch.reads.empty()) {
@@ -132,7 +128,7 @@ std::vector<Batch> pack(const std::vector<CopyOp>& ops, uint64_t buffer_bytes, c
                 Copy& last = batch.copies.back();
                 last.length = place + take - last.buffer_offset;
             } else {
-                batch.copies.push_back({place, dst, take});
+                batch.copies.push_back({place, dst, take, op->region});
             }
             batch.used = place + take;
             done += take;
@@ -265,13 +261,18 @@ class SlotTurns {
 
 class Cancelled : public std::exception {};
 
-void validate_raw(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
-    validate_plan(files, ops);
+// resolve_plan, and the pipeline's own rule: raw copies only.
+void resolve_raw(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                 std::vector<CopyOp>& ops) {
+    resolve_plan(files, regions, ops);
     for (size_t i = 0; i < ops.size(); ++i) {
         if (ops[i].src_dtype != ops[i].dst_dtype || ops[i].rows > 0) {
-            throw CheckpointError("plan operation " + std::to_string(i) +
-                                  ": the CUDA pipeline copies raw bytes; conversions and transposes run on the "
-                                  "device after the copy (python/warpload/cuda.py)");
+            const std::string& path = files[ops[i].file]->path();
+            throw CheckpointError(path + ": plan row " + std::to_string(i) + " (bytes at offset " +
+                                      std::to_string(ops[i].src_offset) +
+                                      "): the CUDA pipeline copies raw bytes; conversions and transposes run on "
+                                      "the device after the copy (python/warpload/cuda.py)",
+                                  path, ops[i].src_offset);
         }
     }
 }
@@ -329,8 +330,9 @@ int cuda_device_count(const CudaRuntime& runtime) {
 }
 
 CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared_ptr<MappedFile>>& files,
-                            const std::vector<CopyOp>& ops, const CudaOptions& options) {
-    validate_raw(files, ops);
+                            const std::vector<Region>& regions, std::vector<CopyOp> ops, const CudaOptions& options) {
+    resolve_raw(files, regions, ops);
+    ops = coalesce(ops, regions, options.coalesce_gap);
     if (options.buffer_bytes == 0 || options.num_buffers == 0 || options.num_streams == 0) {
         throw std::invalid_argument("the CUDA pipeline needs at least one buffer of at least one byte and one stream");
     }
@@ -340,29 +342,23 @@ CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared
                                    std::to_string(devices) + " device(s)");
     }
     CudaStats stats;
-    std::vector<Batch> batches = pack(ops, options.buffer_bytes, options);
+    std::vector<Batch> batches = pack(ops, regions, options.buffer_bytes, options.coalesce_gap);
     if (batches.empty()) return stats;
 
-    // Resident files are copied from the mapping; cold ones read with pread, with readahead hints.
+    // Every byte passes through the ring: resident files are copied from the mapping, cold ones read with pread.
+    std::vector<ReadMode> modes = read_modes(files, ops, options.method, options.warm_fraction, false);
     std::vector<FileSpan> spans = spans_of(files.size(), ops);
-    std::vector<bool> use_pread(files.size(), false);
     for (size_t f = 0; f < files.size(); ++f) {
-        if (spans[f].empty()) continue;
-        uint64_t length = spans[f].end - spans[f].begin;
-        bool cold = files[f]->resident_fraction(spans[f].begin, length) < kWarmFraction;
-        use_pread[f] = options.method == ReadMethod::Pread || (options.method == ReadMethod::Auto && cold);
-        if (use_pread[f] && cold) files[f]->advise_sequential_reads(spans[f].begin, length);
-        ++(use_pread[f] ? stats.pread_files : stats.mmap_files);
+        if (!spans[f].empty()) ++(modes[f].bounce_via_pread ? stats.pread_files : stats.mmap_files);
     }
 
     const size_t num_buffers = std::min(options.num_buffers, batches.size());
-    std::lock_guard<std::mutex> lock(shared_pool_mutex());
-    ThreadPool& pool = shared_pool(options.num_threads);
+    PoolLease pool(options.num_threads);
     DeviceGuard device(rt, options.device);
     Pipeline pipeline(rt, num_buffers, options.buffer_bytes, options.num_streams);
     stats.pinned_bytes = uint64_t(num_buffers) * options.buffer_bytes;
     SlotTurns turns(num_buffers);
-    std::vector<int> worker_device(pool.size(), -1);
+    std::vector<int> worker_device(pool.workers(), -1);
 
     auto fill_and_send = [&](size_t index, size_t worker) {
         try {
@@ -378,7 +374,7 @@ CudaStats execute_plan_cuda(const CudaRuntime& rt, const std::vector<std::shared
             uint8_t* buffer = pipeline.buffer(slot);
             for (const Read& read : batch.reads) {
                 const MappedFile& file = *files[read.file];
-                if (use_pread[read.file]) {
+                if (modes[read.file].bounce_via_pread) {
                     file.read_into(buffer + read.buffer_offset, read.src_offset, read.length);
                 } else {
                     std::memcpy(buffer + read.buffer_offset, file.data() + read.src_offset, read.length);

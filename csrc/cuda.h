@@ -70,11 +70,11 @@ struct CudaOptions {
     size_t num_streams = 4;
     size_t num_threads = 0;  // 0: one per available core
     ReadMethod method = ReadMethod::Auto;
+    double warm_fraction = 1.0;  // as ExecuteOptions::warm_fraction
     // A destination at most coalesce_gap bytes after the previous one in the same buffer is sent
-    // with the same copy, gap included, when both lie in one of coalesce_regions (address, nbytes):
-    // allocations the caller owns whose gaps are padding. Elsewhere a gap may be someone's memory.
+    // with the same copy, gap included, when both lie in one padded region (may_span_gap): memory
+    // whose gaps are padding. Elsewhere a gap may be someone's memory. Rows merge as in coalesce.
     uint64_t coalesce_gap = 0;
-    std::vector<std::pair<uint64_t, uint64_t>> coalesce_regions;
     // Advanced by each batch's source bytes once its copies are queued; nullptr: nobody watches.
     Progress* progress = nullptr;
 };
@@ -89,13 +89,14 @@ struct CudaStats {
     uint64_t pread_files = 0;   // files read with pread (cold)
 };
 
-// Copies every operation (raw bytes: equal dtypes, no transposition) from its file to its device
-// address. Reader threads of the shared pool fill a ring of pinned buffers; each full buffer goes
-// to the device with cudaMemcpyAsync on one of a few streams, and is refilled only after the
-// event recorded behind its copies has completed. All copies are complete when this returns, and
-// the ring, streams and events are released whatever happens. Throws CheckpointError for a bad
-// plan, IOError for a failed read, CudaError for a failed CUDA call.
+// Copies every operation (raw bytes: equal dtypes, no transposition) from its file to its place in
+// its device region, once all are checked (resolve_plan). Reader threads of the shared pool fill a
+// ring of pinned buffers; each full buffer goes to the device with cudaMemcpyAsync on one of a few
+// streams, and is refilled only after the event recorded behind its copies has completed. All copies
+// are complete when this returns, and the ring, streams and events are released whatever happens.
+// Throws CheckpointError / DestinationError for a bad plan (before any byte moves), IOError for a
+// failed read, CudaError for a failed CUDA call.
 CudaStats execute_plan_cuda(const CudaRuntime& runtime, const std::vector<std::shared_ptr<MappedFile>>& files,
-                            const std::vector<CopyOp>& ops, const CudaOptions& options);
+                            const std::vector<Region>& regions, std::vector<CopyOp> ops, const CudaOptions& options);
 
 }  // namespace warpload

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <string>
 
 #include "convert.h"
@@ -14,9 +13,6 @@ namespace warpload {
 
 namespace {
 
-// Below this a file is treated as cold: converting from the mapping would page-fault on nearly
-// every 64 KiB of source, and pread lets the kernel read ahead in large requests.
-constexpr double kWarmFraction = 0.9;
 // Destinations smaller than this gain nothing from huge-page advice.
 constexpr uint64_t kHugePageAdviceMin = uint64_t(4) << 20;
 
@@ -27,33 +23,7 @@ struct Chunk {
     bool use_pread;
 };
 
-// How each file's bytes are read, decided once per plan.
-struct FileReadMode {
-    bool convert_via_pread = false;  // conversions: pread into a bounce buffer, else the mapping
-    bool copy_via_pread = true;      // plain copies: pread into the destination, else memcpy
-};
-
-// Decides per file how its bytes are read, and gives the kernel the matching hint.
-std::vector<FileReadMode> choose_read_modes(const std::vector<std::shared_ptr<MappedFile>>& files,
-                                            const std::vector<FileSpan>& spans, ReadMethod method) {
-    std::vector<FileReadMode> modes(files.size());
-    for (size_t f = 0; f < files.size(); ++f) {
-        const FileSpan& span = spans[f];
-        if (span.empty()) continue;
-        uint64_t length = span.end - span.begin;
-        FileReadMode& mode = modes[f];
-        bool cold = files[f]->resident_fraction(span.begin, length) < kWarmFraction;
-        mode.copy_via_pread = method != ReadMethod::Mmap;
-        mode.convert_via_pread = method == ReadMethod::Pread || (method == ReadMethod::Auto && cold);
-        if (!cold) continue;
-        if (mode.copy_via_pread || mode.convert_via_pread) files[f]->advise_sequential_reads(span.begin, length);
-        if (!mode.copy_via_pread || !mode.convert_via_pread) files[f]->advise_mapping_willneed(span.begin, length);
-    }
-    return modes;
-}
-
-std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<FileReadMode>& modes,
-                         size_t chunk_bytes) {
+std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<ReadMode>& modes, size_t chunk_bytes) {
     std::vector<Chunk> chunks;
     chunks.reserve(ops.size());
     for (const CopyOp& op : ops) {
@@ -65,8 +35,8 @@ std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<FileR
             uint64_t row_bytes = op.cols * itemsize(op.src_dtype);
             step = std::max<uint64_t>(step / row_bytes, 1) * row_bytes;
         }
-        const FileReadMode& mode = modes[op.file];
-        bool use_pread = op.src_dtype == op.dst_dtype ? mode.copy_via_pread : mode.convert_via_pread;
+        const ReadMode& mode = modes[op.file];
+        bool use_pread = op.src_dtype == op.dst_dtype ? mode.copy_via_pread : mode.bounce_via_pread;
         for (uint64_t begin = 0; begin < op.src_nbytes; begin += step) {
             chunks.push_back({&op, begin, std::min(step, op.src_nbytes - begin), use_pread});
         }
@@ -152,42 +122,95 @@ void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, Scrat
     convert(src, op.src_dtype, dst, op.dst_dtype, chunk.src_len / src_size);
 }
 
-}  // namespace
-
-void validate_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops) {
-    for (size_t i = 0; i < ops.size(); ++i) {
-        const CopyOp& op = ops[i];
-        const std::string where = "plan operation " + std::to_string(i);
-        if (op.file >= files.size()) {
-            throw CheckpointError(where + ": file index " + std::to_string(op.file) + " but the plan has " +
-                                  std::to_string(files.size()) + " files");
-        }
-        const MappedFile& file = *files[op.file];
-        uint64_t end = op.src_offset + op.src_nbytes;
-        if (end < op.src_offset || end > file.size()) {
-            throw CheckpointError(file.path() + ": " + where + " reads bytes [" + std::to_string(op.src_offset) +
-                                  ", " + std::to_string(op.src_offset) + "+" + std::to_string(op.src_nbytes) +
-                                  "), past the end of the file (" + std::to_string(file.size()) + " bytes)");
-        }
-        if (op.src_nbytes % itemsize(op.src_dtype) != 0) {
-            throw CheckpointError(file.path() + ": " + where + " copies " + std::to_string(op.src_nbytes) +
-                                  " bytes, not a whole number of elements");
-        }
-        if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
-            throw CheckpointError(where + ": no conversion from dtype code " +
-                                  std::to_string(static_cast<int>(op.src_dtype)) + " to " +
-                                  std::to_string(static_cast<int>(op.dst_dtype)));
-        }
-        if (op.src_nbytes > 0 && op.dst == nullptr) throw CheckpointError(where + ": null destination");
-        if (op.rows > 0 || op.cols > 0) {
-            uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
-            if (op.rows == 0 || op.cols == 0 || op.cols > elements / op.rows || op.rows * op.cols != elements) {
-                throw CheckpointError(file.path() + ": " + where + " transposes a " + std::to_string(op.rows) + " x " +
-                                      std::to_string(op.cols) + " matrix but copies " + std::to_string(elements) +
-                                      " elements");
-            }
+// The checks of an operation's source bytes: inside the file, whole elements, a known conversion,
+// a transpose shape that matches them. Messages are built only on failure: a plan has thousands of rows.
+void check_source(const MappedFile& file, const CopyOp& op, size_t row) {
+    auto fail = [&](const std::string& what) {
+        throw CheckpointError(file.path() + ": plan row " + std::to_string(row) + what, file.path(), op.src_offset);
+    };
+    uint64_t end = 0;
+    if (__builtin_add_overflow(op.src_offset, op.src_nbytes, &end) || end > file.size()) {
+        fail(" reads bytes [" + std::to_string(op.src_offset) + ", " + std::to_string(op.src_offset) + "+" +
+             std::to_string(op.src_nbytes) + "), past the end of the file (" + std::to_string(file.size()) + " bytes)");
+    }
+    if (op.src_nbytes % itemsize(op.src_dtype) != 0) {
+        fail(" copies " + std::to_string(op.src_nbytes) + " bytes at offset " + std::to_string(op.src_offset) +
+             ", not a whole number of elements");
+    }
+    if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
+        fail(": no conversion from dtype code " + std::to_string(static_cast<int>(op.src_dtype)) + " to " +
+             std::to_string(static_cast<int>(op.dst_dtype)) + " (bytes at offset " + std::to_string(op.src_offset) + ")");
+    }
+    if (op.rows > 0 || op.cols > 0) {
+        uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
+        if (op.rows == 0 || op.cols == 0 || op.cols > elements / op.rows || op.rows * op.cols != elements) {
+            fail(" transposes a " + std::to_string(op.rows) + " x " + std::to_string(op.cols) + " matrix but copies " +
+                 std::to_string(elements) + " elements at offset " + std::to_string(op.src_offset));
         }
     }
+}
+
+// The check that keeps the engine memory-safe: the bytes an operation writes lie inside its region.
+// Runs after check_source, so the element count is whole; the byte count is still overflow-checked.
+void check_destination(const MappedFile& file, const std::vector<Region>& regions, const CopyOp& op, size_t row) {
+    uint64_t nbytes = 0;
+    if (__builtin_mul_overflow(op.src_nbytes / itemsize(op.src_dtype), itemsize(op.dst_dtype), &nbytes)) {
+        nbytes = UINT64_MAX;
+    }
+    const uint64_t size = op.region < regions.size() ? regions[op.region].size : 0;
+    uint64_t end = 0;
+    if (op.region < regions.size() && !__builtin_add_overflow(op.dst_offset, nbytes, &end) && end <= size) return;
+    const std::string region = "destination region " + std::to_string(op.region);
+    const std::string what =
+        op.region < regions.size()
+            ? region + ", which has " + std::to_string(size) + " bytes"
+            : region + ", but the plan has " + std::to_string(regions.size()) + " regions";
+    throw DestinationError(file.path() + ": plan row " + std::to_string(row) + " would write " + std::to_string(nbytes) +
+                               " bytes at offset " + std::to_string(op.dst_offset) + " of " + what +
+                               "; nothing was written",
+                           row, op.region, op.dst_offset, nbytes, size, file.path());
+}
+
+// Whether op can be copied as the continuation of last (the rule coalesce documents).
+bool extends(const CopyOp& last, const CopyOp& op, const std::vector<Region>& regions, uint64_t max_gap) {
+    if (last.file != op.file || last.region != op.region || last.src_dtype != op.src_dtype ||
+        last.dst_dtype != op.dst_dtype || last.rows > 0 || op.rows > 0) {
+        return false;
+    }
+    const uint64_t src_end = last.src_offset + last.src_nbytes;
+    const uint64_t dst_end = last.dst_offset + dst_nbytes(last);
+    if (op.src_offset < src_end || op.dst_offset < dst_end || op.dst_offset - dst_end != op.src_offset - src_end) {
+        return false;
+    }
+    const uint64_t gap = op.src_offset - src_end;
+    if (gap == 0) return true;
+    return op.src_dtype == op.dst_dtype && gap % itemsize(op.src_dtype) == 0 &&
+           may_span_gap(regions[op.region], gap, max_gap);
+}
+
+}  // namespace
+
+void resolve_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                  std::vector<CopyOp>& ops) {
+    for (size_t i = 0; i < ops.size(); ++i) {
+        const MappedFile& file = file_at(files, ops[i].file, "plan row", i);
+        check_source(file, ops[i], i);
+        check_destination(file, regions, ops[i], i);
+        ops[i].dst = regions[ops[i].region].base + ops[i].dst_offset;
+    }
+}
+
+std::vector<CopyOp> coalesce(const std::vector<CopyOp>& ops, const std::vector<Region>& regions, uint64_t max_gap) {
+    std::vector<CopyOp> merged;
+    merged.reserve(ops.size());
+    for (const CopyOp& op : ops) {
+        if (!merged.empty() && extends(merged.back(), op, regions, max_gap)) {
+            merged.back().src_nbytes = op.src_offset + op.src_nbytes - merged.back().src_offset;
+        } else {
+            merged.push_back(op);
+        }
+    }
+    return merged;
 }
 
 std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops) {
@@ -200,25 +223,38 @@ std::vector<FileSpan> spans_of(size_t num_files, const std::vector<CopyOp>& ops)
     return spans;
 }
 
-void execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
-                  const ExecuteOptions& options) {
-    validate_plan(files, ops);
-    std::vector<FileReadMode> modes = choose_read_modes(files, spans_of(files.size(), ops), options.method);
-    if (options.huge_pages) {
-        for (const CopyOp& op : ops) {
-            uint64_t dst_nbytes = op.src_nbytes / itemsize(op.src_dtype) * itemsize(op.dst_dtype);
-            if (dst_nbytes >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes);
-        }
+std::vector<ReadMode> read_modes(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<CopyOp>& ops,
+                                 ReadMethod method, double warm_fraction, bool direct_copies) {
+    std::vector<FileSpan> spans = spans_of(files.size(), ops);
+    std::vector<ReadMode> modes(files.size());
+    for (size_t f = 0; f < files.size(); ++f) {
+        if (spans[f].empty()) continue;
+        modes[f] = choose_read_mode(*files[f], spans[f].begin, spans[f].end - spans[f].begin, method, warm_fraction,
+                                    direct_copies);
+    }
+    return modes;
+}
+
+ExecuteStats execute_plan(const std::vector<std::shared_ptr<MappedFile>>& files, const std::vector<Region>& regions,
+                          std::vector<CopyOp> ops, const ExecuteOptions& options) {
+    resolve_plan(files, regions, ops);
+    ops = coalesce(ops, regions, options.coalesce_gap);
+    std::vector<ReadMode> modes = read_modes(files, ops, options.method, options.warm_fraction, true);
+    ExecuteStats stats;
+    for (const CopyOp& op : ops) {
+        stats.copies += 1;
+        stats.bytes += dst_nbytes(op);
+        if (options.huge_pages && dst_nbytes(op) >= kHugePageAdviceMin) advise_hugepages(op.dst, dst_nbytes(op));
     }
     std::vector<Chunk> chunks = split(ops, modes, options.chunk_bytes);
 
-    std::lock_guard<std::mutex> lock(shared_pool_mutex());
-    ThreadPool& pool = shared_pool(options.num_threads);
-    std::vector<Scratch> scratch(pool.size());
+    PoolLease pool(options.num_threads);
+    std::vector<Scratch> scratch(pool.workers());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
         copy_chunk(*files[chunks[i].op->file], chunks[i], options.populate, scratch[worker]);
         report(options.progress, chunks[i].src_len);
     });
+    return stats;
 }
 
 }  // namespace warpload

@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "errors.h"
@@ -29,22 +28,25 @@ size_t page_size() {
 
 }  // namespace
 
-std::string describe_errno(const std::string& what, int errno_value) {
-    return what + ": " + std::strerror(errno_value);
+void throw_io_error(const std::string& what, int errno_value, const std::string& path, uint64_t offset) {
+    throw IOError(what + ": " + std::strerror(errno_value), errno_value, path, offset);
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) throw IOError(describe_errno(path + ": cannot open", errno), errno);
+    if (fd_ < 0) {
+        int err = errno;
+        throw_io_error(path + ": cannot open", err, path);
+    }
     struct stat st;
     if (::fstat(fd_, &st) != 0) {
         int err = errno;
         ::close(fd_);
-        throw IOError(describe_errno(path + ": cannot stat", err), err);
+        throw_io_error(path + ": cannot stat", err, path);
     }
     if (!S_ISREG(st.st_mode)) {
         ::close(fd_);
-        throw IOError(path + ": not a regular file", EINVAL);
+        throw IOError(path + ": not a regular file", EINVAL, path);
     }
     size_ = static_cast<uint64_t>(st.st_size);
     if (size_ == 0) return;
@@ -52,7 +54,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     if (mapped == MAP_FAILED) {
         int err = errno;
         ::close(fd_);
-        throw IOError(describe_errno(path + ": cannot mmap", err), err);
+        throw_io_error(path + ": cannot mmap", err, path);
     }
     data_ = static_cast<uint8_t*>(mapped);
 }
@@ -82,15 +84,16 @@ void MappedFile::read_into(void* dst, uint64_t offset, uint64_t nbytes) const {
         size_t want = nbytes > (size_t(1) << 30) ? (size_t(1) << 30) : static_cast<size_t>(nbytes);
         ssize_t got = ::pread(fd_, out, want, static_cast<off_t>(offset));
         if (got < 0) {
-            if (errno == EINTR) continue;
-            throw IOError(describe_errno(path_ + ": read of " + std::to_string(want) + " bytes at offset " +
-                                             std::to_string(offset) + " failed",
-                                         errno),
-                          errno);
+            int err = errno;
+            if (err == EINTR) continue;
+            throw_io_error(path_ + ": read of " + std::to_string(want) + " bytes at offset " + std::to_string(offset) +
+                               " failed",
+                           err, path_, offset);
         }
         if (got == 0) {
             throw CheckpointError(path_ + ": unexpected end of file at offset " + std::to_string(offset) +
-                                  " (the file shrank while it was being read?)");
+                                      " (the file shrank while it was being read?)",
+                                  path_, offset);
         }
         out += got;
         offset += static_cast<uint64_t>(got);
@@ -111,12 +114,38 @@ void MappedFile::advise_mapping_willneed(uint64_t offset, uint64_t nbytes) const
 
 void evict_from_page_cache(const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw IOError(describe_errno(path + ": cannot open", errno), errno);
+    if (fd < 0) {
+        int err = errno;
+        throw_io_error(path + ": cannot open", err, path);
+    }
     // Dirty pages cannot be dropped; flush them first so the eviction is complete.
     ::fdatasync(fd);
     int rc = ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     ::close(fd);
-    if (rc != 0) throw IOError(describe_errno(path + ": posix_fadvise(DONTNEED) failed", rc), rc);
+    if (rc != 0) throw_io_error(path + ": posix_fadvise(DONTNEED) failed", rc, path);
+}
+
+const MappedFile& file_at(const std::vector<std::shared_ptr<MappedFile>>& files, uint64_t index, const char* what,
+                          size_t number) {
+    if (index < files.size() && files[index] != nullptr) return *files[index];
+    const std::string where = std::string(what) + " " + std::to_string(number) + ": file index " + std::to_string(index);
+    if (index >= files.size()) throw CheckpointError(where + ", but there are " + std::to_string(files.size()) + " files");
+    throw CheckpointError(where + " is null (None passed for a File)");
+}
+
+ReadMode choose_read_mode(const MappedFile& file, uint64_t begin, uint64_t length, ReadMethod method,
+                          double warm_fraction, bool direct_copies) {
+    ReadMode mode;
+    mode.cold = file.resident_fraction(begin, length) < warm_fraction;
+    mode.copy_via_pread = method != ReadMethod::Mmap;
+    mode.bounce_via_pread = method == ReadMethod::Pread || (method == ReadMethod::Auto && mode.cold);
+    if (!mode.cold) return mode;
+    // Only a cold file gains from hints: a warm one is read from memory whichever way.
+    bool preads = mode.bounce_via_pread || (direct_copies && mode.copy_via_pread);
+    bool maps = !mode.bounce_via_pread || (direct_copies && !mode.copy_via_pread);
+    if (preads) file.advise_sequential_reads(begin, length);
+    if (maps) file.advise_mapping_willneed(begin, length);
+    return mode;
 }
 
 HostBuffer::HostBuffer(size_t nbytes, bool huge_pages) : size_(nbytes) {
@@ -127,7 +156,8 @@ HostBuffer::HostBuffer(size_t nbytes, bool huge_pages) : size_(nbytes) {
     mapped_ = nbytes + slack;
     void* raw = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) {
-        throw IOError(describe_errno("cannot allocate " + std::to_string(nbytes) + " bytes", errno), errno);
+        int err = errno;
+        throw_io_error("cannot allocate " + std::to_string(nbytes) + " bytes", err);
     }
     auto base = reinterpret_cast<uintptr_t>(raw);
     uintptr_t aligned = huge_pages ? (base + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1) : base;
@@ -210,10 +240,9 @@ bool populate_read(const PrefaultChunk& chunk) {
             populate_read_unsupported.store(true, std::memory_order_relaxed);
             return false;
         }
-        throw IOError(describe_errno(chunk.file->path() + ": cannot read bytes " + std::to_string(chunk.begin) +
-                                         "-" + std::to_string(chunk.end) + " of the mapping",
-                                     err),
-                      err);
+        throw_io_error(chunk.file->path() + ": cannot read bytes " + std::to_string(chunk.begin) + "-" +
+                           std::to_string(chunk.end) + " of the mapping",
+                       err, chunk.file->path(), chunk.begin);
     }
     return true;
 #else
@@ -235,16 +264,14 @@ bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, cons
                      size_t num_threads, bool use_madvise, Progress* progress) {
     const uint64_t page = page_size();
     std::vector<PrefaultChunk> chunks;
-    for (const FileRange& range : ranges) {
-        if (range.file >= files.size() || files[range.file] == nullptr) {
-            throw CheckpointError("prefault range names file " + std::to_string(range.file) + " of " +
-                                  std::to_string(files.size()));
-        }
-        const MappedFile& file = *files[range.file];
+    for (size_t i = 0; i < ranges.size(); ++i) {
+        const FileRange& range = ranges[i];
+        const MappedFile& file = file_at(files, range.file, "prefault range", i);
         uint64_t end = range.offset + range.nbytes;
         if (end < range.offset || end > file.size()) {
             throw CheckpointError(file.path() + ": cannot map " + std::to_string(range.nbytes) + " bytes at offset " +
-                                  std::to_string(range.offset) + ", the file has " + std::to_string(file.size()));
+                                      std::to_string(range.offset) + ", the file has " + std::to_string(file.size()),
+                                  file.path(), range.offset);
         }
         for (uint64_t begin = range.offset / page * page; begin < end; begin += kPrefaultChunk) {
             uint64_t chunk_end = begin + kPrefaultChunk < end ? begin + kPrefaultChunk : end;
@@ -252,9 +279,8 @@ bool prefault_ranges(const std::vector<std::shared_ptr<MappedFile>>& files, cons
         }
     }
     std::atomic<bool> touched{false};
-    std::lock_guard<std::mutex> lock(shared_pool_mutex());
-    ThreadPool& pool = shared_pool(num_threads);
-    std::vector<std::vector<uint8_t>> scratch(pool.size());
+    PoolLease pool(num_threads);
+    std::vector<std::vector<uint8_t>> scratch(pool.workers());
     pool.run(chunks.size(), [&](size_t i, size_t worker) {
         read_if_cold(chunks[i], scratch[worker]);
         if (!use_madvise || !populate_read(chunks[i])) {

@@ -1,7 +1,6 @@
 // tfbundle.cpp — parses TF tensor bundle .index files (a LevelDB-style SSTable of BundleEntryProto) with every read bounds-checked.
 #include "tfbundle.h"
 
-#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -206,10 +205,9 @@ void for_each_in_block(const std::string& path, Cursor block, const char* what, 
 
 BundleError::BundleError(const std::string& path, const std::string& key, uint64_t offset, const std::string& what)
     : CheckpointError(path + ": " + (key.empty() ? std::string() : "entry '" + printable(key) + "': ") + what +
-                      " (at byte " + std::to_string(offset) + " of the file)"),
-      path_(path),
-      key_(key),
-      offset_(offset) {}
+                          " (at byte " + std::to_string(offset) + " of the file)",
+                      path, offset),
+      key_(key) {}
 
 std::string printable(const std::string& key) {
     static const char hex[] = "0123456789abcdef";
@@ -330,19 +328,16 @@ std::vector<std::string> decode_strings(const uint8_t* data, size_t size, uint64
 
 int64_t first_checksum_mismatch(const std::vector<std::shared_ptr<MappedFile>>& files,
                                 const std::vector<ChecksumJob>& jobs, size_t num_threads) {
-    for (const ChecksumJob& job : jobs) {
-        if (job.file >= files.size() || !files[job.file]) throw CheckpointError("checksum job names an unknown file");
-        const MappedFile& file = *files[job.file];
+    for (size_t i = 0; i < jobs.size(); ++i) {
+        const ChecksumJob& job = jobs[i];
+        const MappedFile& file = file_at(files, job.file, "checksum job", i);
         if (job.offset > file.size() || job.nbytes > file.size() - job.offset) {
             throw BundleError(file.path(), "", job.offset,
                               "tensor of " + std::to_string(job.nbytes) + " bytes runs past the end of the file (" +
                                   std::to_string(file.size()) + " bytes)");
         }
     }
-    // A pool of its own: the shared pool runs one engine plan at a time and is not reentrant, and a
-    // verification may run while another Python thread loads. Starting threads costs microseconds,
-    // checking a checkpoint milliseconds and more.
-    ThreadPool pool(std::min(num_threads == 0 ? available_cores() : num_threads, std::max<size_t>(jobs.size(), 1)));
+    PoolLease pool(num_threads);
     std::atomic<int64_t> first{-1};
     pool.run(jobs.size(), [&](size_t i, size_t) {
         const ChecksumJob& job = jobs[i];

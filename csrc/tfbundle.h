@@ -19,14 +19,10 @@ namespace tfbundle {
 class BundleError : public CheckpointError {
    public:
     BundleError(const std::string& path, const std::string& key, uint64_t offset, const std::string& what);
-    const std::string& path() const { return path_; }
     const std::string& key() const { return key_; }
-    uint64_t offset() const { return offset_; }
 
    private:
-    std::string path_;
     std::string key_;
-    uint64_t offset_;
 };
 
 // BundleHeaderProto (formats.md 3.4); proto3, so absent fields are 0.

@@ -7,6 +7,13 @@
 
 namespace warpload {
 
+namespace {
+
+// Set on the pool's worker threads: a lease taken there runs inline instead of waiting for itself.
+thread_local bool inside_pool_task = false;
+
+}  // namespace
+
 ThreadPool::ThreadPool(size_t num_threads) {
     if (num_threads == 0) num_threads = 1;
     workers_.reserve(num_threads);
@@ -39,6 +46,7 @@ void ThreadPool::run(size_t num_tasks, const std::function<void(size_t, size_t)>
 }
 
 void ThreadPool::work(size_t worker) {
+    inside_pool_task = true;
     uint64_t seen = 0;
     for (;;) {
         const std::function<void(size_t, size_t)>* task;
@@ -78,18 +86,22 @@ size_t available_cores() {
     return hw > 0 ? hw : 1;
 }
 
-ThreadPool& shared_pool(size_t num_threads) {
-    static std::mutex guard;
+PoolLease::PoolLease(size_t num_threads) {
+    if (inside_pool_task) return;
+    static std::mutex mutex;
     static std::unique_ptr<ThreadPool> pool;
+    lock_ = std::unique_lock<std::mutex>(mutex);
     if (num_threads == 0) num_threads = available_cores();
-    std::lock_guard<std::mutex> lock(guard);
-    if (!pool || pool->size() != num_threads) pool = std::make_unique<ThreadPool>(num_threads);
-    return *pool;
+    if (!pool || pool->size() != num_threads) {
+        pool.reset();  // joins the old workers before the new ones start
+        pool = std::make_unique<ThreadPool>(num_threads);
+    }
+    pool_ = pool.get();
 }
 
-std::mutex& shared_pool_mutex() {
-    static std::mutex mutex;
-    return mutex;
+void PoolLease::run(size_t num_tasks, const std::function<void(size_t, size_t)>& task) {
+    if (pool_ != nullptr) return pool_->run(num_tasks, task);
+    for (size_t i = 0; i < num_tasks; ++i) task(i, 0);
 }
 
 }  // namespace warpload

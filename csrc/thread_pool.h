@@ -1,4 +1,4 @@
-// thread_pool.h — a fixed set of worker threads that run one batch of indexed tasks at a time.
+// thread_pool.h — worker threads that run one batch of indexed tasks at a time, shared process-wide through PoolLease.
 #pragma once
 
 #include <atomic>
@@ -46,10 +46,26 @@ class ThreadPool {
 // Cores this process may run on (sched_getaffinity), at least 1.
 size_t available_cores();
 
-// The process-wide pool, (re)built with num_threads workers (0: available_cores()).
-ThreadPool& shared_pool(size_t num_threads);
+// The process-wide pool, held for one batch of work: the one way the core runs work in parallel.
+// A thread that takes it while another thread holds it waits (plans run one at a time, each on
+// every core). A task running on the pool that takes it again runs its work on its own thread, so
+// nested use cannot deadlock. The pool is rebuilt with another size only between leases, so it
+// outlives every lease that uses it.
+class PoolLease {
+   public:
+    explicit PoolLease(size_t num_threads);  // 0: available_cores()
+    PoolLease(const PoolLease&) = delete;
+    PoolLease& operator=(const PoolLease&) = delete;
 
-// Held for the whole of a plan's run: plans use the shared pool one at a time.
-std::mutex& shared_pool_mutex();
+    // Workers the tasks run on: the `worker` argument of a task is below this (size scratch by it).
+    size_t workers() const { return pool_ != nullptr ? pool_->size() : 1; }
+
+    // ThreadPool::run on the pool, or every task in order on the calling thread when nested.
+    void run(size_t num_tasks, const std::function<void(size_t task, size_t worker)>& task);
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+    ThreadPool* pool_ = nullptr;  // null when nested in a task of the pool
+};
 
 }  // namespace warpload

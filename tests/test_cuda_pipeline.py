@@ -25,7 +25,7 @@ from warpload import load_file as warpload_load_file
 from warpload._native import core
 from warpload.dtypes import dtype_name
 from warpload.engine import cuda, devices
-from warpload.errors import CheckpointError, CudaError, CudaUnavailableError
+from warpload.errors import CheckpointError, CudaError, CudaUnavailableError, DestinationError
 from warpload.formats.checkpoint import checkpoint_records
 from warpload.formats.safetensors import read_header
 from warpload.loading import progress_line
@@ -393,7 +393,34 @@ def test_device_index_beyond_the_gpus_raises(fake, tmp_path, monkeypatch):
     plan = plan_load(read_header(os.fspath(path)).records)
     out = torch.empty(40, dtype=torch.uint8)
     with pytest.raises(CudaUnavailableError, match="cuda:2 does not exist"):
-        cuda.copy_to_device(plan, [out.data_ptr()], engine.open_files(plan.paths), 2)
+        cuda.copy_to_device(plan, [engine.tensor_region(out)], [(0, 0)], engine.open_files(plan.paths), 2)
+
+
+@pytest.mark.parametrize("offset, nbytes", [(0, 39), (1, 40), (41, 40), (2**63 - 1, 40)],
+                         ids=["one-byte-short", "ends-past", "starts-past", "offset-overflows-int64"])
+def test_device_region_too_small_is_refused_before_any_copy(fake, tmp_path, offset, nbytes):
+    path = tmp_path / "m.safetensors"
+    save_file({"ids": torch.arange(3), "a": torch.randn(10)}, os.fspath(path))
+    plan = plan_load(read_header(os.fspath(path)).records)
+    out = torch.full((64,), 0x5A, dtype=torch.uint8)
+    spare = torch.full((64,), 0x5A, dtype=torch.uint8)
+    regions = [engine.tensor_region(spare), (out.data_ptr(), nbytes)]
+    row = next(i for i, s in enumerate(plan.storages) if s.source_dtype == "F32")
+    destinations = [(0, 0) if i != row else (1, offset) for i in range(len(plan.storages))]
+    with pytest.raises(DestinationError, match=f"tensor 'a': .* would write 40 bytes at offset {offset} of "
+                                               f"destination region 1, which has {nbytes} bytes") as caught:
+        cuda.copy_to_device(plan, regions, destinations, engine.open_files(plan.paths), 0)
+    assert (caught.value.row, caught.value.tensor, caught.value.region_size) == (row, "a", nbytes)
+    assert fake.stats()["memcpy_calls"] == 0
+    assert bool((out == 0x5A).all()) and bool((spare == 0x5A).all())
+
+
+def test_device_regions_are_address_pairs_not_host_buffers(fake, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.randn(10)}, os.fspath(path))
+    plan = plan_load(read_header(os.fspath(path)).records)
+    with pytest.raises(TypeError, match=r"destination region 0 must be an \(address, nbytes\) tuple"):
+        cuda.copy_to_device(plan, [bytearray(40)], [(0, 0)], engine.open_files(plan.paths), 0)
 
 
 def test_callers_current_device_is_restored(fake, tmp_path, monkeypatch):
@@ -403,7 +430,7 @@ def test_callers_current_device_is_restored(fake, tmp_path, monkeypatch):
     save_file({"a": torch.randn(10)}, os.fspath(path))
     plan = plan_load(read_header(os.fspath(path)).records)
     out = torch.empty(40, dtype=torch.uint8)
-    cuda.copy_to_device(plan, [out.data_ptr()], engine.open_files(plan.paths), 0)
+    cuda.copy_to_device(plan, [engine.tensor_region(out)], [(0, 0)], engine.open_files(plan.paths), 0)
     device = ctypes.c_int(-1)
     assert fake.lib.cudaGetDevice(ctypes.byref(device)) == 0
     assert device.value == 1

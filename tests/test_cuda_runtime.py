@@ -70,12 +70,13 @@ def load_to_device(runtime, path) -> dict[str, torch.Tensor]:
     arena = DeviceMemory(lib, plan.total_nbytes)
     try:
         base = arena.pointer.value or 0
-        cuda.copy_to_device(plan, [base + s.dst_offset for s in plan.storages], engine.open_files(plan.paths), 0,
-                            regions=[(base, plan.total_nbytes)], runtime=runtime_path)
+        cuda.copy_to_device(plan, [(base, plan.total_nbytes)], [(0, s.dst_offset) for s in plan.storages],
+                            engine.open_files(plan.paths), 0, padded=[0], runtime=runtime_path)
         host = arena.read()
     finally:
         arena.free()
-    storages = [engine.tensor_view(host.numpy(), s.dst_offset, s.dtype, (s.numel,)) for s in plan.storages]
+    storages = engine.storage_tensors([host.numpy()] * len(plan.storages), [s.dst_offset for s in plan.storages],
+                                      [s.dtype for s in plan.storages], [s.numel for s in plan.storages])
     return engine.wrap_tensors(plan, storages)
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import random_tensor, same_bits
-from warpload import engine
+from warpload import constants, engine
+from warpload._native import core
 from warpload.plan import TensorRecord, plan_load
 
 
@@ -72,36 +73,54 @@ def test_only_plain_matrices_can_be_transposed():
 
 
 
-def _rows(table) -> list[tuple[int, ...]]:
-    return [tuple(table[i:i + 8]) for i in range(0, len(table), 8)]
+def _run(plan, regions, destinations, padded=()) -> dict[str, int]:
+    """Runs plan into regions through the engine; returns its counters (copies after coalescing)."""
+    return core().execute(engine.open_files(plan.paths), engine.plan_table(plan, destinations), regions,
+                                 warm_fraction=constants.MAP_WARM_FRACTION,
+                                 coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES, padded=list(padded))
 
 
 @pytest.mark.parametrize("dtype", [None, "BF16"])
-def test_storages_back_to_back_in_file_and_memory_share_an_engine_row(dtype):
+def test_storages_back_to_back_in_file_and_memory_share_one_copy(tmp_path, dtype):
     # Three F32 storages back to back in the file (128 bytes each, 64 as BF16: no alignment gap in memory),
-    # then an I64 one: the F32 ones merge; the I64 one (another dtype code) and a transposed one get rows of
-    # their own.
-    records = [TensorRecord(f"w{i}", "F32", (32,), "f", 100 + 128 * i, 128) for i in range(3)]
-    records += [TensorRecord("i", "I64", (8,), "f", 484, 64),
-                TensorRecord("t", "F32", (4, 4), "f", 548, 64, transpose=True)]
+    # then an I64 one: the F32 ones merge; the I64 one (another dtype code) and a transposed one are copies
+    # of their own.
+    path = tmp_path / "f"
+    data = random_tensor((612,), torch.uint8)
+    path.write_bytes(data.numpy().tobytes())
+    records = [TensorRecord(f"w{i}", "F32", (32,), str(path), 100 + 128 * i, 128) for i in range(3)]
+    records += [TensorRecord("i", "I64", (8,), str(path), 484, 64),
+                TensorRecord("t", "F32", (4, 4), str(path), 548, 64, transpose=True)]
     plan = plan_load(records, dtype)
-    base = 1 << 20
-    rows = _rows(engine.plan_table(plan, [base + s.dst_offset for s in plan.storages]))
-    assert [(row[1], row[2], row[4], row[6:]) for row in rows] == [
-        (100, 384, base, (0, 0)), (484, 64, base + plan.storages[3].dst_offset, (0, 0)),
-        (548, 64, base + plan.storages[4].dst_offset, (4, 4))]
-    # Destinations that are not back to back keep their rows.
-    assert len(_rows(engine.plan_table(plan, [4096 * i for i in range(1, 6)]))) == 5
+    buffer = bytearray(plan.total_nbytes)
+    assert plan_table_rows(plan) == 5  # one row per storage: the engine merges them
+    assert _run(plan, [buffer], [(0, s.dst_offset) for s in plan.storages])["copies"] == 3
+    loaded = engine.materialize(plan)
+    for storage, tensor in zip(plan.storages, ("w0", "w1", "w2", "i", "t")):
+        expected = loaded[tensor].contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        assert buffer[storage.dst_offset:storage.dst_offset + len(expected)] == expected
+    # Destinations that are not back to back keep their copies.
+    regions = [bytearray(s.dst_nbytes) for s in plan.storages]
+    assert _run(plan, regions, [(i, 0) for i in range(5)])["copies"] == 5
 
 
-@pytest.mark.parametrize("dtype, rows", [(None, 1), ("BF16", 2)])
-def test_gaps_between_storages_are_mirrored_so_one_row_copies_them(dtype, rows):
+def plan_table_rows(plan) -> int:
+    return len(engine.plan_table(plan, [(0, s.dst_offset) for s in plan.storages])) // 9
+
+
+@pytest.mark.parametrize("dtype, copies", [(None, 1), ("BF16", 2)])
+def test_gaps_between_storages_are_mirrored_so_one_copy_does_both(tmp_path, dtype, copies):
     # Two storages 128 bytes apart in the file (a zip local header between them), as torch.save writes them.
-    records = [TensorRecord("a", "F32", (16,), "f", 64, 64), TensorRecord("b", "F32", (16,), "f", 256, 64)]
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * 2)
+    records = [TensorRecord("a", "F32", (16,), str(path), 64, 64), TensorRecord("b", "F32", (16,), str(path), 256, 64)]
     plan = plan_load(records, dtype)
     if dtype is None:
         assert plan.storages[1].dst_offset - plan.storages[0].dst_offset == 192
-    addresses = [(1 << 20) + s.dst_offset for s in plan.storages]
-    assert len(_rows(engine.plan_table(plan, addresses, copy_gaps=True))) == rows
+    destinations = [(0, s.dst_offset) for s in plan.storages]
+    assert _run(plan, [bytearray(plan.total_nbytes)], destinations, padded=[0])["copies"] == copies
     # Memory the caller owns may hold something else between its tensors: no gap is copied into it.
-    assert len(_rows(engine.plan_table(plan, addresses))) == 2
+    buffer = bytearray(b"\x5a" * plan.total_nbytes)
+    assert _run(plan, [buffer], destinations)["copies"] == 2
+    end = plan.storages[0].dst_offset + plan.storages[0].dst_nbytes
+    assert buffer[end:plan.storages[1].dst_offset] == b"\x5a" * (plan.storages[1].dst_offset - end)

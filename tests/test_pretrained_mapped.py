@@ -186,8 +186,10 @@ def test_prefault_reads_ranges_and_checks_bounds(tmp_path, use_madvise):
     populated = core().prefault([file], [(0, 100, 2 << 20), (0, (2 << 20) + 5000, 1000)], 2, use_madvise)
     kernel = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
     assert populated is (use_madvise and kernel >= (5, 14))
-    with pytest.raises(CheckpointError, match=r"cannot map 4096 bytes at offset 3141634, the file has 3145728"):
+    message = r"cannot map 4096 bytes at offset 3141634, the file has 3145728"
+    with pytest.raises(CheckpointError, match=message) as caught:
         core().prefault([file], [(0, (3 << 20) - 4096 + 2, 4096)], 0, use_madvise)
+    assert (caught.value.path, caught.value.offset) == (os.fspath(path), 3141634)
 
 
 def test_gpu_targets_keep_the_engine_path(gpt2_checkpoints):

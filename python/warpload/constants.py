@@ -33,7 +33,9 @@ TENSOR_ALIGNMENT = 64
 # A storage whose bytes start at most this far after the previous one's in its file (a zip local
 # header and data descriptor: 128 bytes in torch.save archives) is placed as far after it in the
 # buffer, so the engine copies both, and the gap, as one row: 6,004 rows of a .bin cost ~10 ms
-# more engine time than one.
+# more engine time than one. The engine (csrc/engine.h may_span_gap) spans gaps of at most this
+# many bytes, and only in memory that holds nothing but the plan's storages: rows merge across
+# them, and the GPU ring sends destinations that close together with one copy.
 MIRRORED_GAP_MAX_BYTES = 256
 
 ENV_NUM_THREADS = "WARPLOAD_NUM_THREADS"
@@ -48,7 +50,10 @@ ENV_DISABLE_SIMD = "WARPLOAD_DISABLE_SIMD"
 ENV_ZERO_COPY = "WARPLOAD_ZERO_COPY"
 # zero_copy="auto" maps a checkpoint file only when at least this share of it is in the page cache.
 # Measured on GPT-2 medium (1.42 GB), load + first forward: warm, mapped 0.17 s vs owned copies
-# 0.46 s; cold, owned copies (parallel pread into the parameters) 0.74 s vs mapped 0.95 s.
+# 0.46 s; cold, owned copies (parallel pread into the parameters) 0.74 s vs mapped 0.95 s. The
+# engine (csrc/io.h choose_read_mode) counts a file below it as cold too: conversions and GPU loads
+# then read it with pread, so the kernel reads ahead in large requests, instead of page-faulting
+# through the mapping.
 MAP_WARM_FRACTION = 0.9
 ZERO_COPY_VALUES = {"auto": "auto", "1": True, "true": True, "0": False, "false": False}
 

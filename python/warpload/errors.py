@@ -57,7 +57,35 @@ class CheckpointNotFoundError(WarploadError, FileNotFoundError):
 
 
 class EngineIOError(WarploadError, OSError):
-    """The operating system failed a read, open or allocation (raised by the C++ engine)."""
+    """The operating system failed a read, open or allocation (raised by the C++ engine).
+
+    ``errno`` is the system's error number; ``path`` and ``offset`` name the file and byte, when known.
+    """
+
+    def __init__(self, errno: int, message: str, *, path: Optional[str] = None, offset: Optional[int] = None) -> None:
+        super().__init__(errno, message)
+        self.path = path
+        self.offset = offset
+
+
+class DestinationError(WarploadError, ValueError):
+    """A load plan would write outside the memory given to receive it: a bug in the caller, not in the checkpoint.
+    Raised by the C++ engine before any byte is written.
+
+    Row ``row`` of the plan (tensor ``tensor``, when known; source file ``path``) writes ``nbytes`` bytes at
+    ``offset`` of destination region ``region``, which has ``region_size`` bytes.
+    """
+
+    def __init__(self, message: str, *, row: int, region: int, offset: int, nbytes: int, region_size: int,
+                 path: Optional[str] = None, tensor: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.row = row
+        self.region = region
+        self.offset = offset
+        self.nbytes = nbytes
+        self.region_size = region_size
+        self.path = path
+        self.tensor = tensor
 
 
 class CudaError(WarploadError, RuntimeError):

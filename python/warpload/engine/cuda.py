@@ -93,23 +93,28 @@ def ring_for(total_bytes: int) -> Ring:
     return Ring(max(MIB, min(largest, -(-share // MIB) * MIB)), num_buffers)
 
 
-def copy_to_device(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any], device_index: int, *,
-                   regions: Sequence[tuple[int, int]] = (), ring: Optional[Ring] = None,
+def copy_to_device(plan: LoadPlan, regions: Sequence[tuple[int, int]], destinations: Sequence[tuple[int, int]],
+                   files: Sequence[Any], device_index: int, *, padded: Sequence[int] = (), ring: Optional[Ring] = None,
                    runtime: Optional[str] = None) -> dict[str, int]:
-    """Copies every storage's source bytes, unconverted, to addresses[i] on the device; returns the
-    engine's counters (bytes, batches, copies, reads, pinned_bytes, mmap_files, pread_files).
+    """Copies every storage's source bytes, unconverted, to destinations[i] = (region index, byte offset)
+    in the device `regions` ((address, nbytes) pairs: host.tensor_region); returns the engine's counters
+    (bytes, batches, copies, reads, pinned_bytes, mmap_files, pread_files).
 
-    Destinations closer than TENSOR_ALIGNMENT inside one of `regions` (address, nbytes) share a copy.
-    Raises CheckpointError / EngineIOError for the files, CudaError for a failed CUDA call,
-    CudaUnavailableError when no runtime or GPU is there.
+    Destinations close together in a region listed in `padded` (memory holding only this plan's storages
+    and padding) share a copy, gap included. Raises DestinationError for a storage that does not fit its
+    region (before any byte moves), CheckpointError / EngineIOError for the files, CudaError for a failed
+    CUDA call, CudaUnavailableError when no runtime or GPU is there.
     """
     raw = dataclasses.replace(plan, storages=tuple(
         dataclasses.replace(s, dtype=s.source_dtype, transposed_from=None) for s in plan.storages))
     ring = ring or ring_for(sum(s.nbytes for s in plan.storages))
-    return core().cuda_execute(
-        [runtime] if runtime else runtime_candidates(), list(files), host.plan_table(raw, addresses), device_index,
-        ring.buffer_bytes, ring.num_buffers, constants.CUDA_STREAMS, constants.num_threads(), constants.read_method(),
-        TENSOR_ALIGNMENT, list(regions), progress=current_counter())
+    with host.naming_tensors(raw):
+        return core().cuda_execute(
+            [runtime] if runtime else runtime_candidates(), list(files), host.plan_table(raw, destinations),
+            list(regions), device_index, ring.buffer_bytes, ring.num_buffers, constants.CUDA_STREAMS,
+            warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES,
+            padded=list(padded), num_threads=constants.num_threads(), method=constants.read_method(),
+            progress=current_counter())
 
 
 # Source bytes of converted or transposed storages pass through a device staging buffer of at
@@ -151,11 +156,13 @@ def _conversion_groups(storages: Sequence[PlannedStorage], window: Sequence[int]
 Finish = Callable[[dict, "torch.Tensor", dict], None]
 
 
-def _fill(plan: LoadPlan, files: Sequence[Any], target: "torch.device", direct: dict[int, int], staged: Sequence[int],
-          regions: Sequence[tuple[int, int]], finish: Finish, runtime: Optional[str], stats: Optional[dict]) -> None:
-    """Copies storages `direct` (index -> address) to their addresses, and storages `staged` window
-    by window into a staging buffer, each window's groups packed back to back; after each engine
-    call finish(groups, staging, offsets) converts that window on the device."""
+def _fill(plan: LoadPlan, files: Sequence[Any], target: "torch.device", regions: Sequence[tuple[int, int]],
+          direct: dict[int, tuple[int, int]], staged: Sequence[int], padded: Sequence[int], finish: Finish,
+          runtime: Optional[str], stats: Optional[dict]) -> None:
+    """Copies storages `direct` (index -> (region, offset) in `regions`, those in `padded` holding padding
+    between storages) there, and storages `staged` window by window into a staging buffer, each window's
+    groups packed back to back; after each engine call finish(groups, staging, offsets) converts that
+    window on the device."""
     import torch
 
     for number, window in enumerate(_staging_windows(plan.storages, staged)):
@@ -168,12 +175,12 @@ def _fill(plan: LoadPlan, files: Sequence[Any], target: "torch.device", direct: 
                 cursor += plan.storages[index].nbytes
             cursor = _aligned(cursor)
         staging = torch.empty(cursor, dtype=torch.uint8, device=target)
-        addresses = dict(direct) if number == 0 else {}
-        addresses.update((index, staging.data_ptr() + offset) for index, offset in offsets.items())
-        if addresses:
-            part = dataclasses.replace(plan, storages=tuple(plan.storages[index] for index in addresses))
-            _run(part, list(addresses.values()), files, target, [*regions, (staging.data_ptr(), staging.numel())],
-                 runtime, stats)
+        destinations = dict(direct) if number == 0 else {}
+        destinations.update((index, (len(regions), offset)) for index, offset in offsets.items())
+        if destinations:
+            part = dataclasses.replace(plan, storages=tuple(plan.storages[index] for index in destinations))
+            _run(part, [*regions, host.tensor_region(staging)], list(destinations.values()), files, target,
+                 [*padded, len(regions)], runtime, stats)
         finish(groups, staging, offsets)
         del staging  # its memory may serve the next window once the conversions queued on it are done
     if target.type == "cuda":
@@ -220,8 +227,8 @@ def materialize(plan: LoadPlan, device: Any, files: Optional[Sequence[Any]] = No
                 views[index] = converted.narrow(0, cursor, count)
                 cursor += count
 
-    direct = {index: arena.data_ptr() + s.dst_offset for index, s in enumerate(storages) if not _needs_device_work(s)}
-    _fill(plan, files, target, direct, staged, [(arena.data_ptr(), arena.numel())], convert, runtime, stats)
+    direct = {index: (0, s.dst_offset) for index, s in enumerate(storages) if not _needs_device_work(s)}
+    _fill(plan, files, target, [host.tensor_region(arena)], direct, staged, [0], convert, runtime, stats)
     return host.wrap_tensors(plan, views)
 
 
@@ -229,8 +236,9 @@ def _typed(buffer: "torch.Tensor", offset: int, nbytes: int, dtype: str) -> "tor
     return buffer.narrow(0, offset, nbytes).view(torch_dtype(dtype))
 
 
-def _run(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any], target: "torch.device",
-         regions: Sequence[tuple[int, int]], runtime: Optional[str], stats: Optional[dict]) -> None:
+def _run(plan: LoadPlan, regions: Sequence[tuple[int, int]], destinations: Sequence[tuple[int, int]],
+         files: Sequence[Any], target: "torch.device", padded: Sequence[int], runtime: Optional[str],
+         stats: Optional[dict]) -> None:
     """Copies into memory torch just allocated on target, once the work torch queued there is done."""
     import torch
 
@@ -241,7 +249,7 @@ def _run(plan: LoadPlan, addresses: Sequence[int], files: Sequence[Any], target:
         index = target.index if target.index is not None else torch.cuda.current_device()
     else:
         index = 0
-    counters = copy_to_device(plan, addresses, files, index, regions=regions, runtime=runtime)
+    counters = copy_to_device(plan, regions, destinations, files, index, padded=padded, runtime=runtime)
     if stats is not None:
         for key, value in counters.items():
             stats[key] = max(stats.get(key, 0), value) if key == "pinned_bytes" else stats.get(key, 0) + value
@@ -269,8 +277,12 @@ def fill_tensors(pairs: Sequence[tuple[TensorRecord, "torch.Tensor"]], *, runtim
     def destination(index: int) -> "torch.Tensor":
         return by_key[(storages[index].path, storages[index].offset)]
 
-    direct = {index: destination(index).data_ptr() for index, s in enumerate(storages)
-              if not s.transposed_from and dtype_name(destination(index).dtype) == s.source_dtype}
+    regions: list[tuple[int, int]] = []
+    direct: dict[int, tuple[int, int]] = {}
+    for index, storage in enumerate(storages):
+        if not storage.transposed_from and dtype_name(destination(index).dtype) == storage.source_dtype:
+            direct[index] = (len(regions), 0)
+            regions.append(host.tensor_region(destination(index)))
     staged = [index for index in range(len(storages)) if index not in direct]
 
     def convert(groups: dict, staging: "torch.Tensor", offsets: dict) -> None:
@@ -282,4 +294,4 @@ def fill_tensors(pairs: Sequence[tuple[TensorRecord, "torch.Tensor"]], *, runtim
                     source = source.view(storage.transposed_from).t()
                 out.copy_(source.reshape(out.shape))
 
-    _fill(plan, host.open_files(plan.paths), target, direct, staged, [], convert, runtime, stats)
+    _fill(plan, host.open_files(plan.paths), target, regions, direct, staged, [], convert, runtime, stats)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import sys
 import threading
 from array import array
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 
 from .. import constants
 from .._native import core
 from ..dtypes import DTYPES, copy_code, torch_dtype
+from ..errors import DestinationError
 from ..plan import LoadPlan
 from . import machine as system
 from .progress import current_counter
@@ -75,37 +77,52 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-def plan_table(plan: LoadPlan, dst_addresses: Sequence[int], *, copy_gaps: bool = False) -> array:
-    """The engine's int64 row table: file, src offset, src bytes, src dtype, dst address, dst dtype,
-    and the (rows, cols) of a matrix to transpose while copying, (0, 0) for a plain copy.
+def plan_table(plan: LoadPlan, destinations: Sequence[tuple[int, int]]) -> array:
+    """The engine's int64 row table, one row per storage: file, src offset, src bytes, src dtype,
+    destination region, offset in that region, dst dtype, and the (rows, cols) of a matrix to transpose
+    while copying, (0, 0) for a plain copy.
 
-    dst_addresses[i] is where storage i goes: inside one buffer, or into memory the caller owns
-    (a model's parameters), which must hold the storage in its planned dtype. Storages copied as they
-    are that follow each other both in their file and in memory share a row; with `copy_gaps` (the
-    memory between storages is scratch, as in a plan's own buffer), so do storages whose gap in memory
-    equals their gap in the file (plan_load's mirrored gaps), and the gap's bytes are copied too.
+    destinations[i] is (region index, byte offset) where storage i goes, in the regions passed with the
+    table; the engine checks that each storage fits there, in its planned dtype, before copying any, and
+    merges rows one copy can do (csrc/engine.h, coalesce).
     """
+    if len(destinations) != len(plan.storages):
+        raise ValueError(f"{len(destinations)} destinations for {len(plan.storages)} storages")
     file_index = {path: i for i, path in enumerate(plan.paths)}
     codes = {(s.source_dtype, s.dtype): _engine_codes(s.source_dtype, s.dtype) for s in plan.storages}
-    max_gap = constants.MIRRORED_GAP_MAX_BYTES if copy_gaps else 0
     cells: list[int] = []
-    follows = None  # (file, src end, dst end, codes) of the last plain row
-    for storage, dst_address in zip(plan.storages, dst_addresses):
-        file, pair = file_index[storage.path], codes[storage.source_dtype, storage.dtype]
-        if storage.transposed_from is not None:
-            cells += (file, storage.offset, storage.nbytes, pair[0], dst_address, pair[1], *storage.transposed_from)
-            follows = None
-            continue
-        gap = -1 if follows is None or follows[0] != file or follows[3] != pair else storage.offset - follows[1]
-        # A gap is copied as it is, so only between copies (not conversions), in whole elements.
-        if gap == 0 == dst_address - follows[2] or (0 < gap <= max_gap and gap == dst_address - follows[2]
-                                                    and pair[0] == pair[1]
-                                                    and gap * 8 % DTYPES[storage.source_dtype].bits == 0):
-            cells[-6] = storage.offset + storage.nbytes - cells[-7]
-        else:
-            cells += (file, storage.offset, storage.nbytes, pair[0], dst_address, pair[1], 0, 0)
-        follows = (file, storage.offset + storage.nbytes, dst_address + storage.dst_nbytes, pair)
+    for storage, (region, offset) in zip(plan.storages, destinations):
+        source_code, target_code = codes[storage.source_dtype, storage.dtype]
+        cells += (file_index[storage.path], storage.offset, storage.nbytes, source_code, region, offset, target_code,
+                  *(storage.transposed_from or (0, 0)))
     return array("q", cells)
+
+
+def tensor_region(tensor: "torch.Tensor") -> tuple[int, int]:
+    """A contiguous tensor's bytes as an engine destination region, (address, nbytes), on any device.
+
+    A pair rather than a buffer: torch tensors do not export the buffer protocol, and a numpy view of
+    each costs ~6 us, 36 ms over the 6,000 parameters of a large model, against under 1 us.
+    """
+    if not tensor.is_contiguous():
+        raise ValueError(f"the engine writes contiguous tensors only, not one of shape {tuple(tensor.shape)} "
+                         f"and stride {tensor.stride()}")
+    return tensor.data_ptr(), tensor.nbytes
+
+
+@contextmanager
+def naming_tensors(plan: LoadPlan) -> Iterator[None]:
+    """Adds the tensor's name to a DestinationError the engine raises for a row of plan_table(plan, ...)."""
+    try:
+        yield
+    except DestinationError as err:
+        storage = plan.storages[err.row]
+        name = next((t.name for t in plan.tensors if (t.record.path, t.record.offset, t.record.nbytes)
+                     == (storage.path, storage.offset, storage.nbytes)), None)
+        if name is None:
+            raise
+        raise DestinationError(f"tensor {name!r}: {err}", row=err.row, region=err.region, offset=err.offset,
+                               nbytes=err.nbytes, region_size=err.region_size, path=err.path, tensor=name) from err
 
 
 def _engine_codes(source_dtype: str, dtype: str) -> tuple[int, int]:
@@ -116,23 +133,31 @@ def _engine_codes(source_dtype: str, dtype: str) -> tuple[int, int]:
     return code, code
 
 
-def run_table(plan: LoadPlan, dst_addresses: Sequence[int], files: Optional[Sequence[Any]] = None, *,
-              copy_gaps: bool = False) -> None:
-    """Copies every storage of the plan to its address, in parallel with the GIL released (see plan_table
-    for `copy_gaps`).
+def run_table(plan: LoadPlan, regions: Sequence[Any], destinations: Sequence[tuple[int, int]],
+              files: Optional[Sequence[Any]] = None, *, padded: Sequence[int] = ()) -> None:
+    """Copies every storage of the plan to its destination, in parallel with the GIL released.
 
-    Raises CheckpointError for a plan that reads outside its files, EngineIOError for a failed read.
+    destinations[i] is (region index, byte offset) of storage i in `regions`: writable buffers (a
+    HostBuffer) or (address, nbytes) pairs (tensor_region). The regions listed in `padded` hold only the
+    plan's storages and padding (a plan's own buffer), so the engine may also copy a file's bytes between
+    two storages into them, doing both with one copy.
+
+    Raises CheckpointError for a plan that reads outside its files, DestinationError for one that would
+    write outside its regions (before any byte moves), EngineIOError for a failed read.
     """
     if files is None:
         files = open_files(plan.paths)
-    core().execute(list(files), plan_table(plan, dst_addresses, copy_gaps=copy_gaps), constants.read_method(),
-                   constants.num_threads(), huge_pages=system.use_huge_pages(), progress=current_counter())
+    with naming_tensors(plan):
+        core().execute(list(files), plan_table(plan, destinations), list(regions),
+                       warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES,
+                       padded=list(padded), method=constants.read_method(), num_threads=constants.num_threads(),
+                       huge_pages=system.use_huge_pages(), progress=current_counter())
 
 
 def execute(plan: LoadPlan, files: Optional[Sequence[Any]] = None) -> Any:
     """Runs a plan into a fresh huge-page buffer (laid out by the plan) and returns the buffer."""
     buffer = core().HostBuffer(plan.total_nbytes, system.use_huge_pages())
-    run_table(plan, [buffer.address + storage.dst_offset for storage in plan.storages], files, copy_gaps=True)
+    run_table(plan, [buffer], [(0, storage.dst_offset) for storage in plan.storages], files, padded=[0])
     return buffer
 
 

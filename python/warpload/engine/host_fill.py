@@ -27,10 +27,11 @@ WINDOW_BYTES_PER_THREAD = 16 << 20
 
 @dataclass(frozen=True)
 class Piece:
-    """Part of one record's bytes and the address its converted elements go to."""
+    """Part of one record's bytes, the target its converted elements go to and their byte offset there."""
 
     record: TensorRecord
-    address: int
+    target: "torch.Tensor"
+    offset: int
     target_dtype: str
 
 
@@ -64,7 +65,7 @@ def _split(record: TensorRecord, target: "torch.Tensor") -> list[Piece]:
         return []
     bits = DTYPES[record.dtype].bits
     if bits % 8 or record.transpose:  # a transposed matrix is copied whole: its rows land all over the target
-        return [Piece(record, target.data_ptr(), dtype)]
+        return [Piece(record, target, 0, dtype)]
     itemsize, out_itemsize = bits // 8, target.element_size()
     step = max(WINDOW_MIN_BYTES // itemsize, 1)
     count = record.nbytes // itemsize
@@ -73,15 +74,21 @@ def _split(record: TensorRecord, target: "torch.Tensor") -> list[Piece]:
         length = min(step, count - start)
         part = replace(record, name=f"{record.name}[{start}:{start + length}]", shape=(length,),
                        offset=record.offset + start * itemsize, nbytes=length * itemsize, stride=None)
-        pieces.append(Piece(part, target.data_ptr() + start * out_itemsize, dtype))
+        pieces.append(Piece(part, target, start * out_itemsize, dtype))
     return pieces
 
 
 def _run_window(window: Sequence[Piece], dtype: str) -> None:
     plan = plan_load([piece.record for piece in window], dtype if dtype in CONVERSION_TARGETS else None)
-    address = {(p.record.path, p.record.offset): p.address for p in window}
+    region_of: dict[int, int] = {}  # id(target) -> its index in regions
+    regions: list[tuple[int, int]] = []
+    for piece in window:
+        if id(piece.target) not in region_of:
+            region_of[id(piece.target)] = len(regions)
+            regions.append(host.tensor_region(piece.target))
+    destination = {(p.record.path, p.record.offset): (region_of[id(p.target)], p.offset) for p in window}
     files = host.open_files(plan.paths)
-    host.run_table(plan, [address[(s.path, s.offset)] for s in plan.storages], files)
+    host.run_table(plan, regions, [destination[(s.path, s.offset)] for s in plan.storages], files)
     del files  # closes the mappings, releasing the pages this window touched
 
 
