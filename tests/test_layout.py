@@ -57,3 +57,17 @@ def long_functions(path: Path, limit: int) -> list[str]:
 
 def test_no_function_runs_over_eighty_lines():
     assert [line for path in sorted(PACKAGE.rglob("*.py")) for line in long_functions(path, 80)] == []
+
+
+def test_only_native_imports_the_extension():
+    """The compiled `_core` has one owner (grimp, behind import-linter, sees only Python source, so this is
+    checked here)."""
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) else
+                     [alias.name.rsplit(".", 1)[-1] for alias in node.names] if isinstance(node, ast.Import) else [])
+            module = getattr(node, "module", None) or ""
+            if "_core" in names or module.endswith("_core"):
+                importers.append(path.name)
+    assert importers == ["_native.py"]
