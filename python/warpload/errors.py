@@ -1,7 +1,14 @@
 """Every exception warpload raises on purpose; each also inherits the built-in type callers already catch."""
 from __future__ import annotations
 
+import errno
+import os
 from typing import Optional
+
+# safetensors' own error class: warpload's errors for what safetensors also refuses derive from it too, so code
+# written as `except safetensors.SafetensorError:` keeps catching them (safetensors is a dependency, and importing
+# it loads only its small Rust extension, no torch).
+from safetensors import SafetensorError
 
 
 class WarploadError(Exception):
@@ -22,8 +29,8 @@ class CheckpointError(WarploadError, ValueError):
         self.offset = offset
 
 
-class HeaderError(CheckpointError):
-    """A checkpoint header (length, JSON, or the tensor table in it) is invalid."""
+class HeaderError(CheckpointError, SafetensorError):
+    """A checkpoint header (length, JSON, or the tensor table in it) is invalid; also a safetensors.SafetensorError."""
 
 
 class UnsupportedFormatError(CheckpointError):
@@ -54,6 +61,16 @@ class ShapeMismatchError(WarploadError, RuntimeError):
 
 class CheckpointNotFoundError(WarploadError, FileNotFoundError):
     """The path does not exist, or a directory holds no checkpoint warpload recognises."""
+
+    @classmethod
+    def no_such_file(cls, path: str) -> "CheckpointNotFoundError":
+        """The error for a missing path, with the OS error's errno, strerror and filename (str():
+        "[Errno 2] No such file or directory: 'path'"), as open() and safetensors raise it."""
+        return cls(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+class ClosedFileError(WarploadError, ValueError, SafetensorError):
+    """A safe_open handle was used after its `with` block closed it (safetensors raises "File is closed")."""
 
 
 class EngineIOError(WarploadError, OSError):

@@ -8,7 +8,7 @@ from . import engine
 from ._native import core
 from .dtypes import dtype_name
 from .engine.mapped import aligned_in_file
-from .errors import CheckpointNotFoundError, ZeroCopyError
+from .errors import CheckpointNotFoundError, ClosedFileError, ZeroCopyError
 from .formats.checkpoint import checkpoint_records
 from .formats.safetensors import read_header
 from .gc_pause import without_gc_pauses
@@ -59,7 +59,7 @@ def _check_zero_copy(plan: LoadPlan, device: DeviceLike) -> None:
 def _existing_file(filename: PathLike) -> str:
     path = os.fspath(filename)
     if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"{path}: no such file")
+        raise CheckpointNotFoundError.no_such_file(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; load_file reads one safetensors file "
                                 "(use warpload.load_checkpoint for a checkpoint folder)")
@@ -89,18 +89,27 @@ class safe_open:
         self._file = None
 
     def keys(self) -> list[str]:
+        self._check_open()
         return sorted(self._records)
 
     def offset_keys(self) -> list[str]:
         """Tensor names in the order of their bytes in the file."""
+        self._check_open()
         return [r.name for r in self._header.records]
 
     def metadata(self) -> Optional[dict[str, str]]:
+        self._check_open()
         return None if self._header.metadata is None else dict(self._header.metadata)
 
-    def _record(self, name: str) -> TensorRecord:
+    def _check_open(self) -> None:
+        """Every method refuses once the `with` block has closed the file, as safetensors' do; slices taken before
+        keep reading, as safetensors' do."""
         if self._file is None:
-            raise ValueError(f"{self._path}: the file was closed (used outside its `with` block)")
+            raise ClosedFileError(f"{self._path}: File is closed (the safe_open handle was used after its `with` "
+                                  "block); open the file again")
+
+    def _record(self, name: str) -> TensorRecord:
+        self._check_open()
         try:
             return self._records[name]
         except KeyError:

@@ -24,7 +24,7 @@ def checkpoint_records(path: str) -> list[TensorRecord]:
     if os.path.isdir(path):
         path = weights_in_folder(path)
     elif not os.path.exists(path) and format_for_path(path) is None:
-        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+        raise CheckpointNotFoundError.no_such_file(path)
     if INDEX_FILE.search(path):
         return sharded_records(path)
     try:
