@@ -25,7 +25,7 @@ using namespace warpload;
 
 namespace {
 
-// Columns of one row of the int64 plan table built by python/warpload/engine.py: file,
+// Columns of one row of the int64 plan table built by python/warpload/engine/host.py: file,
 // src_offset, src_nbytes, src_dtype, dst_region, dst_offset, dst_dtype, transpose_rows,
 // transpose_cols.
 constexpr size_t kPlanColumns = 9;
@@ -99,7 +99,7 @@ Destinations destinations_of(const py::sequence& items, const std::vector<size_t
     for (size_t i = 0; i < items.size(); ++i) {
         py::object item = items[i];
         if (PyTuple_Check(item.ptr())) {
-            // The C API rather than a generic cast: placement passes one pair per parameter, thousands a call.
+            // The C API rather than a generic cast: engine/host_fill.py passes one pair per parameter, thousands a call.
             if (PyTuple_GET_SIZE(item.ptr()) != 2) {
                 throw py::type_error("destination region " + std::to_string(i) + " must be an (address, nbytes) tuple");
             }

@@ -271,7 +271,7 @@ void resolve_raw(const std::vector<std::shared_ptr<MappedFile>>& files, const st
             throw CheckpointError(path + ": plan row " + std::to_string(i) + " (bytes at offset " +
                                       std::to_string(ops[i].src_offset) +
                                       "): the CUDA pipeline copies raw bytes; conversions and transposes run on "
-                                      "the device after the copy (python/warpload/cuda.py)",
+                                      "the device after the copy (python/warpload/engine/cuda.py)",
                                   path, ops[i].src_offset);
         }
     }

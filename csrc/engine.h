@@ -54,7 +54,7 @@ struct ExecuteOptions {
     size_t num_threads = 0;             // 0: one per available core
     size_t chunk_bytes = size_t(4) << 20;  // work unit handed to one thread
     // Advise destinations of 4 MiB and more for transparent huge pages. A win on bare metal; a
-    // loss in VMs that hand free memory back to the host (python/warpload/system.py decides).
+    // loss in VMs that hand free memory back to the host (python/warpload/engine/machine.py decides).
     bool huge_pages = false;
     // Fault each chunk's destination in with one MADV_POPULATE_WRITE before copying into it.
     bool populate = true;

@@ -50,7 +50,7 @@ def execute(files: Sequence[File], table: Buffer, regions: Sequence[_Region], *,
             coalesce_gap: int, padded: Sequence[int] = ..., method: int = 0, num_threads: int = 0,
             chunk_bytes: int = 0, huge_pages: bool = False, populate: bool = True,
             progress: Optional[Progress] = None) -> dict[str, int]:
-    """Runs an int64 plan table (9 columns, python/warpload/engine.py plan_table) into regions, every row checked
+    """Runs an int64 plan table (9 columns, engine/host.py plan_table) into regions, every row checked
     first (DestinationError, CheckpointError); returns {'copies', 'bytes'}."""
 
 def convert_buffer(src: Buffer, src_dtype: int, dst_dtype: int) -> bytes:

@@ -40,12 +40,12 @@ MIRRORED_GAP_MAX_BYTES = 256
 
 ENV_NUM_THREADS = "WARPLOAD_NUM_THREADS"
 ENV_READ_METHOD = "WARPLOAD_READ_METHOD"
-# auto (default), 1 or 0: transparent huge pages for load destinations (warpload/system.py).
+# auto (default), 1 or 0: transparent huge pages for load destinations (engine/machine.py).
 ENV_HUGE_PAGES = "WARPLOAD_HUGE_PAGES"
 # Read by csrc/convert.cpp once per process: forces the scalar conversion kernels (for tests
 # that hold the SIMD and scalar paths to the same bits).
 ENV_DISABLE_SIMD = "WARPLOAD_DISABLE_SIMD"
-# from_pretrained's zero_copy= when it is not passed (mapped.py): auto (default; CPU parameters view
+# from_pretrained's zero_copy= when it is not passed (engine/mapped.py): auto (default; CPU parameters view
 # the mapped checkpoint when no conversion is needed), 0 (owned copies), 1 (map every tensor or raise).
 ENV_ZERO_COPY = "WARPLOAD_ZERO_COPY"
 # zero_copy="auto" maps a checkpoint file only when at least this share of it is in the page cache.
@@ -59,7 +59,7 @@ ZERO_COPY_VALUES = {"auto": "auto", "1": True, "true": True, "0": False, "false"
 
 READ_METHODS = {"auto": 0, "mmap": 1, "pread": 2}
 
-# Loading to a GPU (python/warpload/cuda.py, csrc/cuda.cpp). The CUDA runtime is dlopen'ed at run
+# Loading to a GPU (engine/cuda.py, csrc/cuda.cpp). The CUDA runtime is dlopen'ed at run
 # time: WARPLOAD_CUDA_RUNTIME names the libcudart.so to use (tests point it at a fake runtime);
 # unset, the one torch loaded or ships is found. The pinned ring holds WARPLOAD_CUDA_BUFFERS
 # buffers of up to WARPLOAD_CUDA_BUFFER_MB MiB each, smaller when the plan is smaller.

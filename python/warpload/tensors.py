@@ -166,8 +166,9 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
 
     With `from_tf=True` the checkpoint is TensorFlow's (Keras h5 and its shards, TF-format safetensors,
     TF1 GPT-2 and TF2 object-based bundles) and comes back under PyTorch names, laid out as PyTorch
-    wants (tf_checkpoint.py); TensorFlow is not needed, h5 files need h5py. TF-format safetensors and
-    tensor bundles loaded without from_tf give their tensors as stored; Keras h5 files need from_tf.
+    wants (tf/checkpoint.py, engine/tf_tensors.py); TensorFlow is not needed, h5 files need h5py.
+    TF-format safetensors and tensor bundles loaded without from_tf give their tensors as stored; Keras h5
+    files need from_tf.
 
     Raises CheckpointNotFoundError when nothing loadable is there, CheckpointError for corrupt or
     inconsistent files (UnsafeCheckpointError for a pickle that asks to run code).

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional
 # The counter of the load running in this context. A context variable rather than a parameter: it
 # reaches every engine call of one from_pretrained (windows, mapped prefaults, the CUDA ring,
 # shards loaded as they land) without passing through the model builders, and loads running in
-# other threads keep their own (hub.py routes per-call proxies the same way).
+# other threads keep their own (hub/resolve.py routes per-call proxies the same way).
 _counter: contextvars.ContextVar[Optional[Any]] = contextvars.ContextVar("warpload_progress_counter", default=None)
 
 

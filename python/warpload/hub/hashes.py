@@ -1,7 +1,7 @@
 """sha256 of Hub downloads computed from the bytes as huggingface_hub writes them, so that checking a new
 LFS blob against its name needs no second pass over the file once the download ends.
 
-huggingface_hub checks only a download's size; warpload checks the content hash too (hub.py
+huggingface_hub checks only a download's size; warpload checks the content hash too (hub/resolve.py
 `_fetch_checked`). Hashing the finished blob re-reads it and, for the last shards of a download,
 adds that time after the download ends (1.2 GB: ~0.6 s of sha256 on this 2-core VM). Here the
 digest is fed chunk by chunk while huggingface_hub writes its temporary file, on the download's own

@@ -4,11 +4,11 @@ Everything goes through huggingface_hub (imported lazily), so the cache is the o
 shares: `models--org--name/{blobs,refs,snapshots}`. One listing request (`model_info` at the
 revision: commit + file names) decides which files exist; then only config.json,
 generation_config.json and the chosen weights (the index first, then its shards, in parallel) are
-fetched. Remote code (`auto_map`, trust_remote_code=True) is fetched by remote_code.py through
+fetched. Remote code (`auto_map`, trust_remote_code=True) is fetched by hub/remote_code.py through
 this module's requests: each class's module and its relative imports, at `code_revision` (which
 may name another commit than `revision`, or another repo), into that commit's snapshot. Local
 folders and files pass through unchanged. start_pretrained returns before the shards are in
-(ShardDownloads), so that from_pretrained loads each shard as it lands (shard_stream.py).
+(ShardDownloads), so that from_pretrained loads each shard as it lands (loading/shard_stream.py).
 """
 from __future__ import annotations
 
@@ -256,7 +256,7 @@ class HubRequest:
         and Xet files, the git blob id for others); a mismatch is evicted and fetched once more.
 
         huggingface_hub checks only the size, so a corrupted body of the right length would stay cached.
-        The sha256 of an LFS file is taken from the bytes as they are written (hub_hashes.py), not read back.
+        The sha256 of an LFS file is taken from the bytes as they are written (hub/hashes.py), not read back.
         """
         import huggingface_hub
 
@@ -450,7 +450,7 @@ def _snapshot_root(path: str, subfolder: str) -> str:
 
 def _blob_matches_name(path: str, written: Optional[dict[str, str]] = None) -> bool:
     """Whether the cached blob behind `path` hashes to its name: sha256 (64 hex digits) or a git blob id (40).
-    Blobs named otherwise (an ETag that is no content hash) pass. A digest in `written` (hub_hashes.py: taken
+    Blobs named otherwise (an ETag that is no content hash) pass. A digest in `written` (hub/hashes.py: taken
     from the bytes as they were written) stands for the file's."""
     blob = os.path.realpath(path)
     name = os.path.basename(blob)

@@ -79,7 +79,7 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
             info.unexpected_keys.add(key)
             continue
         info.missing_keys.discard(key)
-        # No shape: a shard still downloading, checked when it lands (shard_stream.py).
+        # No shape: a shard still downloading, checked when it lands (loading/shard_stream.py).
         if source.shape is not None and tuple(source.shape) != tuple(model_shapes[key]):
             info.mismatched_keys.add((key, torch.Size(source.shape), torch.Size(model_shapes[key])))
         else:
@@ -93,13 +93,13 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     On the CPU, a checkpoint tensor stored in its final dtype views the memory-mapped file
-    (copy-on-write, prefaulted in parallel; mapped.py) unless zero_copy is OWNED, as transformers
+    (copy-on-write, prefaulted in parallel; engine/mapped.py) unless zero_copy is OWNED, as transformers
     5 gives. Other storage is allocated once per key, in `dtype` for floating tensors (the model's
     dtype otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left
     untouched until the engine writes it, so the operating system backs it only then.
     `state_dict=` tensors already in the right dtype become the parameters themselves, as in
     transformers. Returns the tensors put into the model. `fill(targets, records)` copies the
-    records' bytes (shard_stream.py passes one that waits for each shard's download and may return
+    records' bytes (loading/shard_stream.py passes one that waits for each shard's download and may return
     mapped views that replace some targets).
     """
     meta = model.state_dict(keep_vars=True)
@@ -122,7 +122,7 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
         else:
             targets[key] = empty(key)
             copies[key] = source
-    # Files still downloading (a fill from shard_stream.py) are copied as they land, never mapped.
+    # Files still downloading (a fill from loading/shard_stream.py) are copied as they land, never mapped.
     if fill is fill_parameters:
         targets.update(map_records(records, {key: wanted(key) for key in records}, device, zero_copy))
     owned = {key: empty(key) for key in records if key not in targets}

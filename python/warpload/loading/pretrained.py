@@ -54,7 +54,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     The model is built on the meta device. On the CPU, a parameter stored in its final dtype (no
     transpose, bytes aligned to its element size: always in safetensors and zip .bin) views the
     memory-mapped checkpoint, copy-on-write, as transformers 5 gives it; its pages are read and
-    mapped in parallel during the call, so the first forward takes no page faults (mapped.py).
+    mapped in parallel during the call, so the first forward takes no page faults (engine/mapped.py).
     Every other parameter is allocated once, in its final dtype, and the engine copies (and
     converts) the checkpoint's bytes straight into it: no intermediate state dict, peak memory
     near the model's size. zero_copy=None (WARPLOAD_ZERO_COPY, default "auto") maps where
@@ -73,15 +73,15 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     key sets and error messages), ignore_mismatched_sizes, use_safetensors, variant, subfolder,
     generation_config, attn_implementation, trust_remote_code (transformers backend), and config
     overrides as keywords (n_layer=2, rope_theta=...). A repo id is resolved through the Hub cache
-    with revision, cache_dir, force_download, local_files_only, token, proxies (see warpload.hub);
+    with revision, cache_dir, force_download, local_files_only, token, proxies (see warpload.hub.resolve);
     for a local folder those are ignored, as transformers does. With trust_remote_code=True the
     `auto_map` classes come from code_revision (default: the weights' commit; another repo's
     default branch for an "org/repo--module.Class" reference), config.json and weights from
     revision (see warpload.hub.remote_code). A sharded
     safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
-    (shard_stream.py). Long loads show one progress line on a terminal (progress.py).
+    (loading/shard_stream.py). Long loads show one progress line on a terminal (loading/progress_line.py).
     `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
-    without TensorFlow (tf_checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
+    without TensorFlow (tf/checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
     safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
     Raises CheckpointNotFoundError (an OSError) when no weights or config are found,

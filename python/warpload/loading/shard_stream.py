@@ -42,7 +42,7 @@ class ShardStream:
     downloads finish, checking every real header against the index and the model first.
 
     A shard that has just landed is in the page cache: with zero_copy AUTO (or REQUIRED) its
-    tensors that can be views of the file are mapped (mapped.py) instead of copied, as a load from
+    tensors that can be views of the file are mapped (engine/mapped.py) instead of copied, as a load from
     the warm cache would, so the download's machine does not also copy every byte once more.
     """
 

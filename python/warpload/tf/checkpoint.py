@@ -31,7 +31,7 @@ from ..formats.keras_h5 import H5Dataset
 from ..plan import TensorRecord
 from . import names as tf_names
 
-# Naming schemes of the stored names (see tf_names).
+# Naming schemes of the stored names (see tf/names.py).
 KERAS = "keras"                  # full Keras runtime names: tf_model.h5
 KERAS_STRIPPED = "keras-stripped"  # without the model-name level: h5 shards, TF safetensors
 TF1 = "tf1"                      # TF1 variable names: OpenAI GPT-2 checkpoints
