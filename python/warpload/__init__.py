@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load": "tensors",
     "load_file": "tensors",
     "safe_open": "tensors",
     "load_checkpoint": "tensors",
@@ -17,7 +18,8 @@ _LAZY = {
     "AutoConfig": "loading.auto",
 }
 
-__all__ = ["load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig", "errors", "__version__"]
+__all__ = ["load", "load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig", "errors",
+           "__version__"]
 
 
 def __getattr__(name: str) -> object:

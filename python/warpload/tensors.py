@@ -10,7 +10,7 @@ from .dtypes import dtype_name
 from .engine.mapped import aligned_in_file
 from .errors import CheckpointNotFoundError, ClosedFileError, ZeroCopyError
 from .formats.checkpoint import checkpoint_records
-from .formats.safetensors import read_header
+from .formats.safetensors import parse_header, read_header
 from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
 
@@ -49,6 +49,23 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
         _check_zero_copy(plan, device)
         return engine.zero_copy_views(plan, {path: core().File(path)})
     return engine.materialize(plan, device)
+
+
+BYTES_SOURCE = "<bytes>"  # the "path" of a safetensors buffer passed to load(), in records and errors
+
+
+@without_gc_pauses
+def load(data: bytes) -> dict[str, "torch.Tensor"]:
+    """Loads safetensors bytes (what safetensors.torch.save returns) into a dict of tensors, like
+    `safetensors.torch.load`: validated as strictly as a file, tensors in file order, owning one copy of the
+    data between them. Raises HeaderError (a safetensors.SafetensorError) for invalid bytes."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"load takes the bytes of a safetensors file, got {type(data).__name__}; "
+                        "use warpload.load_file for a path")
+    owned = bytearray(data)
+    header = parse_header(BYTES_SOURCE, owned, len(owned))
+    plan = plan_load(header.records)
+    return engine.zero_copy_views(plan, {BYTES_SOURCE: owned}) if plan.storages else {}
 
 
 def _check_zero_copy(plan: LoadPlan, device: DeviceLike) -> None:
