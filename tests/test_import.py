@@ -39,3 +39,15 @@ def test_a_load_imports_only_the_readers_of_its_formats(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # The PyTorch zip reader comes with its pickle and zip helpers; TensorFlow and Keras stay unloaded.
     assert result.stdout.split() == ["safetensors", "safetensors,torch_objects,torch_pickle,torchbin,zip_archive"]
+
+
+def test_a_cpu_load_imports_no_gpu_backend(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(4)}, tmp_path / "model.safetensors")
+    code = ("import sys, warpload\n"
+            f"warpload.load_file({str(tmp_path / 'model.safetensors')!r})\n"
+            "print('warpload.engine.cuda' in sys.modules, 'warpload.engine.host_fill' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

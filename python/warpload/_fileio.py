@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -13,6 +12,8 @@ from .errors import HeaderError
 
 def write_atomically(path: str, write: "Callable[[str], object]") -> None:
     """Calls write(temporary path) next to path, then renames: a killed process leaves no half file."""
+    import tempfile  # only writers pay for it (it imports random and shutil): loads import this module too
+
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:

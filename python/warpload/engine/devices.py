@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from ..plan import LoadPlan, TensorRecord
-from . import cuda, host, host_fill
+from . import host
 
 if TYPE_CHECKING:
     import torch
@@ -28,10 +28,26 @@ class DeviceBackend:
     fill_tensors: Callable[[Sequence[tuple[TensorRecord, "torch.Tensor"]]], None]
 
 
-HOST = DeviceBackend("host", lambda device: True, host.materialize, host_fill.fill_host_tensors)
+def _cuda() -> Any:
+    from . import cuda
+
+    return cuda
+
+
+def _fill_host_tensors(pairs: Sequence[tuple[TensorRecord, "torch.Tensor"]]) -> None:
+    from .host_fill import fill_host_tensors
+
+    fill_host_tensors(pairs)
+
+
+# The CUDA backend and the host fill are imported on first use: a load_file on the CPU imports neither
+# (cuda.py alone was 6 ms of a first load's 40 ms of imports).
+HOST = DeviceBackend("host", lambda device: True, host.materialize, _fill_host_tensors)
 BACKENDS: dict[str, DeviceBackend] = {
     "cpu": HOST,
-    "cuda": DeviceBackend("cuda", cuda.wanted, cuda.materialize, cuda.fill_tensors),
+    "cuda": DeviceBackend("cuda", lambda device: _cuda().wanted(device),
+                          lambda plan, device, files: _cuda().materialize(plan, device, files),
+                          lambda pairs: _cuda().fill_tensors(pairs)),
 }
 
 
