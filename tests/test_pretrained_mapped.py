@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
-import warpload.tensors  # noqa: E402
+from warpload.formats.checkpoint import checkpoint_records  # noqa: E402
 from conftest import mapping_of, needs_proc_maps, same_bits  # noqa: E402
 from model_checkpoints import FORMATS, left_padded_prompts, save_checkpoint, tiny_transformers_model  # noqa: E402
 from warpload import AutoModelForCausalLM
@@ -194,7 +194,7 @@ def test_prefault_reads_ranges_and_checks_bounds(tmp_path, use_madvise):
 
 def test_gpu_targets_keep_the_engine_path(gpt2_checkpoints):
     path = os.fspath(gpt2_checkpoints["safetensors"] / "model.safetensors")
-    record = next(r for r in warpload.tensors.checkpoint_records(path) if r.dtype == "F32")
+    record = next(r for r in checkpoint_records(path) if r.dtype == "F32")
     gpu = torch.device("cuda", 0)
     assert mapped.map_records({"w": record}, {"w": torch.float32}, gpu, mapped.AUTO) == {}
     with pytest.raises(ZeroCopyError, match=f"tensor '{re.escape(record.name)}' .* loaded to cuda:0"):

@@ -9,7 +9,6 @@ from ._native import core
 from .dtypes import dtype_name
 from .engine.mapped import aligned_in_file
 from .errors import CheckpointNotFoundError, ClosedFileError, ZeroCopyError
-from .formats.checkpoint import checkpoint_records
 from .formats.safetensors import parse_header, read_header
 from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
@@ -197,6 +196,9 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
             raise ZeroCopyError("zero_copy=True cannot be combined with from_tf=True: TF tensors are re-laid out "
                                 "(transposed, reshaped) while they are read")
         return load_tf_checkpoint(os.fspath(path), device, dtype=_requested_dtype(dtype))
+    # Imported here: the folder and index resolver (and the JSON reader under it) is not load_file's cost.
+    from .formats.checkpoint import checkpoint_records
+
     records = checkpoint_records(os.fspath(path))
     plan = plan_load(records, _requested_dtype(dtype))
     if zero_copy:
