@@ -59,10 +59,3 @@ class AutoConfig:
         else:
             config, unused = config_of_folder(location, subfolder=subfolder, shown_as=name, overrides=kwargs)
         return (config, unused) if return_unused_kwargs else config
-
-    @staticmethod
-    def from_folder(location: str, *, subfolder: str = "", shown_as: Optional[str] = None,
-                    **kwargs: Any) -> tuple[PretrainedConfig, dict[str, Any]]:
-        """warpload's config of a local folder's (or file's) config.json and the keywords it does not know,
-        with no Hub and no remote code. Raises as from_pretrained does (errors name `shown_as`)."""
-        return config_of_folder(location, subfolder=subfolder, shown_as=shown_as, overrides=kwargs)
