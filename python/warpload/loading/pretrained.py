@@ -18,6 +18,7 @@ from ..tf.checkpoint import TFCheckpoint
 from .build import ModelChoice, Sources, build_and_fill, choose_model
 from .options import LoadOptions, target_device
 from .progress_line import LoadProgress
+from .quantized import refuse_quantized_config, refuse_quantized_tensors
 from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 from .weights import index_dtype, resolve_dtype, resolve_weight_files, shard_stream, tf_checkpoint
 
@@ -85,6 +86,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
     Raises CheckpointNotFoundError (an OSError) when no weights or config are found,
+    UnsupportedFormatError (a ValueError) for a pre-quantized checkpoint (a quantization_config in config.json,
+    or tensors only quantized layers store), which warpload does not dequantize yet (loading/quantized.py),
     ArchitectureNotSupportedError (a ValueError) when neither warpload nor transformers has the
     class, ShapeMismatchError (a RuntimeError) for mis-shaped tensors, TypeError for unknown
     keywords, ValueError for invalid values, NotImplementedError for what warpload does not
@@ -101,6 +104,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     resolution = resolve(options, started)
     try:
         choice = choose_model(options, resolution.location, resolution.remote_code)
+        refuse_quantized_config(choice.model_config, resolution.location or options.name or "config")
         if resolution.stream is not None and not _dtype_known_before_shards(options, choice, resolution):
             resolution.stream = None  # the dtype is the first shard's: wait for the download
         model, info, planned, torch_type = _load_or_wait_for_download(options, resolution, choice)
@@ -195,6 +199,7 @@ def _load(options: LoadOptions, resolution: Resolution, choice: ModelChoice, str
         sources = {record.name: record for record in checkpoint_records(resolution.weights)}
     stored = sources if not isinstance(sources, TFCheckpoint) else {
         tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
+    refuse_quantized_tensors(stored, resolution.weights or "state_dict")
     torch_type = resolve_dtype(options.dtype, choice.model_config, resolution.weights, stored, choice.class_name)
     total = stream.total_bytes if stream is not None else stored_bytes(
         record for record in stored.values() if isinstance(record, TensorRecord))
