@@ -90,5 +90,6 @@ def test_use_after_close_is_refused(checkpoint):
 
 
 def test_other_frameworks_are_refused_with_advice(checkpoint):
-    with pytest.raises(ValueError, match="framework='pt'"):
-        warpload.safe_open(checkpoint, framework="np")
+    for framework in ("tf", "flax", "jax", "mlx", "paddle"):
+        with pytest.raises(ValueError, match="framework='pt'.*framework='np'"):
+            warpload.safe_open(checkpoint, framework=framework)

@@ -28,9 +28,28 @@ def _is_cpu(device: DeviceLike) -> bool:
     return str(device) == "cpu"
 
 
+# safetensors' framework names (bindings/python/src/lib.rs, `impl FromPyObject for Framework`) warpload serves.
+_TORCH_FRAMEWORKS = ("pt", "torch", "pytorch")
+_NUMPY_FRAMEWORKS = ("np", "numpy")
+
+
+def _wants_numpy(framework: str, device: DeviceLike) -> bool:
+    """Whether `framework` asks for numpy arrays; raises ValueError for a framework warpload does not return, or
+    numpy arrays anywhere but on the CPU."""
+    if framework in _TORCH_FRAMEWORKS:
+        return False
+    if framework not in _NUMPY_FRAMEWORKS:
+        raise ValueError(f"framework={framework!r}: warpload returns torch tensors (framework='pt') or numpy "
+                         "arrays (framework='np')")
+    if not _is_cpu(device):
+        raise ValueError(f"framework={framework!r} returns numpy arrays, which live on the CPU: drop device="
+                         f"{device!r}, or use framework='pt'")
+    return True
+
+
 @without_gc_pauses
-def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
-              zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
+def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None, zero_copy: bool = False,
+              framework: str = "pt") -> dict[str, Any]:
     """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
 
     Tensors come in file order, as safetensors returns them, read in parallel into memory they
@@ -39,15 +58,32 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
     converts floating-point tensors (torch's rounding, bit for bit); integer and bool tensors
     keep their dtype.
 
-    Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing.
+    `framework="np"` returns numpy arrays instead (as `safetensors.numpy.load_file`), and torch is
+    never imported; bfloat16 and float8 arrays need the ml_dtypes package.
+
+    Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing,
+    UnsupportedDtypeError for a dtype numpy cannot hold.
     """
     path = _existing_file(filename)
     header = read_header(path)
+    if _wants_numpy(framework, device):
+        return _numpy_arrays(path, header.records, dtype, zero_copy)
     plan = plan_load(header.records, _requested_dtype(dtype))
     if zero_copy:
         _check_zero_copy(plan, device)
         return engine.zero_copy_views(plan, {path: core().File(path)})
     return engine.materialize(plan, device)
+
+
+def _numpy_arrays(path: str, records: list[TensorRecord], dtype: Any, zero_copy: bool) -> dict[str, Any]:
+    # Imported here: framework="np" is the one caller, and pays for numpy only.
+    from .engine.numpy_arrays import materialize_numpy, numpy_views, safetensors_name
+
+    plan = plan_load(records, None if dtype is None else safetensors_name(dtype))
+    if zero_copy:
+        _check_zero_copy(plan, "cpu")
+        return numpy_views(plan, {path: core().File(path)})
+    return materialize_numpy(plan)
 
 
 BYTES_SOURCE = "<bytes>"  # the "path" of a safetensors buffer passed to load(), in records and errors
@@ -90,8 +126,7 @@ class safe_open:
     """
 
     def __init__(self, filename: PathLike, framework: str = "pt", device: DeviceLike = "cpu") -> None:
-        if framework not in ("pt", "torch"):
-            raise ValueError(f"framework={framework!r}: warpload returns torch tensors, use framework='pt'")
+        self._numpy = _wants_numpy(framework, device)
         self._path = _existing_file(filename)
         self._device = device
         self._header = read_header(self._path)
@@ -131,23 +166,28 @@ class safe_open:
         except KeyError:
             raise KeyError(f"{self._path}: no tensor named {name!r}") from None
 
-    def get_tensor(self, name: str) -> "torch.Tensor":
-        """The tensor `name`, read into memory it owns."""
+    def get_tensor(self, name: str) -> Any:
+        """The tensor `name` (a numpy array with framework="np"), read into memory it owns."""
         plan = plan_load([self._record(name)])
+        if self._numpy:
+            from .engine.numpy_arrays import materialize_numpy
+
+            return materialize_numpy(plan, files=[self._file])[name]
         return engine.materialize(plan, self._device, files=[self._file])[name]
 
     def get_slice(self, name: str) -> "SafeSlice":
         """A handle whose `[...]` reads only the indexed part of tensor `name`."""
-        return SafeSlice(self._record(name), self._file, self._device)
+        return SafeSlice(self._record(name), self._file, self._device, self._numpy)
 
 
 class SafeSlice:
     """One tensor of an open file; indexing copies just the selected elements (basic indexing)."""
 
-    def __init__(self, record: TensorRecord, file: Any, device: DeviceLike) -> None:
+    def __init__(self, record: TensorRecord, file: Any, device: DeviceLike, numpy: bool = False) -> None:
         self._record = record
         self._file = file
         self._device = device
+        self._numpy = numpy
 
     def get_shape(self) -> list[int]:
         return list(self._record.shape)
@@ -155,7 +195,12 @@ class SafeSlice:
     def get_dtype(self) -> str:
         return self._record.dtype
 
-    def __getitem__(self, index: Any) -> "torch.Tensor":
+    def __getitem__(self, index: Any) -> Any:
+        if self._numpy:
+            from .engine.numpy_arrays import numpy_views
+
+            view = numpy_views(plan_load([self._record]), {self._record.path: self._file})
+            return view[self._record.name][index].copy()  # owns its memory; only touched pages were read
         import torch
 
         view = engine.zero_copy_views(plan_load([self._record]), {self._record.path: self._file})
