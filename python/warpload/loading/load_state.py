@@ -89,14 +89,16 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
           extra_keys: Iterable[str], dtype: torch.dtype, device: Union[str, torch.device] = "cpu",
-          zero_copy: str = AUTO, fill: Fill = fill_parameters) -> list[torch.Tensor]:
+          zero_copy: str = AUTO, fill: Fill = fill_parameters, *,
+          dtype_overrides: Mapping[str, torch.dtype] = {}) -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     On the CPU, a checkpoint tensor stored in its final dtype views the memory-mapped file
     (copy-on-write, prefaulted in parallel; engine/mapped.py) unless zero_copy is OWNED, as transformers
     5 gives. Other storage is allocated once per key, in `dtype` for floating tensors (the model's
-    dtype otherwise), on `device` (the CPU, or a GPU filled straight from the files), and left
-    untouched until the engine writes it, so the operating system backs it only then.
+    dtype otherwise; `dtype_overrides` names keys that take another dtype), on `device` (the CPU, or a
+    GPU filled straight from the files), and left untouched until the engine writes it, so the
+    operating system backs it only then.
     `state_dict=` tensors already in the right dtype become the parameters themselves, as in
     transformers. Returns the tensors put into the model. `fill(targets, records)` copies the
     records' bytes (loading/shard_stream.py passes one that waits for each shard's download and may return
@@ -105,6 +107,8 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     meta = model.state_dict(keep_vars=True)
 
     def wanted(key: str) -> torch.dtype:
+        if key in dtype_overrides:
+            return dtype_overrides[key]
         return dtype if meta[key].is_floating_point() else meta[key].dtype
 
     def empty(key: str) -> torch.Tensor:
@@ -117,7 +121,7 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
         source = sources[name]
         if isinstance(source, TensorRecord):
             records[key] = source
-        elif _adoptable(source, meta[key], dtype):
+        elif _adoptable(source, wanted(key)):
             targets[key] = source.detach()
         else:
             targets[key] = empty(key)
@@ -138,8 +142,7 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     return [set_tensor(model, key, tensor) for key, tensor in targets.items()]
 
 
-def _adoptable(tensor: torch.Tensor, meta: torch.Tensor, dtype: torch.dtype) -> bool:
-    wanted = dtype if meta.is_floating_point() else meta.dtype
+def _adoptable(tensor: torch.Tensor, wanted: torch.dtype) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == wanted and tensor.is_contiguous()
 
 

@@ -67,22 +67,21 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     option needs transformers; then transformers' own class is built on meta and filled the same
     way. "warpload" and "transformers" force one.
 
-    Options, as transformers defines them: config (object, or a folder / config.json path),
-    state_dict (instead of weight files; no name then), dtype / torch_dtype ("auto", the default,
-    takes the config's dtype, else the checkpoint's), device_map ("cpu", a device, an index, or
-    {"": device}), output_loading_info (returns (model, info): missing, unexpected and mismatched
-    key sets and error messages), ignore_mismatched_sizes, use_safetensors, variant, subfolder,
-    generation_config, attn_implementation, trust_remote_code (transformers backend), and config
-    overrides as keywords (n_layer=2, rope_theta=...). A repo id is resolved through the Hub cache
-    with revision, cache_dir, force_download, local_files_only, token, proxies (see warpload.hub.resolve);
-    for a local folder those are ignored, as transformers does. With trust_remote_code=True the
-    `auto_map` classes come from code_revision (default: the weights' commit; another repo's
-    default branch for an "org/repo--module.Class" reference), config.json and weights from
-    revision (see warpload.hub.remote_code). A sharded
-    safetensors repo is loaded while it downloads: each shard fills its parameters as it lands
-    (loading/shard_stream.py). Long loads show one progress line on a terminal (loading/progress_line.py).
-    `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
-    without TensorFlow (tf/checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
+    Options, as transformers defines them: config (object, or a folder / config.json path), state_dict (instead
+    of weight files; no name then), dtype / torch_dtype ("auto", the default, takes the config's dtype, else the
+    checkpoint's; a dict gives its "" entry to every module, as in transformers 5.24; transformers classes keep
+    their _keep_in_fp32_modules in float32), device_map ("cpu", a device, an index, or {"": device}),
+    output_loading_info (returns (model, info): missing, unexpected and mismatched key sets and error messages),
+    ignore_mismatched_sizes, use_safetensors, variant, subfolder, generation_config, attn_implementation,
+    trust_remote_code (transformers backend), and config overrides as keywords (n_layer=2, rope_theta=...). A
+    repo id is resolved through the Hub cache with revision, cache_dir, force_download, local_files_only, token,
+    proxies (see warpload.hub.resolve); for a local folder those are ignored, as transformers does. With
+    trust_remote_code=True the `auto_map` classes come from code_revision (default: the weights' commit; another
+    repo's default branch for an "org/repo--module.Class" reference), config.json and weights from revision (see
+    warpload.hub.remote_code). A sharded safetensors repo is loaded while it downloads: each shard fills its
+    parameters as it lands (loading/shard_stream.py). Long loads show one progress line on a terminal
+    (loading/progress_line.py). `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow
+    weights without TensorFlow (tf/checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
     safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
 
     Raises CheckpointNotFoundError (an OSError) when no weights or config are found,

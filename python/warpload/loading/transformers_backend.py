@@ -118,10 +118,29 @@ def load(model: nn.Module, sources: dict[str, Source], dtype: torch.dtype, name:
     then lets transformers finish it."""
     shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
     assignments, info = match_keys(sources, shapes, model.base_model_prefix, checkpoint_renamer(model))
-    for tensor in place(model, sources, assignments, (), dtype, device, zero_copy, fill):
+    overrides = parameter_dtypes(model, dtype)
+    for tensor in place(model, sources, assignments, (), dtype, device, zero_copy, fill, dtype_overrides=overrides):
         # transformers initialises every tensor without this flag when it finalises the model.
         tensor._is_hf_initialized = True
     return _finalize(model, info, name, ignore_mismatched_sizes)
+
+
+def parameter_dtypes(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The keys transformers 5.24 loads in another dtype than the model's (core_model_loading's dtype policy):
+    those matching the class's `_keep_in_fp32_modules` (for float16) or `_keep_in_fp32_modules_strict` (for
+    float16 and bfloat16) in float32, and floating tensors the class creates in a fixed dtype in theirs."""
+    from transformers.core_model_loading import build_glob_alternation
+
+    plan = model._get_dtype_plan(dtype)
+    pattern, groups = (build_glob_alternation(list(plan))[:2]) if plan else (None, {})
+    overrides = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        matched = pattern.search(key) if pattern is not None else None
+        if matched is not None:
+            overrides[key] = plan[groups[matched.lastgroup]]
+        elif tensor.is_floating_point() and tensor.dtype != dtype:
+            overrides[key] = tensor.dtype
+    return overrides
 
 
 def _finalize(model: nn.Module, info: LoadingInfo, name: Optional[str], ignore_mismatched_sizes: bool) -> LoadingInfo:

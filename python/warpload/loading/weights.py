@@ -1,6 +1,7 @@
 """Which weights a from_pretrained call loads, and in which dtype: files, TF checkpoints, streamed shards."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import TYPE_CHECKING, Any, Optional
@@ -14,6 +15,8 @@ from ..hub.resolve import ShardDownloads
 from ..plan import TensorRecord
 from ..tf.checkpoint import TFCheckpoint
 from .shard_stream import ShardStream
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -86,21 +89,37 @@ def shard_stream(shards: Optional[ShardDownloads], weights: Optional[str], start
 
 def resolve_dtype(requested: Any, config: "PretrainedConfig", weights: Optional[str], sources: dict[str, "Source"],
                   class_name: str) -> "torch.dtype":
-    """transformers 5's dtype rule: "auto" (the default) is the config's dtype, else the shard index's
-    metadata dtype, else the first floating-point tensor's; strings name torch dtypes."""
+    """transformers 5.24's dtype rule (modeling_utils._get_dtype): "auto" (the default) is the config's dtype,
+    else the shard index's metadata dtype, else the first floating-point tensor's (float8 and float4 do not
+    count), else the first tensor's; strings name torch dtypes; a dict gives its "" entry to every module (with
+    transformers' deprecation warning)."""
     import torch
 
+    if isinstance(requested, dict):
+        requested = _dtype_of_every_module(requested)
     if requested is None or requested == "auto":
-        requested = getattr(config, "dtype", None) or index_dtype(weights) or _first_float_dtype(sources)
+        requested = getattr(config, "dtype", None) or index_dtype(weights) or _state_dict_dtype(sources)
     if isinstance(requested, str) and isinstance(getattr(torch, requested.removeprefix("torch."), None), torch.dtype):
         requested = getattr(torch, requested.removeprefix("torch."))
     if not isinstance(requested, torch.dtype):
-        raise ValueError(f"`dtype` can be one of: `torch.dtype`, `'auto'` or a string of a valid `torch.dtype`, "
-                         f"but received {requested}")
+        raise ValueError(f"`dtype` can be one of: `torch.dtype`, `'auto'`, a string of a valid `torch.dtype` or "
+                         "a `dict` with valid `dtype` for each sub-config in composite configs, but received "
+                         f"{requested}")
     if not requested.is_floating_point:
         raise ValueError(f"Can't instantiate {class_name} model under dtype={requested} since it is not a floating "
                          "point dtype")
     return requested
+
+
+def _dtype_of_every_module(dtypes: dict[str, Any]) -> Any:
+    """The dict's "" entry (torch's default dtype without one), as transformers 5.24 applies it to all modules."""
+    import torch
+
+    main = dtypes.get("", torch.get_default_dtype())
+    logger.warning("Using different dtypes per module is deprecated and will be removed in future versions "
+                   "Setting different dtypes per backbone model might cause device errors downstream, therefore "
+                   "setting the dtype=%s for all modules.", main)
+    return main
 
 
 def index_dtype(weights: Optional[str]) -> Optional[str]:
@@ -110,11 +129,21 @@ def index_dtype(weights: Optional[str]) -> Optional[str]:
     return read_shard_index(weights).metadata.get("dtype")
 
 
-def _first_float_dtype(sources: dict[str, "Source"]) -> Any:
+def _state_dict_dtype(sources: dict[str, "Source"]) -> Any:
+    """transformers' get_state_dict_dtype of the first checkpoint file: its first floating-point tensor's dtype,
+    float8 and float4 excepted (no model can be built in them), else its first tensor's, float32 for none."""
+    first = None
+    first_file = next((s.path for s in sources.values() if isinstance(s, TensorRecord)), None)
     for source in sources.values():
         if isinstance(source, TensorRecord):
-            if source.dtype in FLOAT_SOURCES:
-                return DTYPES[source.dtype].torch_name
-        elif source.is_floating_point():
-            return source.dtype
-    return "float32"
+            if source.path != first_file:
+                continue
+            name = DTYPES[source.dtype].torch_name
+            if source.dtype in FLOAT_SOURCES and not source.dtype.startswith("F8"):
+                return name
+        else:
+            name = source.dtype
+            if source.is_floating_point() and "float8_" not in str(name) and "float4_" not in str(name):
+                return name
+        first = name if first is None else first
+    return "float32" if first is None else first
