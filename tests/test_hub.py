@@ -494,3 +494,12 @@ def test_corrupted_body_of_the_right_size_is_refetched_then_refused(hub, tmp_pat
     blobs = tmp_path / "bad" / "models--org--tiny-gpt2" / "blobs"
     assert len(_blobs(tmp_path / "bad")) == 2
     assert all(hub_module._blob_matches_name(os.fspath(blobs / name)) for name in _blobs(tmp_path / "bad"))
+
+
+def test_config_repo_id_is_fetched_with_the_calls_hub_options(hub, tmp_path):
+    # The gated repo's config needs the call's token; it lands in the call's cache_dir.
+    model = AutoModelForCausalLM.from_pretrained(GATED_REPO, config=GATED_REPO, token=GATED_TOKEN, cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(GATED_REPO, "main")])
+    assert any(path.name == "config.json" for path in tmp_path.rglob("config.json"))
+    with pytest.raises(errors.GatedRepoError):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, config=GATED_REPO, cache_dir=tmp_path / "no-token")

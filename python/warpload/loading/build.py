@@ -3,6 +3,7 @@ model on the meta device, filled from its sources."""
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import os
 import time
@@ -14,7 +15,7 @@ from ..models.config import GenerationConfig, PretrainedConfig, config_for_model
 from ..models.registry import ARCHITECTURES, CAUSAL_LM_CLASSES
 from ..tf.checkpoint import TFCheckpoint, openai_gpt2_config
 from . import transformers_backend
-from .options import LoadOptions
+from .options import LoadOptions, known_options
 
 if TYPE_CHECKING:
     import torch
@@ -60,8 +61,23 @@ def choose_model(options: LoadOptions, location: Optional[str], remote_code: "Re
         reasons.append("config.json's auto_map names remote code and trust_remote_code=True")
     folder = os.path.join(location, options.subfolder) if location is not None and os.path.isdir(location) else None
     builtin = options.model_class or builtin
-    return ModelChoice(config, model_config, model_kwargs, builtin, use_transformers(options.backend, reasons),
-                       remote_code, location, folder)
+    with_transformers = use_transformers(options.backend, reasons)
+    if not with_transformers and options.model_class is None:
+        refuse_unknown_keywords(model_kwargs, model_config)
+    return ModelChoice(config, model_config, model_kwargs, builtin, with_transformers, remote_code, location, folder)
+
+
+def refuse_unknown_keywords(model_kwargs: dict[str, Any], config: "PretrainedConfig") -> None:
+    """A built-in model takes nothing but its config: a keyword left over is neither an option nor a config
+    field. Raises TypeError naming it (and the closest option or field), before any weight is read."""
+    if not model_kwargs:
+        return
+    key = sorted(model_kwargs)[0]
+    candidates = [*known_options(()), *vars(config)]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}: it is neither a from_pretrained "
+                    f"option nor a field of {type(config).__name__}{hint}")
 
 
 def build_and_fill(options: LoadOptions, choice: ModelChoice, sources: Sources, dtype: "torch.dtype",
@@ -171,6 +187,8 @@ def _build_with_transformers(options: LoadOptions, choice: ModelChoice, sources:
                                                                options.kwargs, choice.remote_code)
     if options.attn_implementation is not None:
         hf_config._attn_implementation = options.attn_implementation
+    if options.experts_implementation is not None:
+        hf_config._experts_implementation = options.experts_implementation
     model_class = options.model_class
     model = transformers_backend.build_on_meta(hf_config, dtype, options.model_args, model_kwargs,
                                                model_class.__name__ if model_class is not None else None,

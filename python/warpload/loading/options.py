@@ -1,6 +1,7 @@
 """from_pretrained's options: the caller's keywords checked once, before any file is read, into one record."""
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -14,13 +15,22 @@ if TYPE_CHECKING:
 
 BACKENDS = ("auto", "warpload", "transformers")
 
-# transformers options accepted and ignored (the Hub's are popped by HubOptions).
-IGNORED_OPTIONS = ("_fast_init", "weights_only", "disable_mmap", "offload_state_dict")
+# transformers 5.24 options accepted with no effect here (the Hub's are popped by HubOptions): `_fast_init`,
+# `offload_state_dict` and `mirror` are gone from transformers too; `tqdm_class` styles transformers' bars
+# (warpload draws its own line); `_from_pipeline` / `_from_auto` only tag transformers' Hub user agent.
+IGNORED_OPTIONS = ("_fast_init", "offload_state_dict", "tqdm_class", "_from_pipeline", "_from_auto")
+# The Hub's options, popped by HubOptions.pop_from (named here for the misspelling check).
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "use_auth_token", "revision", "proxies",
+               "resume_download", "code_revision", "mirror", "_commit_hash")
+# Options with a meaning here beyond from_pretrained's named parameters (see LoadOptions.parse).
+EXTRA_OPTIONS = ("weights_only", "disable_mmap", "experts_implementation", "allow_all_kernels")
 # transformers options warpload does not implement: passing one with a value raises NotImplementedError.
 UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size", "distributed_config", "device_mesh",
                        "key_mapping", "adapter_kwargs", "adapter_name", "max_memory", "offload_folder",
                        "offload_buffers", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
                        "fusion_config")
+# transformers' defaults of unsupported options: passing one changes nothing, so it is accepted.
+_DEFAULTS = {"adapter_name": "default"}
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
@@ -50,6 +60,9 @@ class LoadOptions:
     zero_copy: str
     hub: HubOptions
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # False: the caller allowed transformers to unpickle code; warpload still never does (errors say so).
+    weights_only: bool = True
+    experts_implementation: Optional[str] = None
     # target_device(device_map), set once the Hub download has started: it imports torch, which then overlaps it.
     device: Optional["torch.device"] = None
 
@@ -61,10 +74,16 @@ class LoadOptions:
     @classmethod
     def parse(cls, pretrained_model_name_or_path: Optional[Union[str, "os.PathLike[str]"]], model_args: tuple, *,
               dtype: Any, torch_dtype: Any, device_map: Any, backend: str, from_flax: bool,
-              zero_copy: Union[None, bool, str], kwargs: dict[str, Any], **options: Any) -> "LoadOptions":
+              zero_copy: Union[None, bool, str], kwargs: dict[str, Any], named: tuple[str, ...] = (),
+              **options: Any) -> "LoadOptions":
         """Checks the keywords (raising NotImplementedError, ValueError as from_pretrained documents) and pops the
-        ignored, unsupported and Hub ones from `kwargs`."""
+        ignored, unsupported and Hub ones from `kwargs` (`named`: from_pretrained's own parameter names)."""
+        _reject_misspelt(kwargs, named)
         _reject_unsupported(kwargs, from_flax)
+        if kwargs.pop("allow_all_kernels", False):
+            raise NotImplementedError("allow_all_kernels=True: warpload runs no kernels from the Hub; call "
+                                      "transformers.AutoModelForCausalLM.from_pretrained for it")
+        zero_copy = _without_mmap(zero_copy, kwargs.pop("disable_mmap", None))
         mapping = zero_copy_mode(zero_copy)
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -75,9 +94,40 @@ class LoadOptions:
         if options["state_dict"] is not None and name is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
                              "Use one of the two loading strategies.")
+        weights_only = bool(kwargs.pop("weights_only", True))
+        experts_implementation = kwargs.pop("experts_implementation", None)
         return cls(name=name, model_args=model_args, dtype=dtype if dtype is not None else torch_dtype,
                    device_map=device_map, backend=backend, zero_copy=mapping, hub=hub, kwargs=kwargs,
-                   **options)
+                   weights_only=weights_only, experts_implementation=experts_implementation, **options)
+
+
+def known_options(named: tuple[str, ...]) -> tuple[str, ...]:
+    """Every keyword from_pretrained takes as an option (not a config field): its `named` parameters and those
+    it finds in **kwargs."""
+    return (*named, *IGNORED_OPTIONS, *UNSUPPORTED_OPTIONS, *HUB_OPTIONS, *EXTRA_OPTIONS)
+
+
+def _reject_misspelt(kwargs: dict[str, Any], named: tuple[str, ...]) -> None:
+    """Raises TypeError, before anything is downloaded, for a keyword that is no option but reads like one
+    ("devce_map"); other unknown keywords are config overrides, checked once the config is read."""
+    options = known_options(named)
+    for key in kwargs:
+        if key in options:
+            continue
+        close = difflib.get_close_matches(key, options, n=1, cutoff=0.85)
+        if close:
+            raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}; did you mean "
+                            f"{close[0]!r}?")
+
+
+def _without_mmap(zero_copy: Union[None, bool, str], disable_mmap: Optional[bool]) -> Union[None, bool, str]:
+    """transformers' disable_mmap=True (read the files instead of mapping them) is warpload's zero_copy=False."""
+    if not disable_mmap:
+        return zero_copy
+    if zero_copy is True:
+        raise ValueError(f"disable_mmap=True and zero_copy={zero_copy!r} contradict each other: disable_mmap "
+                         "copies every tensor, zero_copy maps them; pass one")
+    return False
 
 
 def _reject_unsupported(kwargs: dict[str, Any], from_flax: bool) -> None:
@@ -86,7 +136,7 @@ def _reject_unsupported(kwargs: dict[str, Any], from_flax: bool) -> None:
                                   "safetensors first")
     for option in UNSUPPORTED_OPTIONS:
         value = kwargs.pop(option, None)
-        if value not in (None, False, {}):
+        if value not in (None, False, {}, _DEFAULTS.get(option)):
             raise NotImplementedError(f"{option}= is not implemented by warpload; call "
                                       "transformers.AutoModelForCausalLM.from_pretrained for it")
 

@@ -2,6 +2,7 @@
 model) -> fill (the engine writes the parameters) -> finish, for built-in and transformers classes."""
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..engine.fill import fill_parameters
+from ..errors import UnsafeCheckpointError
 from ..formats.checkpoint import checkpoint_records
 from ..hub.remote_code import AUTO_CLASSES, RemoteCode, TrustCheck, fetch_remote_code
-from ..hub.resolve import ShardDownloads, start_pretrained
+from ..hub.resolve import ShardDownloads, resolve_pretrained, start_pretrained
 from ..models.config import CONFIG_CLASSES
 from ..plan import TensorRecord, stored_bytes
 from ..tf.checkpoint import TFCheckpoint
@@ -67,36 +69,39 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     option needs transformers; then transformers' own class is built on meta and filled the same
     way. "warpload" and "transformers" force one.
 
-    Options, as transformers defines them: config (object, or a folder / config.json path), state_dict (instead
-    of weight files; no name then), dtype / torch_dtype ("auto", the default, takes the config's dtype, else the
-    checkpoint's; a dict gives its "" entry to every module, as in transformers 5.24; transformers classes keep
-    their _keep_in_fp32_modules in float32), device_map ("cpu", a device, an index, or {"": device}),
-    output_loading_info (returns (model, info): missing, unexpected and mismatched key sets and error messages),
-    ignore_mismatched_sizes, use_safetensors, variant, subfolder, generation_config, attn_implementation,
-    trust_remote_code (transformers backend), and config overrides as keywords (n_layer=2, rope_theta=...). A
-    repo id is resolved through the Hub cache with revision, cache_dir, force_download, local_files_only, token,
-    proxies (see warpload.hub.resolve); for a local folder those are ignored, as transformers does. With
-    trust_remote_code=True the `auto_map` classes come from code_revision (default: the weights' commit; another
-    repo's default branch for an "org/repo--module.Class" reference), config.json and weights from revision (see
-    warpload.hub.remote_code). A sharded safetensors repo is loaded while it downloads: each shard fills its
-    parameters as it lands (loading/shard_stream.py). Long loads show one progress line on a terminal
-    (loading/progress_line.py). `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow
-    weights without TensorFlow (tf/checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
-    safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
+    Options, as transformers defines them: config (object, a folder / config.json path, or a repo id fetched
+    with the call's Hub options), state_dict (instead of weight files; no name then), dtype / torch_dtype
+    ("auto", the default, takes the config's dtype, else the checkpoint's; a dict gives its "" entry to every
+    module, as in transformers 5.24; transformers classes keep their _keep_in_fp32_modules in float32),
+    device_map ("cpu", a device, an index, or {"": device}), output_loading_info (returns (model, info):
+    missing, unexpected and mismatched key sets and error messages), ignore_mismatched_sizes, use_safetensors,
+    variant, subfolder, generation_config, attn_implementation, trust_remote_code (transformers backend),
+    disable_mmap=True (zero_copy=False), weights_only (False is accepted: warpload never runs pickled code
+    either way), experts_implementation (transformers classes), and config overrides as keywords (n_layer=2,
+    rope_theta=...). A repo id is resolved through the Hub cache with revision, cache_dir, force_download,
+    local_files_only, token, proxies (see warpload.hub.resolve); for a local folder those are ignored, as
+    transformers does. With trust_remote_code=True the `auto_map` classes come from code_revision (default: the
+    weights' commit; another repo's default branch for an "org/repo--module.Class" reference), config.json and
+    weights from revision (see warpload.hub.remote_code). A sharded safetensors repo is loaded while it
+    downloads: each shard fills its parameters as it lands (loading/shard_stream.py). Long loads show one
+    progress line on a terminal (loading/progress_line.py). `model.load_timings` holds the call's LoadTimings.
+    from_tf=True loads TensorFlow weights without TensorFlow (tf/checkpoint.py: tf_model.h5 and its shards, TF1
+    GPT-2 and TF2 bundles); safetensors saved by TF models (`format: tf`) are mapped without it, as in
+    transformers.
 
-    Raises CheckpointNotFoundError (an OSError) when no weights or config are found,
-    UnsupportedFormatError (a ValueError) for a pre-quantized checkpoint (a quantization_config in config.json,
-    or tensors only quantized layers store), which warpload does not dequantize yet (loading/quantized.py),
-    ArchitectureNotSupportedError (a ValueError) when neither warpload nor transformers has the
-    class, ShapeMismatchError (a RuntimeError) for mis-shaped tensors, TypeError for unknown
-    keywords, ValueError for invalid values, NotImplementedError for what warpload does not
-    implement (Flax checkpoints, quantization, GGUF, tensor parallelism, multi-device maps).
+    Raises CheckpointNotFoundError (an OSError) when no weights or config are found, UnsupportedFormatError (a
+    ValueError) for a pre-quantized checkpoint (a quantization_config in config.json, or tensors only quantized
+    layers store), which warpload does not dequantize yet (loading/quantized.py), ArchitectureNotSupportedError
+    (a ValueError) when neither warpload nor transformers has the class, ShapeMismatchError (a RuntimeError) for
+    mis-shaped tensors, TypeError for unknown keywords (naming the closest option or config field; one that
+    reads like an option before any download), ValueError for invalid values, NotImplementedError for what
+    warpload does not implement (Flax checkpoints, quantization, GGUF, tensor parallelism, multi-device maps).
     """
     started = time.perf_counter()
     options = LoadOptions.parse(
-        pretrained_model_name_or_path, model_args, dtype=dtype, torch_dtype=torch_dtype, device_map=device_map,
-        backend=backend, from_flax=from_flax, zero_copy=zero_copy, kwargs=kwargs, model_class=model_class,
-        config=config, state_dict=state_dict, output_loading_info=output_loading_info,
+        pretrained_model_name_or_path, model_args, named=_NAMED_OPTIONS, dtype=dtype, torch_dtype=torch_dtype,
+        device_map=device_map, backend=backend, from_flax=from_flax, zero_copy=zero_copy, kwargs=kwargs,
+        model_class=model_class, config=config, state_dict=state_dict, output_loading_info=output_loading_info,
         ignore_mismatched_sizes=ignore_mismatched_sizes, use_safetensors=use_safetensors, variant=variant,
         subfolder=subfolder, generation_config=generation_config, attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, from_tf=from_tf)
@@ -114,6 +119,11 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
                                      time.perf_counter() - planned,
                                      tuple(resolution.stream.timings) if resolution.stream is not None else ())
     return (model, info.to_dict()) if output_loading_info else model
+
+
+# from_pretrained's own parameters: with the options it pops from **kwargs, what a misspelling is checked against.
+_NAMED_OPTIONS = tuple(name for name in inspect.signature(from_pretrained).parameters
+                       if name not in ("pretrained_model_name_or_path", "model_args", "kwargs"))
 
 
 @dataclass
@@ -138,6 +148,9 @@ def resolve(options: LoadOptions, started: float) -> Resolution:
     """Starts the Hub download (config first, shards in the background), fetches trusted remote code, and finds
     the weights; sets options.device once the download runs (torch's import overlaps it)."""
     location, shards = options.name, None
+    if isinstance(options.config, (str, os.PathLike)):
+        # config="org/repo" is fetched with this call's Hub options (token, revision, cache_dir), as transformers does.
+        options.config = resolve_pretrained(os.fspath(options.config), options.hub, weights=False)
     # Class.from_pretrained builds its own class: only the config may come from remote code then.
     auto_classes = AUTO_CLASSES if options.model_class is None else AUTO_CLASSES[:1]
     trust = TrustCheck(options.name or "", options.trust_remote_code, auto_classes,
@@ -175,6 +188,13 @@ def _load_or_wait_for_download(options: LoadOptions, resolution: Resolution,
     gives way to a load after the download."""
     try:
         return _load(options, resolution, choice, resolution.stream, resolution.tf_weights)
+    except UnsafeCheckpointError as err:
+        if options.weights_only:
+            raise
+        raise UnsafeCheckpointError(
+            f"{err} from_pretrained(weights_only=False) does not change this: warpload never runs code from a "
+            "checkpoint. If you trust the file, load it with transformers.AutoModelForCausalLM.from_pretrained("
+            "..., weights_only=False).", path=err.path, tensor=err.tensor, offset=err.offset) from err
     except NeedsWholeCheckpoint as reason:
         logger.info("%s: loading after the whole download (%s)", options.name, reason)
         resolution.stream = None
