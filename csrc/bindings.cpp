@@ -12,6 +12,7 @@
 
 #include "convert.h"
 #include "crc32c.h"
+#include "dequant.h"
 #include "cuda.h"
 #include "engine.h"
 #include "errors.h"
@@ -493,5 +494,50 @@ PYBIND11_MODULE(_core, m) {
         py::arg("progress") = nullptr,
         "Maps every page of the (file, offset, nbytes) ranges of the files' mappings in parallel, reading them "
         "when cold; True when MADV_POPULATE_READ did it, False when pages were touched one by one.");
+    m.def(
+        "dequantize_fp8",
+        [](const py::sequence& matrices, size_t num_threads) {
+            // Each item: (weights buffer, float32 scales buffer, rows, cols, scale_rows, scale_cols,
+            // weight dtype code, (dst address, dst nbytes), dst dtype code). Buffers stay exported for the call.
+            std::vector<Fp8Matrix> jobs;
+            std::vector<py::buffer_info> held;
+            held.reserve(2 * matrices.size());
+            for (size_t i = 0; i < matrices.size(); ++i) {
+                py::tuple item = matrices[i].cast<py::tuple>();
+                if (item.size() != 9) throw py::type_error("fp8 matrix " + std::to_string(i) + " must be a 9-tuple");
+                held.push_back(item[0].cast<py::buffer>().request());
+                const py::buffer_info& weights = held.back();
+                held.push_back(item[1].cast<py::buffer>().request());
+                const py::buffer_info& scales = held.back();
+                if (scales.itemsize != 4 || scales.format != "f") {
+                    throw std::invalid_argument("fp8 matrix " + std::to_string(i) + ": scales must be float32");
+                }
+                auto destination = item[7].cast<std::pair<uint64_t, uint64_t>>();
+                int weight_dtype = item[6].cast<int>(), dst_dtype = item[8].cast<int>();
+                if (!is_known_dtype(weight_dtype) || !is_known_dtype(dst_dtype)) {
+                    throw std::invalid_argument("unknown dtype code");
+                }
+                Fp8Matrix job;
+                job.weight = static_cast<const uint8_t*>(weights.ptr);
+                job.weight_nbytes = static_cast<uint64_t>(weights.size * weights.itemsize);
+                job.scales = static_cast<const float*>(scales.ptr);
+                job.num_scales = static_cast<uint64_t>(scales.size);
+                job.rows = item[2].cast<uint64_t>();
+                job.cols = item[3].cast<uint64_t>();
+                job.scale_rows = item[4].cast<uint64_t>();
+                job.scale_cols = item[5].cast<uint64_t>();
+                job.weight_dtype = static_cast<DType>(weight_dtype);
+                job.dst = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(destination.first));
+                job.dst_nbytes = destination.second;
+                job.dst_dtype = static_cast<DType>(dst_dtype);
+                jobs.push_back(job);
+            }
+            py::gil_scoped_release release;
+            dequantize_fp8(jobs, num_threads);
+        },
+        py::arg("matrices"), py::kw_only(), py::arg("num_threads") = 0,
+        "Dequantizes block-scaled FP8 matrices into (address, nbytes) destinations: float32(w) * scale, rounded "
+        "once to the destination dtype, on the thread pool; every matrix is checked before any byte is written.");
+
     m.def("available_cores", &available_cores, "Cores this process may run on.");
 }

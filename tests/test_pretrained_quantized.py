@@ -1,5 +1,5 @@
-"""Pre-quantized checkpoints never load silently wrong: from_pretrained refuses them, naming the method, before
-the engine reads a weight (loading/quantized.py)."""
+"""Pre-quantized checkpoints never load silently wrong: from_pretrained refuses those it cannot dequantize (every
+method but FineGrainedFP8, tests/test_pretrained_fp8.py), naming the method, before the engine reads a weight."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,7 @@ QUANTIZATION_CONFIGS = {
     "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},
     "awq": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
     "bitsandbytes": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
-    "fp8": {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]},
+    "fbgemm_fp8": {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0},
     "compressed-tensors": {"quant_method": "compressed-tensors", "format": "pack-quantized",
                            "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4}}}},
     "torchao": {"quant_method": "torchao", "quant_type": {"default": {"_type": "Int8WeightOnlyConfig"}}},

@@ -1,5 +1,5 @@
 """Types of warpload._core, the C++ engine (csrc/bindings.cpp): mapped files, host buffers, plan execution."""
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from typing_extensions import Buffer
 
@@ -93,6 +93,11 @@ def evict_from_page_cache(path: str) -> None:
 def prefault(files: Sequence[File], ranges: Sequence[tuple[int, int, int]], num_threads: int = 0,
              use_madvise: bool = True, progress: Optional[Progress] = None) -> bool:
     """Maps every page of the (file, offset, nbytes) ranges in parallel; True when MADV_POPULATE_READ did it."""
+
+def dequantize_fp8(matrices: Sequence[tuple[Any, Any, int, int, int, int, int, tuple[int, int], int]], *,
+                   num_threads: int = 0) -> None:
+    """Each matrix: (fp8 weight buffer, float32 scales buffer, rows, cols, scale_rows, scale_cols, weight dtype
+    code, (dst address, dst nbytes), dst dtype code); dst = round(float32(w) * scale), all checked first."""
 
 def available_cores() -> int:
     """Cores this process may run on."""

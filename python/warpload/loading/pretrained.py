@@ -20,7 +20,7 @@ from ..tf.checkpoint import TFCheckpoint
 from .build import ModelChoice, Sources, build_and_fill, choose_model
 from .options import LoadOptions, target_device
 from .progress_line import LoadProgress
-from .quantized import refuse_quantized_config, refuse_quantized_tensors
+from .quantized import dequantized_sources, quantization_method, refuse_quantized_config, refuse_quantized_tensors
 from .shard_stream import NeedsWholeCheckpoint, ShardStream, ShardTiming
 from .weights import index_dtype, resolve_dtype, resolve_weight_files, shard_stream, tf_checkpoint
 
@@ -109,8 +109,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     try:
         choice = choose_model(options, resolution.location, resolution.remote_code)
         refuse_quantized_config(choice.model_config, resolution.location or options.name or "config")
-        if resolution.stream is not None and not _dtype_known_before_shards(options, choice, resolution):
-            resolution.stream = None  # the dtype is the first shard's: wait for the download
+        if resolution.stream is not None and (not _dtype_known_before_shards(options, choice, resolution)
+                                              or quantization_method(choice.model_config) is not None):
+            resolution.stream = None  # the dtype is the first shard's, or scales pair with weights: wait
         model, info, planned, torch_type = _load_or_wait_for_download(options, resolution, choice)
     finally:
         resolution.close()
@@ -216,6 +217,8 @@ def _load(options: LoadOptions, resolution: Resolution, choice: ModelChoice, str
         sources = stream.placeholders()
     else:
         sources = {record.name: record for record in checkpoint_records(resolution.weights)}
+    fill = stream if stream is not None else fill_parameters
+    sources, fill = dequantized_sources(choice.model_config, sources, fill, resolution.weights or "state_dict")
     stored = sources if not isinstance(sources, TFCheckpoint) else {
         tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
     refuse_quantized_tensors(stored, resolution.weights or "state_dict")
@@ -223,8 +226,7 @@ def _load(options: LoadOptions, resolution: Resolution, choice: ModelChoice, str
     total = stream.total_bytes if stream is not None else stored_bytes(
         record for record in stored.values() if isinstance(record, TensorRecord))
     with LoadProgress(total):
-        model, info, planned = build_and_fill(options, choice, sources, torch_type,
-                                              stream if stream is not None else fill_parameters)
+        model, info, planned = build_and_fill(options, choice, sources, torch_type, fill)
     return model, info, planned, torch_type
 
 

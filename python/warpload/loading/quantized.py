@@ -3,9 +3,17 @@ would leave the quantized layers randomly initialised (GPTQ's `qweight` has no `
 weights without their scales, and the only sign would be a line in the load report."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
+from ..engine.fp8 import dequantizing_fill, split_scales
 from ..errors import UnsupportedFormatError
+from ..plan import TensorRecord
+
+if TYPE_CHECKING:
+    from .load_state import Fill
+
+# Methods warpload loads itself: FineGrainedFP8 checkpoints are dequantized by the engine (engine/fp8.py).
+NATIVE_METHODS = ("fp8",)
 
 # transformers 5.24's quantizers (transformers/quantizers/quantizer_*.py) and the packages each needs beside it.
 _PACKAGES = {
@@ -48,7 +56,7 @@ def quantization_method(config: Any) -> Optional[str]:
 def refuse_quantized_config(config: Any, where: str) -> None:
     """Raises UnsupportedFormatError when `config` (read from `where`) describes a pre-quantized checkpoint."""
     method = quantization_method(config)
-    if method is None:
+    if method is None or method in NATIVE_METHODS:
         return
     needs = _PACKAGES.get(method)
     install = f" (it needs `pip install {needs}`)" if needs else ""
@@ -71,3 +79,16 @@ def refuse_quantized_tensors(names: Iterable[str], where: str) -> None:
         "has no quantization_config. Loading them as plain weights would leave those layers randomly initialised. "
         "Use the repository's original config.json (with its quantization_config) and load it with "
         "transformers.AutoModelForCausalLM.from_pretrained.", path=where, tensor=quantized[0])
+
+
+def dequantized_sources(config: Any, sources: Mapping[str, Any], fill: "Fill",
+                        where: str) -> tuple[Mapping[str, Any], "Fill"]:
+    """For an FP8 checkpoint (quant_method "fp8"): the sources without their scale tensors, and a fill that
+    dequantizes each scaled weight into its parameter; other checkpoints pass through unchanged."""
+    if quantization_method(config) != "fp8":
+        return sources, fill
+    if not isinstance(sources, Mapping) or not all(isinstance(s, TensorRecord) for s in sources.values()):
+        raise UnsupportedFormatError(f"{where}: an FP8 checkpoint is dequantized from its files; warpload cannot "
+                                     "dequantize a state_dict= or a TensorFlow checkpoint: pass the folder")
+    kept, scales = split_scales(sources)
+    return kept, dequantizing_fill(fill, scales)
