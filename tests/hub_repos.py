@@ -25,6 +25,8 @@ MAIN_REPO = "org/tiny-gpt2"
 # Six shards of about 1 MB: the front's link sends 1 MiB pieces one after another, so paced shards land in turn.
 SHARDED_REPO = "org/sharded-gpt2"
 SHARDED_MODEL = dict(n_embd=128, n_layer=6, vocab_size=2000)
+# A LoRA adapter of MAIN_REPO's main weights (adapter_config.json names MAIN_REPO as its base; no config.json).
+ADAPTER_REPO = "org/tiny-gpt2-lora"
 
 _GIT = ["git", "-c", "user.name=warpload", "-c", "user.email=warpload@example.com", "-c", "commit.gpgsign=false"]
 
@@ -150,7 +152,31 @@ def build_repos(mirrors: Path) -> HubRepos:
     model.save_pretrained(sharded, max_shard_size="1MB")
     built.states[(SHARDED_REPO, "main")] = {k: v.clone() for k, v in model.state_dict().items()}
     built.commits["sharded-main"] = _commit(sharded, "six shards")
+    _build_adapter(mirrors, built)
     return built
+
+
+def _build_adapter(mirrors: Path, built: HubRepos) -> None:
+    """ADAPTER_REPO: peft's save_pretrained of a LoRA on MAIN_REPO's c_attn layers, with non-zero B matrices."""
+    from peft import LoraConfig, get_peft_model
+
+    from model_checkpoints import load_state
+
+    repo = mirrors / "models" / ADAPTER_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    base = tiny_transformers_model("gpt2")
+    load_state(base, built.states[(MAIN_REPO, "main")])
+    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True))
+    torch.manual_seed(11)
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.2)
+    adapted.save_pretrained(repo)
+    config = json.loads((repo / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = MAIN_REPO
+    (repo / "adapter_config.json").write_text(json.dumps(config))
+    built.commits["adapter-main"] = _commit(repo, "lora")
 
 
 def _build_remote_code(mirrors: Path, built: HubRepos) -> None:

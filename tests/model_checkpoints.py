@@ -99,3 +99,11 @@ def left_padded_prompts(vocab_size: int = 128) -> tuple[torch.Tensor, torch.Tens
     ids[1, :3] = 0
     mask[1, :3] = 0
     return ids, mask
+
+
+def load_state(model: "torch.nn.Module", state: dict) -> "torch.nn.Module":
+    """Copies `state` into the model's parameters (tied ones once)."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_(state[name])
+    return model

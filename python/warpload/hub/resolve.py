@@ -318,10 +318,10 @@ class HubRequest:
                             f"{self.repo_id} at revision {self.revision!r}: {err}. Check the connection (and the "
                             "proxy), or pass local_files_only=True to use the cache.", **where)
         if isinstance(err, errors.EntryNotFoundError):
-            return self._missing(name or "", [])
+            return self.missing(name or "", [])
         return err
 
-    def _missing(self, name: str, listing: list[str]) -> EntryNotFoundError:
+    def missing(self, name: str, listing: list[str]) -> EntryNotFoundError:
         from huggingface_hub import constants
 
         has = f" It has: {', '.join(sorted(listing))}." if listing else ""
@@ -330,7 +330,7 @@ class HubRequest:
             f"'{constants.ENDPOINT}/{self.repo_id}/tree/{self.revision}' for available files.{has}",
             repo_id=self.repo_id, revision=self.revision, filename=self._path(name))
 
-    def _listing(self) -> tuple[str, list[str]]:
+    def listing(self) -> tuple[str, list[str]]:
         """(commit, file names relative to the subfolder) at the revision: one request."""
         from huggingface_hub import HfApi
 
@@ -346,10 +346,10 @@ class HubRequest:
     def download(self, variant: Optional[str], use_safetensors: Optional[bool], from_tf: bool, weights: bool,
                  check_config: Optional[Callable[[str], None]] = None) -> tuple[str, Optional[ShardDownloads]]:
         """(snapshot, shards still downloading or None) once config, index and the other files are cached."""
-        commit, listing = self._listing()
+        commit, listing = self.listing()
         files = set(listing)
         if CONFIG_NAME not in files:
-            raise self._missing(CONFIG_NAME, listing)
+            raise self.missing(CONFIG_NAME, listing)
         chosen = self._choose_weights(files, listing, variant, use_safetensors, from_tf) if weights else None
         # The index downloads while config.json does (a HEAD and a GET each): the shards wait for both.
         with ThreadPoolExecutor(1) as pool:
@@ -360,7 +360,7 @@ class HubRequest:
             index_path = index.result() if index is not None else None
         if check_config is not None:
             check_config(config_path)
-        snapshot = _snapshot_root(config_path, self.subfolder)
+        snapshot = snapshot_root(config_path, self.subfolder)
         wanted = [GENERATION_CONFIG_NAME] if weights and GENERATION_CONFIG_NAME in files else []
         shard_names = self._shards(index_path, files, listing) if index_path is not None else []
         if chosen is not None and index_path is None:
@@ -404,7 +404,7 @@ class HubRequest:
         shards = read_shard_index(index_path).shards
         missing = [shard for shard in shards if shard not in files]
         if missing:
-            raise self._missing(missing[0], listing)
+            raise self.missing(missing[0], listing)
         return shards
 
     def _fetch_all(self, names: list[str], commit: str) -> None:
@@ -425,7 +425,7 @@ class HubRequest:
         config_path = self.fetch(CONFIG_NAME, self.revision, offline=True)
         if check_config is not None:
             check_config(config_path)
-        snapshot = _snapshot_root(config_path, self.subfolder)
+        snapshot = snapshot_root(config_path, self.subfolder)
         if not weights:
             return snapshot
         folder = os.path.join(snapshot, self.subfolder)
@@ -440,7 +440,7 @@ class HubRequest:
         return snapshot
 
 
-def _snapshot_root(path: str, subfolder: str) -> str:
+def snapshot_root(path: str, subfolder: str) -> str:
     """snapshots/{commit} from the path of a file fetched into it (under `subfolder`)."""
     folder = os.path.dirname(path)
     for _ in [part for part in subfolder.split("/") if part]:

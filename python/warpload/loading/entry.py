@@ -1,14 +1,16 @@
 """Where the models' own `from_pretrained` classmethods land: the one edge from models/ up into loading/.
 
-`LlamaForCausalLM.from_pretrained(...)` and `LlamaConfig.from_pretrained(...)` are methods users call on
-the model layer's classes, but resolving a repo id needs the Hub, which the model layer must not know.
-Those two methods import this module lazily, and nothing else in models/ imports loading/.
+`LlamaForCausalLM.from_pretrained(...)`, `LlamaConfig.from_pretrained(...)` and `model.load_adapter(...)` are
+methods users call on the model layer's classes, but resolving a repo id needs the Hub, which the model layer
+must not know. Those methods import this module lazily, and nothing else in models/ imports loading/.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Union
 
+from ..errors import CheckpointNotFoundError
+from ..hub.adapters import ADAPTER_CONFIG_NAME
 from ..hub.resolve import HubOptions, resolve_pretrained
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -31,3 +33,15 @@ def config_from_pretrained(cls: type, pretrained_model_name_or_path: PathLike, *
                                   weights=False)
     config, unused = cls.from_local(location, subfolder=subfolder, overrides=kwargs)
     return (config, unused) if return_unused_kwargs else config
+
+
+def load_adapter(model: Any, peft_model_id: str, adapter_name: str, options: dict[str, Any]) -> None:
+    """model.load_adapter(...): the adapter folder (fetched for a repo id with `options`' Hub options), applied."""
+    from .adapters import apply_adapter, find_adapter
+
+    hub = HubOptions.pop_from(dict(options))
+    adapter = find_adapter(os.fspath(peft_model_id), hub, subfolder=options.get("subfolder", ""))
+    if adapter is None:
+        raise CheckpointNotFoundError(f"{peft_model_id} has no {ADAPTER_CONFIG_NAME}: pass a PEFT adapter folder or "
+                                      "repo id (peft's save_pretrained writes adapter_config.json)")
+    apply_adapter(model, adapter.folder, adapter_name, adapter.config)

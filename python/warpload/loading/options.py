@@ -23,14 +23,15 @@ IGNORED_OPTIONS = ("_fast_init", "offload_state_dict", "tqdm_class", "_from_pipe
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "use_auth_token", "revision", "proxies",
                "resume_download", "code_revision", "mirror", "_commit_hash")
 # Options with a meaning here beyond from_pretrained's named parameters (see LoadOptions.parse).
-EXTRA_OPTIONS = ("weights_only", "disable_mmap", "experts_implementation", "allow_all_kernels")
+EXTRA_OPTIONS = ("weights_only", "disable_mmap", "experts_implementation", "allow_all_kernels", "adapter_name",
+                 "adapter_kwargs")
 # transformers options warpload does not implement: passing one with a value raises NotImplementedError.
 UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size", "distributed_config", "device_mesh",
-                       "key_mapping", "adapter_kwargs", "adapter_name", "max_memory", "offload_folder",
+                       "key_mapping", "max_memory", "offload_folder",
                        "offload_buffers", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
                        "fusion_config")
 # transformers' defaults of unsupported options: passing one changes nothing, so it is accepted.
-_DEFAULTS = {"adapter_name": "default"}
+_DEFAULTS: dict[str, Any] = {}
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
@@ -63,6 +64,9 @@ class LoadOptions:
     # False: the caller allowed transformers to unpickle code; warpload still never does (errors say so).
     weights_only: bool = True
     experts_implementation: Optional[str] = None
+    # An adapter repo or folder given as the model: the name its layers take, and its own Hub options.
+    adapter_name: str = "default"
+    adapter_kwargs: dict[str, Any] = field(default_factory=dict)
     # target_device(device_map), set once the Hub download has started: it imports torch, which then overlaps it.
     device: Optional["torch.device"] = None
 
@@ -96,9 +100,12 @@ class LoadOptions:
                              "Use one of the two loading strategies.")
         weights_only = bool(kwargs.pop("weights_only", True))
         experts_implementation = kwargs.pop("experts_implementation", None)
+        adapter_name = kwargs.pop("adapter_name", None) or "default"
+        adapter_kwargs = dict(kwargs.pop("adapter_kwargs", None) or {})
         return cls(name=name, model_args=model_args, dtype=dtype if dtype is not None else torch_dtype,
                    device_map=device_map, backend=backend, zero_copy=mapping, hub=hub, kwargs=kwargs,
-                   weights_only=weights_only, experts_implementation=experts_implementation, **options)
+                   weights_only=weights_only, experts_implementation=experts_implementation,
+                   adapter_name=adapter_name, adapter_kwargs=adapter_kwargs, **options)
 
 
 def known_options(named: tuple[str, ...]) -> tuple[str, ...]:

@@ -6,17 +6,19 @@ import inspect
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..engine.fill import fill_parameters
-from ..errors import UnsafeCheckpointError
+from ..constants import CONFIG_NAME
+from ..errors import EntryNotFoundError, UnsafeCheckpointError
 from ..formats.checkpoint import checkpoint_records
 from ..hub.remote_code import AUTO_CLASSES, RemoteCode, TrustCheck, fetch_remote_code
 from ..hub.resolve import ShardDownloads, resolve_pretrained, start_pretrained
 from ..models.config import CONFIG_CLASSES
 from ..plan import TensorRecord, stored_bytes
 from ..tf.checkpoint import TFCheckpoint
+from .adapters import Adapter, apply_adapter, find_adapter
 from .build import ModelChoice, Sources, build_and_fill, choose_model
 from .options import LoadOptions, target_device
 from .progress_line import LoadProgress
@@ -105,7 +107,7 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
         ignore_mismatched_sizes=ignore_mismatched_sizes, use_safetensors=use_safetensors, variant=variant,
         subfolder=subfolder, generation_config=generation_config, attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, from_tf=from_tf)
-    resolution = resolve(options, started)
+    resolution, adapter = _resolve_model_or_adapter(options, started)
     try:
         choice = choose_model(options, resolution.location, resolution.remote_code)
         refuse_quantized_config(choice.model_config, resolution.location or options.name or "config")
@@ -116,6 +118,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     finally:
         resolution.close()
     _finish(model, options, torch_type)
+    if adapter is not None:
+        apply_adapter(model, adapter.folder, options.adapter_name, adapter.config)
     model.load_timings = LoadTimings(resolution.resolved_at - started, planned - resolution.resolved_at,
                                      time.perf_counter() - planned,
                                      tuple(resolution.stream.timings) if resolution.stream is not None else ())
@@ -125,6 +129,28 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
 # from_pretrained's own parameters: with the options it pops from **kwargs, what a misspelling is checked against.
 _NAMED_OPTIONS = tuple(name for name in inspect.signature(from_pretrained).parameters
                        if name not in ("pretrained_model_name_or_path", "model_args", "kwargs"))
+
+
+def _resolve_model_or_adapter(options: LoadOptions, started: float) -> tuple["Resolution", Optional[Adapter]]:
+    """resolve(), after swapping a PEFT adapter for its base model (as transformers does): a local folder with
+    adapter_config.json, or a repo id that has no config.json but an adapter_config.json."""
+    adapter = None
+    if options.name is not None and options.state_dict is None and os.path.isdir(options.name):
+        adapter = find_adapter(options.name, options.hub, options.subfolder)
+    if adapter is not None:
+        options.name = adapter.base_model
+    try:
+        return resolve(options, started), adapter
+    except EntryNotFoundError as err:
+        if adapter is not None or options.name is None or not str(err.repo_file or "").endswith(CONFIG_NAME):
+            raise
+        hub = replace(options.hub, **{key: value for key, value in options.adapter_kwargs.items()
+                                      if key in ("revision", "token", "cache_dir", "local_files_only")})
+        adapter = find_adapter(options.name, hub, options.subfolder)
+        if adapter is None:
+            raise
+        options.name = adapter.base_model
+        return resolve(options, started), adapter
 
 
 @dataclass

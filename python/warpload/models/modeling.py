@@ -12,6 +12,7 @@ from torch import nn
 from .attention import KVCache
 from .config import GenerationConfig, PretrainedConfig
 from .generation import GenerationMixin
+from .lora import AdapterMixin
 
 if TYPE_CHECKING:
     import os
@@ -75,7 +76,7 @@ def embedding(num_embeddings: int, embedding_dim: int, padding_idx: Optional[int
     return nn.Embedding(num_embeddings, embedding_dim, padding_idx, _weight=torch.empty(num_embeddings, embedding_dim))
 
 
-class PreTrainedModel(nn.Module):
+class PreTrainedModel(AdapterMixin, nn.Module):
     """A built-in model: transformers' module tree and state-dict names, loadable by warpload.from_pretrained.
 
     Subclasses set `config_class`, `base_model_prefix` (the base model's attribute in head models),
