@@ -56,7 +56,7 @@ def test_cold_file_is_read_correctly_after_eviction(mixed_file):
 def _run(files, rows, regions=None, **options):
     """Runs plan rows (file, src offset, src bytes, src dtype, region, dst offset, dst dtype[, rows, cols]) into
     regions (default: one 4 KiB bytearray); returns the engine's counters."""
-    table = array("q", [value for row in rows for value in (tuple(row) + (0, 0))[:9]])
+    table = array("q", [value for row in rows for value in (tuple(row) + (0, 0, 0))[:10]])
     return core().execute(files, table, [bytearray(4096)] if regions is None else regions,
                           warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES,
                           **options)
@@ -245,7 +245,7 @@ from warpload import constants
 from warpload._native import core
 from warpload.errors import CheckpointError
 calls = {
-    "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 0, 0, 0, 0, 0]), [bytearray(8)],
+    "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 0, 0, 0, 0, 0, 0]), [bytearray(8)],
                                       warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=0),
     "prefault": lambda: core().prefault([None], [(0, 0, 8)]),
     "checksum": lambda: core().tf_bundle_first_bad_checksum([None], [(0, 0, 8, 0)]),

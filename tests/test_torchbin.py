@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 import warpload
 from conftest import FIXTURES, SAVEABLE_DTYPES, random_tensor, same_bits
-from warpload import engine
 from warpload.engine import host
 from warpload.errors import CheckpointError, HeaderError, UnsupportedDtypeError, UnsupportedFormatError
 
@@ -167,8 +166,8 @@ def test_zero_copy_views_the_file_and_copies_only_unaligned_storages(tmp_path, m
     path = tmp_path / "pytorch_model.bin"
     torch.save(state, path, _use_new_zipfile_serialization=not legacy)
     copied = []
-    materialize = engine.materialize
-    monkeypatch.setattr(engine, "materialize", lambda plan, *a, **k: copied.append(plan) or materialize(plan, *a, **k))
+    materialize = host.materialize
+    monkeypatch.setattr(host, "materialize", lambda plan, *a, **k: copied.append(plan) or materialize(plan, *a, **k))
     loaded = warpload.load_checkpoint(path, zero_copy=True)
     assert_same_as_torch(loaded, torch_reference(path))
     # Zip storages are 64-byte aligned; legacy ones are packed after 8-byte counts and odd-sized pickles.
@@ -217,19 +216,34 @@ def test_parameters_and_tensors_with_attributes_load_as_tensors(tmp_path):
     assert all(same_bits(loaded[k], expected[k].detach()) for k in state)
 
 
-def test_non_state_dicts_are_refused_with_advice(tmp_path):
-    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "ckpt.bin")
-    with pytest.raises(UnsupportedFormatError, match="'model' is a .*torch.load"):
-        warpload.load_checkpoint(tmp_path / "ckpt.bin")
-    torch.save(torch.ones(2), tmp_path / "tensor.bin")
+@pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
+def test_folders_find_the_state_dict_in_common_wrappers(tmp_path, wrapper):
+    state = {"w": torch.randn(3, 2), "b": torch.randn(2)}
+    torch.save({wrapper: state, "epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "pytorch_model.bin")
+    assert_same_as_torch(warpload.load_checkpoint(tmp_path), torch_reference(tmp_path / "pytorch_model.bin")[wrapper])
+
+
+def test_folders_without_a_state_dict_are_refused_with_advice(tmp_path):
+    torch.save({"weights": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsupportedFormatError, match="'weights' is a dict.*warpload.load_torch"):
+        warpload.load_checkpoint(tmp_path)
+    torch.save(torch.ones(2), tmp_path / "pytorch_model.bin")
     with pytest.raises(UnsupportedFormatError, match="not a state dict"):
-        warpload.load_checkpoint(tmp_path / "tensor.bin")
+        warpload.load_checkpoint(tmp_path)
 
 
-def test_dtypes_without_a_safetensors_name_are_refused(tmp_path):
-    torch.save({"z": torch.ones(2, dtype=torch.complex128)}, tmp_path / "c.bin")
-    with pytest.raises(UnsupportedDtypeError, match="ComplexDoubleStorage"):
-        warpload.load_checkpoint(tmp_path / "c.bin")
+def test_a_torch_file_loads_whole_as_torch_load_gives_it(tmp_path):
+    checkpoint = {"model": OrderedDict(w=torch.ones(2)), "epoch": 3, "z": torch.ones(2, dtype=torch.complex128)}
+    torch.save(checkpoint, tmp_path / "ckpt.bin")
+    loaded = warpload.load_checkpoint(tmp_path / "ckpt.bin")
+    assert type(loaded["model"]) is OrderedDict and loaded["epoch"] == 3
+    assert torch.equal(loaded["z"], checkpoint["z"]) and torch.equal(loaded["model"]["w"], torch.ones(2))
+
+
+def test_dtypes_without_a_safetensors_name_are_refused_for_models(tmp_path):
+    torch.save({"z": torch.ones(2, dtype=torch.complex128)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsupportedDtypeError, match="complex128.*load_torch"):
+        warpload.load_checkpoint(tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning", "ignore:TypedStorage is deprecated")
@@ -381,12 +395,19 @@ def test_legacy_storage_layout_is_checked(tmp_path, problem, storages, match):
         warpload.load_checkpoint(path)
 
 
-def test_big_endian_archives_are_refused_with_advice(tmp_path):
+@pytest.mark.parametrize("folder", [False, True])
+def test_big_endian_archives_are_swapped_while_copying(tmp_path, folder):
     state = {"w": tensor_v2(Storage("storage", torch.FloatStorage, "0", "cpu", 2), 0, (2,), (1,))}
-    path = write_zip_checkpoint(tmp_path / "be.bin", dumps(state), {"0": struct.pack(">2f", 1.0, 2.0)},
+    path = write_zip_checkpoint(tmp_path / "pytorch_model.bin", dumps(state), {"0": struct.pack(">2f", 1.0, 2.0)},
                                 byteorder="big")
     assert torch.equal(torch_reference(path)["w"], torch.tensor([1.0, 2.0]))  # torch swaps them
-    with pytest.raises(UnsupportedFormatError, match="'big'-endian.*safetensors"):
+    assert torch.equal(warpload.load_checkpoint(tmp_path if folder else path)["w"], torch.tensor([1.0, 2.0]))
+
+
+def test_unknown_byte_orders_are_refused(tmp_path):
+    state = {"w": tensor_v2(Storage("storage", torch.FloatStorage, "0", "cpu", 1), 0, (1,), (1,))}
+    path = write_zip_checkpoint(tmp_path / "odd.bin", dumps(state), {"0": b"\x00" * 4}, byteorder="middle")
+    with pytest.raises(UnsupportedFormatError, match="byteorder says 'middle'"):
         warpload.load_checkpoint(path)
 
 
