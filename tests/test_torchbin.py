@@ -443,3 +443,22 @@ def test_reader_does_not_import_torch():
             "      'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["29", "29", "False"]
+
+
+@pytest.mark.parametrize("wrapper, big_endian", [("state_dict", False), ("model", True), ("module", False)])
+def test_from_pretrained_finds_the_state_dict_in_training_checkpoints(tmp_path, wrapper, big_endian):
+    from model_checkpoints import tiny_transformers_model
+    from torch_structures import to_big_endian
+
+    reference = tiny_transformers_model("gpt2")
+    reference.config.save_pretrained(tmp_path)
+    checkpoint = {wrapper: reference.state_dict(), "optimizer": {"state": {}, "lr": 0.1}, "epoch": 2}
+    torch.save(checkpoint, tmp_path / "little.bin")
+    if big_endian:
+        to_big_endian(tmp_path / "little.bin", tmp_path / "pytorch_model.bin")
+    else:
+        (tmp_path / "little.bin").rename(tmp_path / "pytorch_model.bin")
+    model = warpload.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    tokens = torch.arange(10).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, reference(tokens).logits)

@@ -80,10 +80,13 @@ def _storage_views(contents: TorchFile) -> dict[int, set[str]]:
         if kind in _PLAIN or id(value) in seen:
             return
         seen.add(id(value))
-        if kind is TensorStub:
-            views.setdefault(id(value.storage), set()).add(value.checked_dtype(where, contents.path))
-        elif kind is ParameterStub:
-            visit(value.data, where)
+        if kind in (TensorStub, ParameterStub):
+            if kind is TensorStub:
+                views.setdefault(id(value.storage), set()).add(value.checked_dtype(where, contents.path))
+            else:
+                visit(value.data, where)
+            for name, item in value.attributes.items():
+                visit(item, f"{where}.{name}")
         elif isinstance(value, dict):
             for key, item in value.items():
                 visit(key, where)
@@ -183,9 +186,10 @@ class _Rebuild:
         if kind is TorchDevice:
             return torch.device(value.name)
         if kind is TensorStub:
-            return self.tensor(value, where)
+            return self.with_attributes(self.tensor(value, where), value.attributes, where)
         if kind is ParameterStub:
-            return torch.nn.Parameter(self.build(value.data, where), value.requires_grad)
+            parameter = torch.nn.Parameter(self.build(value.data, where), value.requires_grad)
+            return self.with_attributes(parameter, value.attributes, where)
         if kind is MetaTensorStub:
             return torch.empty_strided(value.shape, value.stride, dtype=self.dtype(value.dtype.name), device="meta",
                                        requires_grad=value.requires_grad)
@@ -194,6 +198,17 @@ class _Rebuild:
         raise UnsupportedFormatError(f"{self.path}: {where or 'the file'} is a {kind.__name__} (a class or function "
                                      "torch allows in a weights-only pickle, not data); load it with "
                                      "torch.load(weights_only=True)", path=self.path)
+
+    def with_attributes(self, tensor: "torch.Tensor", attributes: dict, where: str) -> "torch.Tensor":
+        """The tensor with its pickled Python attributes set, as torch's _set_obj_state does; one that would
+        replace something torch.Tensor has (`data`, `grad`, a method) is refused rather than run."""
+        for name, item in attributes.items():
+            if hasattr(self.torch.nn.Parameter, name):
+                raise UnsupportedFormatError(f"{self.path}: {where or 'the tensor'} sets attribute {name!r}, which "
+                                             "torch tensors already have; warpload sets only new attributes: load "
+                                             "this file with torch.load(weights_only=True)", path=self.path)
+            setattr(tensor, name, self.build(item, f"{where}.{name}"))
+        return tensor
 
     def dtype(self, name: str) -> "torch.dtype":
         return getattr(self.torch, dtype_info(name).torch_name)

@@ -79,7 +79,7 @@ class StorageRef:
 class TensorStub:
     """What a torch._utils rebuild function would make a tensor of; checked when it becomes a record."""
 
-    __slots__ = ("storage", "storage_offset", "shape", "stride", "dtype", "requires_grad", "metadata")
+    __slots__ = ("storage", "storage_offset", "shape", "stride", "dtype", "requires_grad", "metadata", "attributes")
 
     def __init__(self, storage: Any, storage_offset: Any, shape: Any, stride: Any, dtype: Any,
                  requires_grad: Any = False, metadata: Any = None) -> None:
@@ -90,6 +90,7 @@ class TensorStub:
         self.dtype = dtype  # None: the storage's dtype (the v1/v2 rebuilds)
         self.requires_grad = requires_grad
         self.metadata = metadata  # {"conj": True} / {"neg": True}: torch's math bits, set on the loaded tensor
+        self.attributes: dict = {}  # Python attributes (_rebuild_from_type_v2's state)
 
     def record(self, name: str, path: str) -> TensorRecord:
         """The plan record of this tensor: its whole storage's byte range, plus its view of it in elements.
@@ -180,13 +181,14 @@ class MetaTensorStub:
 class ParameterStub:
     """torch.nn.Parameter around a tensor stub (torch._utils._rebuild_parameter)."""
 
-    __slots__ = ("data", "requires_grad")
+    __slots__ = ("data", "requires_grad", "attributes")
 
-    def __init__(self, data: Any, requires_grad: Any) -> None:
+    def __init__(self, data: Any, requires_grad: Any, attributes: Optional[dict] = None) -> None:
         if type(data) not in (TensorStub, MetaTensorStub) or type(requires_grad) is not bool:
             raise CheckpointError("_rebuild_parameter takes a tensor and a bool")
         self.data = data
         self.requires_grad = requires_grad
+        self.attributes = attributes or {}  # Python attributes of the Parameter (_rebuild_parameter_with_state)
 
 
 def _is_index_tuple(value: Any) -> bool:
@@ -233,8 +235,7 @@ def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> Pa
 
 
 def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> ParameterStub:
-    # `state`: Python attributes of a Parameter subclass; not tensor data, and dropped like a tensor's.
-    return ParameterStub(data, requires_grad)
+    return ParameterStub(data, requires_grad, _object_state(state))
 
 
 _TENSOR = TorchType()
@@ -244,12 +245,30 @@ _REBUILD_FUNCTIONS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-    # A tensor with Python attributes (`state`), or a Parameter: the attributes are not tensor data.
+    # A tensor with Python attributes (`state`): kept on the stub, set by load_torch as torch's _set_obj_state
+    # sets them; a state dict for a model drops them (they are not tensor data).
     if not any(func is f for f in _REBUILD_FUNCTIONS) or not (new_type is _TENSOR or new_type is _PARAMETER) \
             or type(args) is not tuple:
         raise CheckpointError("_rebuild_from_type_v2 must wrap a tensor rebuild function, a tensor type "
                               "and an argument tuple")
-    return func(*args)
+    built = func(*args)
+    attributes = _object_state(state)
+    if attributes and type(built) in (TensorStub, ParameterStub):
+        built.attributes = attributes
+    return built
+
+
+def _object_state(state: Any) -> dict:
+    """The attributes of torch._utils._get_obj_state's state: a dict, or a (dict, slots dict) pair."""
+    parts = state if type(state) is tuple and len(state) == 2 else (state,)
+    attributes: dict = {}
+    for part in parts:
+        if part is None:
+            continue
+        if type(part) is not dict or not all(type(key) is str for key in part):
+            raise CheckpointError("a tensor's pickled state must be a dict of attribute names, or a pair of them")
+        attributes.update(part)
+    return attributes
 
 
 def _encode(text: Any, encoding: Any) -> bytes:

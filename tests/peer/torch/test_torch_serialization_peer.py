@@ -208,3 +208,16 @@ def test_optimizer_and_lr_scheduler_state_match_torch(tmp_path):
     scheduler.step()
     path = save({"optimizer": sgd.state_dict(), "scheduler": scheduler.state_dict()}, tmp_path / "sched.pt")
     assert_same_structure(warpload.load_torch(path), torch_reference(path))
+
+
+def test_python_attributes_of_tensors_and_parameters_match_torch(tmp_path):
+    # test_serialization_python_attr
+    state = {}
+    for name, tensor in [("tensor", torch.zeros(3, 3)), ("parameter", torch.nn.Parameter(torch.zeros(3, 3)))]:
+        tensor.foo = "foo"
+        tensor.pi = 3.14
+        state[name] = tensor
+    path = save(state, tmp_path / "attrs.pt")
+    loaded, expected = warpload.load_torch(path), torch_reference(path)
+    assert_same_structure(loaded, expected)
+    assert [(t.foo, t.pi) for t in loaded.values()] == [(t.foo, t.pi) for t in expected.values()]
