@@ -462,3 +462,12 @@ def test_from_pretrained_finds_the_state_dict_in_training_checkpoints(tmp_path, 
     tokens = torch.arange(10).unsqueeze(0)
     with torch.no_grad():
         assert torch.equal(model(tokens).logits, reference(tokens).logits)
+
+
+def test_folders_refuse_tensors_a_model_cannot_load_with_advice(tmp_path):
+    x = torch.randn(3, dtype=torch.cfloat)
+    for state, match in [({"w": torch.empty(2, device="meta")}, "'w' is a meta tensor.*load_torch"),
+                         ({"w": x.conj()}, "'w' carries the conjugate.*load_torch")]:
+        torch.save(state, tmp_path / "pytorch_model.bin")
+        with pytest.raises(UnsupportedFormatError, match=match):
+            warpload.load_checkpoint(tmp_path)

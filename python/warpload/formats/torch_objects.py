@@ -430,8 +430,11 @@ STATE_DICT_WRAPPERS = ("state_dict", "model", "module")
 _WRAPPER_DEPTH = 3
 
 
+_TENSOR_STUBS = (TensorStub, ParameterStub, MetaTensorStub)
+
+
 def _is_state_dict(value: Any) -> bool:
-    return isinstance(value, dict) and all(type(name) is str and type(tensor) in (TensorStub, ParameterStub)
+    return isinstance(value, dict) and all(type(name) is str and type(tensor) in _TENSOR_STUBS
                                            for name, tensor in value.items())
 
 
@@ -447,7 +450,7 @@ def find_state_dict(state: Any, path: str) -> dict:
             f"{path}: holds a pickled {type(state).__name__}, not a state dict; a model loads from a dict of "
             "tensors: warpload.load_torch (or load_checkpoint of the file) returns the rest", path=path)
     for name, value in state.items():
-        if type(name) is not str or type(value) not in (TensorStub, ParameterStub):
+        if type(name) is not str or type(value) not in _TENSOR_STUBS:
             label = repr(name[:100]) if type(name) is str else f"of type {type(name).__name__}"
             raise UnsupportedFormatError(
                 f"{path}: entry {label} is a {type(value).__name__}, not a tensor, and the file has no state dict "
