@@ -21,7 +21,7 @@ from ..formats.torch_objects import (
     TorchSize,
 )
 from ..plan import TensorRecord, plan_load, target_dtype
-from . import devices, host
+from . import devices
 from .mapped import views_or_copies
 
 if TYPE_CHECKING:
@@ -65,8 +65,6 @@ def load_torch_file(contents: TorchFile, device: Any = "cpu", *, dtype: Optional
 def _load(plan: Any, device: Any, zero_copy: bool) -> dict[str, "torch.Tensor"]:
     if zero_copy:
         return views_or_copies(plan)
-    if any(storage.byteswap for storage in plan.storages):
-        return host.materialize(plan, device)  # byte swaps run on the host; the tensors then move
     return devices.materialize(plan, device)
 
 
