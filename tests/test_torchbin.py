@@ -471,3 +471,22 @@ def test_folders_refuse_tensors_a_model_cannot_load_with_advice(tmp_path):
         torch.save(state, tmp_path / "pytorch_model.bin")
         with pytest.raises(UnsupportedFormatError, match=match):
             warpload.load_checkpoint(tmp_path)
+
+
+def test_load_torch_dtype_converts_float_tensors_only_in_one_engine_pass(tmp_path, monkeypatch):
+    base = torch.randn(6, 4)
+    checkpoint = {"model": {"w": base, "t": base.t(), "ids": torch.arange(5)}, "half": torch.randn(3).half(),
+                  "chalf": torch.randn(3, dtype=torch.chalf), "cdouble": torch.randn(2, dtype=torch.cdouble)}
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    expected = torch_reference(tmp_path / "ckpt.pt")
+    passes = []
+    run_table = host.run_table
+    monkeypatch.setattr(host, "run_table", lambda plan, *a, **k: passes.append(plan) or run_table(plan, *a, **k))
+    loaded = warpload.load_torch(tmp_path / "ckpt.pt", dtype=torch.bfloat16)
+    assert len(passes) == 2  # the complex storages are read as they are, in a pass of their own
+    for got, want in [(loaded["model"]["w"], expected["model"]["w"].bfloat16()),
+                      (loaded["model"]["t"], expected["model"]["t"].bfloat16()),
+                      (loaded["half"], expected["half"].bfloat16()), (loaded["model"]["ids"], expected["model"]["ids"]),
+                      (loaded["chalf"], expected["chalf"]), (loaded["cdouble"], expected["cdouble"])]:
+        assert same_bits(dense(got), dense(want)) and got.stride() == want.stride()
+    assert loaded["model"]["w"].untyped_storage().data_ptr() == loaded["model"]["t"].untyped_storage().data_ptr()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..dtypes import COMPLEX_COMPONENTS, FLOAT_SOURCES, TORCH_EXTRA_DTYPES, dtype_info
+from ..dtypes import COMPLEX_COMPONENTS, TORCH_EXTRA_DTYPES, dtype_info
 from ..errors import CheckpointError, UnsupportedFormatError
 from ..formats.torch_objects import (
     MetaTensorStub,
@@ -34,7 +34,8 @@ _PLAIN = (str, bytes, bytearray, int, float, bool, complex, type(None))
 def load_torch_file(contents: TorchFile, device: Any = "cpu", *, dtype: Optional[str] = None,
                     zero_copy: bool = False) -> Any:
     """The object a torch.save file holds, with every tensor and storage loaded by one engine pass over the
-    file's storages (two when `dtype` converts some storages and not others).
+    file's storages (a second one for the storages `dtype` must leave alone: complex32 and complex128, read as
+    their float components, and storages that tensors view as several dtypes).
 
     `dtype` converts floating-point storages whose tensors all share the storage's dtype. With `zero_copy`
     tensors view the mapped file where their storage is aligned and little-endian. Raises CheckpointError
@@ -47,7 +48,8 @@ def load_torch_file(contents: TorchFile, device: Any = "cpu", *, dtype: Optional
     refs = _file_storages(contents, views)
     for index, ref in enumerate(refs.values()):
         stored = ref.dtype or "U8"
-        convert = dtype is not None and stored in FLOAT_SOURCES and views.get(id(ref), set()) <= {stored}
+        # plan_load converts floats only; these storages must not be converted at all.
+        convert = stored not in TORCH_EXTRA_DTYPES and views.get(id(ref), set()) <= {stored}
         delivered[id(ref)] = target_dtype(stored, dtype) if convert else stored
         component = COMPLEX_COMPONENTS[stored] if stored in TORCH_EXTRA_DTYPES else stored
         count = ref.nbytes * 8 // dtype_info(component).bits
