@@ -168,8 +168,9 @@ class SafeSlice:
 
 @without_gc_pauses
 def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
-                    zero_copy: bool = False, from_tf: bool = False) -> dict[str, "torch.Tensor"]:
-    """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
+                    zero_copy: bool = False, from_tf: bool = False) -> Any:
+    """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict (name -> tensor;
+    a single torch.save file comes back whole, as load_torch gives it).
 
     Formats are recognised by content: safetensors, PyTorch .bin (zip, and the legacy pre-1.6 format,
     read through a weights-only unpickler that never runs code from the file). In a folder,
