@@ -328,11 +328,12 @@ def write_zip_checkpoint(path: Path, data_pkl: bytes, records: dict[str, bytes],
     return path
 
 
-def write_legacy_checkpoint(path: Path, main_pickle: bytes, storages: dict[str, tuple[int, bytes]]) -> Path:
+def write_legacy_checkpoint(path: Path, main_pickle: bytes, storages: dict[str, tuple[int, bytes]],
+                            little_endian: bool = True) -> Path:
     """The legacy layout (formats.md 2.5): magic, version, sys_info, main pickle, keys, then count + bytes each."""
     keys = sorted(storages)
     parts = [pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2),
-             pickle.dumps({"protocol_version": 1001, "little_endian": True, "type_sizes": {}}, protocol=2),
+             pickle.dumps({"protocol_version": 1001, "little_endian": little_endian, "type_sizes": {}}, protocol=2),
              main_pickle, pickle.dumps(keys, protocol=2)]
     parts += [struct.pack("<q", storages[key][0]) + storages[key][1] for key in keys]
     path.write_bytes(b"".join(parts))
@@ -490,3 +491,24 @@ def test_load_torch_dtype_converts_float_tensors_only_in_one_engine_pass(tmp_pat
                       (loaded["chalf"], expected["chalf"]), (loaded["cdouble"], expected["cdouble"])]:
         assert same_bits(dense(got), dense(want)) and got.stride() == want.stride()
     assert loaded["model"]["w"].untyped_storage().data_ptr() == loaded["model"]["t"].untyped_storage().data_ptr()
+
+
+def test_legacy_files_from_big_endian_machines_hold_little_endian_storages(tmp_path):
+    # torch's legacy writer stores little-endian bytes everywhere (THPStorage_writeFileRaw), and its reader ignores
+    # sys_info's little_endian: so does warpload.
+    data = torch.arange(6, dtype=torch.float32)
+    state = OrderedDict(w=tensor_v2(Storage("storage", torch.FloatStorage, "0", "cpu", 6, None), 0, (2, 3), (3, 1)))
+    path = write_legacy_checkpoint(tmp_path / "be.bin", dumps(state), {"0": (6, data.numpy().tobytes())},
+                                   little_endian=False)
+    assert torch.equal(torch_reference(path)["w"], data.view(2, 3))
+    assert_same_as_torch(warpload.load_checkpoint(path), torch_reference(path))
+
+
+def test_load_torch_says_what_to_use_for_other_paths(tmp_path):
+    save_file({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+    with pytest.raises(UnsupportedFormatError, match="a safetensors file, not a torch.save file.*load_checkpoint"):
+        warpload.load_torch(tmp_path / "model.safetensors")
+    with pytest.raises(IsADirectoryError, match="load_checkpoint for a checkpoint folder"):
+        warpload.load_torch(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        warpload.load_torch(tmp_path / "missing.pt")
