@@ -28,8 +28,8 @@ namespace {
 
 // Columns of one row of the int64 plan table built by python/warpload/engine/host.py: file,
 // src_offset, src_nbytes, src_dtype, dst_region, dst_offset, dst_dtype, transpose_rows,
-// transpose_cols.
-constexpr size_t kPlanColumns = 9;
+// transpose_cols, swap (the bytes of each unit to reverse: 0 for little-endian sources).
+constexpr size_t kPlanColumns = 10;
 
 std::vector<CopyOp> decode_plan(const py::buffer& table) {
     py::buffer_info info = table.request();
@@ -37,11 +37,11 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
     if (info.itemsize != 8 || (info.format != "q" && info.format != "l")) {
         throw std::invalid_argument("plan table must be a buffer of int64");
     }
-    if (info.size % kPlanColumns != 0) throw std::invalid_argument("plan table length is not a multiple of 9");
+    if (info.size % kPlanColumns != 0) throw std::invalid_argument("plan table length is not a multiple of 10");
     const auto* row = static_cast<const int64_t*>(info.ptr);
     std::vector<CopyOp> ops(static_cast<size_t>(info.size) / kPlanColumns);
     for (auto& op : ops) {
-        for (size_t column : {0, 1, 2, 4, 5, 7, 8}) {
+        for (size_t column : {0, 1, 2, 4, 5, 7, 8, 9}) {
             if (row[column] < 0) throw CheckpointError("negative value in plan table");
         }
         if (row[0] > UINT32_MAX || row[4] > UINT32_MAX) throw CheckpointError("file or region index too large in plan table");
@@ -57,6 +57,8 @@ std::vector<CopyOp> decode_plan(const py::buffer& table) {
         op.dst_dtype = static_cast<DType>(row[6]);
         op.rows = static_cast<uint64_t>(row[7]);
         op.cols = static_cast<uint64_t>(row[8]);
+        if (row[9] > 8) throw CheckpointError("byte-swap width too large in plan table");
+        op.swap = static_cast<uint32_t>(row[9]);
         row += kPlanColumns;
     }
     return ops;
@@ -373,7 +375,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("num_threads") = 0, py::arg("chunk_bytes") = 0, py::arg("huge_pages") = false,
         py::arg("populate") = true, py::arg("progress") = nullptr,
         "Runs a plan table (rows: file, src_offset, src_nbytes, src_dtype, dst_region, dst_offset, dst_dtype, "
-        "transpose_rows, transpose_cols; 0, 0 for a plain copy) into regions (writable buffers or (address, "
+        "transpose_rows, transpose_cols; 0, 0 for a plain copy; swap: 2/4/8 byte-reverses big-endian units, 0 none) into regions (writable buffers or (address, "
         "nbytes) pairs), every row checked first; returns {'copies', 'bytes'} after coalescing.");
 
     m.def(

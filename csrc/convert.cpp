@@ -367,4 +367,32 @@ void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, size_
     kernel(static_cast<const unsigned char*>(src), static_cast<unsigned char*>(dst), n);
 }
 
+namespace {
+
+template <typename Unit, Unit (*reverse)(Unit)>
+void byteswap_units(const uint8_t* src, uint8_t* dst, size_t count) {
+    // memcpy in and out: storages in a zip record need not be aligned to their element size.
+    for (size_t i = 0; i < count; ++i) {
+        Unit value;
+        std::memcpy(&value, src + i * sizeof(Unit), sizeof(Unit));
+        value = reverse(value);
+        std::memcpy(dst + i * sizeof(Unit), &value, sizeof(Unit));
+    }
+}
+
+uint16_t reverse16(uint16_t value) { return __builtin_bswap16(value); }
+uint32_t reverse32(uint32_t value) { return __builtin_bswap32(value); }
+uint64_t reverse64(uint64_t value) { return __builtin_bswap64(value); }
+
+}  // namespace
+
+void byteswap_copy(const uint8_t* src, uint8_t* dst, size_t nbytes, size_t width) {
+    switch (width) {
+        case 2: return byteswap_units<uint16_t, reverse16>(src, dst, nbytes / 2);
+        case 4: return byteswap_units<uint32_t, reverse32>(src, dst, nbytes / 4);
+        case 8: return byteswap_units<uint64_t, reverse64>(src, dst, nbytes / 8);
+        default: throw std::invalid_argument("byteswap_copy: unit width must be 2, 4 or 8");
+    }
+}
+
 }  // namespace warpload

@@ -266,12 +266,12 @@ void resolve_raw(const std::vector<std::shared_ptr<MappedFile>>& files, const st
                  std::vector<CopyOp>& ops) {
     resolve_plan(files, regions, ops);
     for (size_t i = 0; i < ops.size(); ++i) {
-        if (ops[i].src_dtype != ops[i].dst_dtype || ops[i].rows > 0) {
+        if (ops[i].src_dtype != ops[i].dst_dtype || ops[i].rows > 0 || ops[i].swap > 0) {
             const std::string& path = files[ops[i].file]->path();
             throw CheckpointError(path + ": plan row " + std::to_string(i) + " (bytes at offset " +
                                       std::to_string(ops[i].src_offset) +
                                       "): the CUDA pipeline copies raw bytes; conversions and transposes run on "
-                                      "the device after the copy (python/warpload/engine/cuda.py)",
+                                      "the device after the copy, byte swaps on the host (python/warpload/engine/cuda.py)",
                                   path, ops[i].src_offset);
         }
     }

@@ -36,7 +36,8 @@ std::vector<Chunk> split(const std::vector<CopyOp>& ops, const std::vector<ReadM
             step = std::max<uint64_t>(step / row_bytes, 1) * row_bytes;
         }
         const ReadMode& mode = modes[op.file];
-        bool use_pread = op.src_dtype == op.dst_dtype ? mode.copy_via_pread : mode.bounce_via_pread;
+        // A byte-swapped copy reads through a bounce buffer, as a conversion does.
+        bool use_pread = op.src_dtype == op.dst_dtype && op.swap == 0 ? mode.copy_via_pread : mode.bounce_via_pread;
         for (uint64_t begin = 0; begin < op.src_nbytes; begin += step) {
             chunks.push_back({&op, begin, std::min(step, op.src_nbytes - begin), use_pread});
         }
@@ -103,6 +104,17 @@ void copy_transposed_chunk(const MappedFile& file, const Chunk& chunk, Scratch& 
     }
 }
 
+// A big-endian chunk: its units byte-reversed into dst, or into scratch and then converted into dst.
+void copy_swapped_chunk(const MappedFile& file, const Chunk& chunk, uint8_t* dst, Scratch& scratch) {
+    const CopyOp& op = *chunk.op;
+    const uint8_t* src =
+        chunk_source(file, op.src_offset + chunk.src_begin, chunk.src_len, chunk.use_pread, scratch.read);
+    if (op.src_dtype == op.dst_dtype) return byteswap_copy(src, dst, chunk.src_len, op.swap);
+    if (scratch.converted.size() < chunk.src_len) scratch.converted.resize(chunk.src_len);
+    byteswap_copy(src, scratch.converted.data(), chunk.src_len, op.swap);
+    convert(scratch.converted.data(), op.src_dtype, dst, op.dst_dtype, chunk.src_len / itemsize(op.src_dtype));
+}
+
 void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, Scratch& scratch) {
     const CopyOp& op = *chunk.op;
     if (op.rows > 0) return copy_transposed_chunk(file, chunk, scratch);
@@ -110,6 +122,7 @@ void copy_chunk(const MappedFile& file, const Chunk& chunk, bool populate, Scrat
     const size_t src_size = itemsize(op.src_dtype);
     uint8_t* dst = op.dst + chunk.src_begin / src_size * itemsize(op.dst_dtype);
     if (populate) populate_for_write(dst, chunk.src_len / src_size * itemsize(op.dst_dtype));
+    if (op.swap > 0) return copy_swapped_chunk(file, chunk, dst, scratch);
     if (op.src_dtype == op.dst_dtype) {
         if (chunk.use_pread) {
             file.read_into(dst, offset, chunk.src_len);
@@ -140,6 +153,13 @@ void check_source(const MappedFile& file, const CopyOp& op, size_t row) {
     if (op.src_dtype != op.dst_dtype && !can_convert(op.src_dtype, op.dst_dtype)) {
         fail(": no conversion from dtype code " + std::to_string(static_cast<int>(op.src_dtype)) + " to " +
              std::to_string(static_cast<int>(op.dst_dtype)) + " (bytes at offset " + std::to_string(op.src_offset) + ")");
+    }
+    if (op.swap != 0 && (op.rows > 0 || (op.swap != 2 && op.swap != 4 && op.swap != 8) ||
+                         itemsize(op.src_dtype) % op.swap != 0)) {
+        fail(" byte-swaps units of " + std::to_string(op.swap) + " bytes in elements of " +
+             std::to_string(itemsize(op.src_dtype)) + " bytes" + (op.rows > 0 ? ", transposed" : "") +
+             " (bytes at offset " + std::to_string(op.src_offset) + "): units are 2, 4 or 8 bytes, within an "
+             "element, and never transposed");
     }
     if (op.rows > 0 || op.cols > 0) {
         uint64_t elements = op.src_nbytes / itemsize(op.src_dtype);
@@ -174,7 +194,7 @@ void check_destination(const MappedFile& file, const std::vector<Region>& region
 // Whether op can be copied as the continuation of last (the rule coalesce documents).
 bool extends(const CopyOp& last, const CopyOp& op, const std::vector<Region>& regions, uint64_t max_gap) {
     if (last.file != op.file || last.region != op.region || last.src_dtype != op.src_dtype ||
-        last.dst_dtype != op.dst_dtype || last.rows > 0 || op.rows > 0) {
+        last.dst_dtype != op.dst_dtype || last.swap != op.swap || last.rows > 0 || op.rows > 0) {
         return false;
     }
     const uint64_t src_end = last.src_offset + last.src_nbytes;

@@ -25,7 +25,9 @@ struct Region {
 // (dst_nbytes(op) bytes) at dst_offset of regions[region]. Equal dtypes copy raw bytes.
 // With rows > 0 the source is a row-major rows x cols matrix and the destination receives its
 // transpose (cols x rows), as TF -> PyTorch weight mapping needs; the transposition happens per
-// chunk of source rows, in parallel, with no full-size temporary.
+// chunk of source rows, in parallel, with no full-size temporary. With swap > 0 the source is
+// big-endian: each swap-byte unit (an element, or a complex number's component) is byte-reversed
+// while it is copied, before any conversion, as torch.load does for archives saved with byteorder 'big'.
 struct CopyOp {
     uint32_t file;
     uint64_t src_offset;
@@ -36,6 +38,7 @@ struct CopyOp {
     DType dst_dtype;
     uint64_t rows = 0;
     uint64_t cols = 0;
+    uint32_t swap = 0;       // 0 (bytes as stored), 2, 4 or 8
     uint8_t* dst = nullptr;  // regions[region].base + dst_offset, set by resolve_plan once the op is checked
 };
 

@@ -511,3 +511,13 @@ def test_stress_loop_random_plans_rings_and_delays(fake, tmp_path, monkeypatch):
         assert stats["source_changed_before_copy"] == 0 and stats["freed_while_pending"] == 0, (round_index, stats)
         assert stats["host_allocs_live"] == 0, (round_index, stats)
         path.unlink()
+
+
+def test_big_endian_storages_are_refused_by_the_ring_not_copied_unswapped(fake, tmp_path):
+    # devices.materialize and fill send big-endian storages to the host backend; the ring itself refuses them.
+    from torch_structures import to_big_endian
+
+    torch.save({"w": torch.randn(8)}, tmp_path / "little.bin")
+    to_big_endian(tmp_path / "little.bin", tmp_path / "big.bin")
+    with pytest.raises(CheckpointError, match="byte swaps on the host"):
+        load_via_fake(tmp_path / "big.bin")

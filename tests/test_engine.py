@@ -54,9 +54,9 @@ def test_cold_file_is_read_correctly_after_eviction(mixed_file):
 
 
 def _run(files, rows, regions=None, **options):
-    """Runs plan rows (file, src offset, src bytes, src dtype, region, dst offset, dst dtype[, rows, cols]) into
+    """Runs plan rows (file, src offset, src bytes, src dtype, region, dst offset, dst dtype[, rows, cols, swap]) into
     regions (default: one 4 KiB bytearray); returns the engine's counters."""
-    table = array("q", [value for row in rows for value in (tuple(row) + (0, 0))[:9]])
+    table = array("q", [value for row in rows for value in (tuple(row) + (0, 0, 0))[:10]])
     return core().execute(files, table, [bytearray(4096)] if regions is None else regions,
                           warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=constants.MIRRORED_GAP_MAX_BYTES,
                           **options)
@@ -92,6 +92,10 @@ def test_plan_with_offset_overflow_is_refused(data_file):
     ((0, 0, 8, 0, 0, 0, 0, 3, 3), "transposes a 3 x 3 matrix but copies 8 elements"),
     ((0, 0, 8, 0, 0, 0, 0, 0, 8), "transposes a 0 x 8"),
     ((0, 0, 8, 0, 0, 0, 6), "no conversion"),
+    ((0, 0, 8, 8, 0, 0, 8, 0, 0, 3), "byte-swaps units of 3 bytes"),
+    ((0, 0, 8, 7, 0, 0, 7, 0, 0, 4), "byte-swaps units of 4 bytes in elements of 2"),
+    ((0, 0, 8, 0, 0, 0, 0, 0, 0, 16), "byte-swap width too large"),
+    ((0, 0, 8, 0, 0, 0, 0, 0, 0, -2), "negative"),
 ])
 def test_malformed_plan_rows_are_refused_before_any_copy(data_file, row, message):
     region = bytearray(b"\x5a" * 64)
@@ -245,7 +249,7 @@ from warpload import constants
 from warpload._native import core
 from warpload.errors import CheckpointError
 calls = {
-    "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 0, 0, 0, 0, 0]), [bytearray(8)],
+    "execute": lambda: core().execute([None], array("q", [0, 0, 8, 0, 0, 0, 0, 0, 0, 0]), [bytearray(8)],
                                       warm_fraction=constants.MAP_WARM_FRACTION, coalesce_gap=0),
     "prefault": lambda: core().prefault([None], [(0, 0, 8)]),
     "checksum": lambda: core().tf_bundle_first_bad_checksum([None], [(0, 0, 8, 0)]),
@@ -350,3 +354,28 @@ except CheckpointError as err:
     assert result.returncode == 0, result.stderr
     assert "refused:" in result.stdout and "end of file" in result.stdout
     assert result.stdout.endswith("True True\n")  # the error keeps its file and byte offset
+
+
+@pytest.mark.parametrize("width, source, target", [
+    (2, 7, 7), (4, 8, 8), (8, 9, 9),  # raw copies of 2-, 4- and 8-byte elements
+    (4, 9, 9),  # complex64: each float component reversed, as torch's storage.byteswap does
+    (4, 2, 4), (2, 3, 2), (8, 1, 3),  # F32 -> BF16, F16 -> F32, F64 -> F16: swapped first, then converted
+])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_byte_swapped_copies_match_numpy_byteswap_then_torch(tmp_path, monkeypatch, width, source, target, threads):
+    import torch
+
+    codes = {1: torch.float64, 2: torch.float32, 3: torch.float16, 4: torch.bfloat16, 7: torch.int16,
+             8: torch.int32, 9: torch.int64}
+    little = torch.randn(3000).to(codes[source]) if codes[source].is_floating_point else \
+        torch.randint(-1000, 1000, (3000,), dtype=codes[source])
+    raw = little.view(torch.uint8).numpy()
+    big = raw.view(f"u{width}").byteswap().tobytes()  # numpy's byteswap: what a big-endian machine wrote
+    path = tmp_path / "be.bin"
+    path.write_bytes(b"\0" * 3 + big)  # an odd offset: zip records need not be aligned
+    expected = little.to(codes[target])
+    region = bytearray(expected.numel() * expected.element_size())
+    monkeypatch.setenv("WARPLOAD_NUM_THREADS", threads)
+    _run([core().File(str(path))], [(0, 3, len(big), source, 0, 0, target, 0, 0, width)], [region],
+         chunk_bytes=1024, num_threads=int(threads))
+    assert bytes(region) == expected.view(torch.uint8).numpy().tobytes()

@@ -105,7 +105,7 @@ def test_storages_back_to_back_in_file_and_memory_share_one_copy(tmp_path, dtype
 
 
 def plan_table_rows(plan) -> int:
-    return len(engine.plan_table(plan, [(0, s.dst_offset) for s in plan.storages])) // 9
+    return len(engine.plan_table(plan, [(0, s.dst_offset) for s in plan.storages])) // 10
 
 
 @pytest.mark.parametrize("dtype, copies", [(None, 1), ("BF16", 2)])

@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 import warpload
 from conftest import FIXTURES, SAVEABLE_DTYPES, random_tensor, same_bits
-from warpload import engine
 from warpload.engine import host
 from warpload.errors import CheckpointError, HeaderError, UnsupportedDtypeError, UnsupportedFormatError
 
@@ -167,8 +166,8 @@ def test_zero_copy_views_the_file_and_copies_only_unaligned_storages(tmp_path, m
     path = tmp_path / "pytorch_model.bin"
     torch.save(state, path, _use_new_zipfile_serialization=not legacy)
     copied = []
-    materialize = engine.materialize
-    monkeypatch.setattr(engine, "materialize", lambda plan, *a, **k: copied.append(plan) or materialize(plan, *a, **k))
+    materialize = host.materialize
+    monkeypatch.setattr(host, "materialize", lambda plan, *a, **k: copied.append(plan) or materialize(plan, *a, **k))
     loaded = warpload.load_checkpoint(path, zero_copy=True)
     assert_same_as_torch(loaded, torch_reference(path))
     # Zip storages are 64-byte aligned; legacy ones are packed after 8-byte counts and odd-sized pickles.
@@ -217,19 +216,34 @@ def test_parameters_and_tensors_with_attributes_load_as_tensors(tmp_path):
     assert all(same_bits(loaded[k], expected[k].detach()) for k in state)
 
 
-def test_non_state_dicts_are_refused_with_advice(tmp_path):
-    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "ckpt.bin")
-    with pytest.raises(UnsupportedFormatError, match="'model' is a .*torch.load"):
-        warpload.load_checkpoint(tmp_path / "ckpt.bin")
-    torch.save(torch.ones(2), tmp_path / "tensor.bin")
+@pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
+def test_folders_find_the_state_dict_in_common_wrappers(tmp_path, wrapper):
+    state = {"w": torch.randn(3, 2), "b": torch.randn(2)}
+    torch.save({wrapper: state, "epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "pytorch_model.bin")
+    assert_same_as_torch(warpload.load_checkpoint(tmp_path), torch_reference(tmp_path / "pytorch_model.bin")[wrapper])
+
+
+def test_folders_without_a_state_dict_are_refused_with_advice(tmp_path):
+    torch.save({"weights": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsupportedFormatError, match="'weights' is a dict.*warpload.load_torch"):
+        warpload.load_checkpoint(tmp_path)
+    torch.save(torch.ones(2), tmp_path / "pytorch_model.bin")
     with pytest.raises(UnsupportedFormatError, match="not a state dict"):
-        warpload.load_checkpoint(tmp_path / "tensor.bin")
+        warpload.load_checkpoint(tmp_path)
 
 
-def test_dtypes_without_a_safetensors_name_are_refused(tmp_path):
-    torch.save({"z": torch.ones(2, dtype=torch.complex128)}, tmp_path / "c.bin")
-    with pytest.raises(UnsupportedDtypeError, match="ComplexDoubleStorage"):
-        warpload.load_checkpoint(tmp_path / "c.bin")
+def test_a_torch_file_loads_whole_as_torch_load_gives_it(tmp_path):
+    checkpoint = {"model": OrderedDict(w=torch.ones(2)), "epoch": 3, "z": torch.ones(2, dtype=torch.complex128)}
+    torch.save(checkpoint, tmp_path / "ckpt.bin")
+    loaded = warpload.load_checkpoint(tmp_path / "ckpt.bin")
+    assert type(loaded["model"]) is OrderedDict and loaded["epoch"] == 3
+    assert torch.equal(loaded["z"], checkpoint["z"]) and torch.equal(loaded["model"]["w"], torch.ones(2))
+
+
+def test_dtypes_without_a_safetensors_name_are_refused_for_models(tmp_path):
+    torch.save({"z": torch.ones(2, dtype=torch.complex128)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsupportedDtypeError, match="complex128.*load_torch"):
+        warpload.load_checkpoint(tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning", "ignore:TypedStorage is deprecated")
@@ -314,11 +328,12 @@ def write_zip_checkpoint(path: Path, data_pkl: bytes, records: dict[str, bytes],
     return path
 
 
-def write_legacy_checkpoint(path: Path, main_pickle: bytes, storages: dict[str, tuple[int, bytes]]) -> Path:
+def write_legacy_checkpoint(path: Path, main_pickle: bytes, storages: dict[str, tuple[int, bytes]],
+                            little_endian: bool = True) -> Path:
     """The legacy layout (formats.md 2.5): magic, version, sys_info, main pickle, keys, then count + bytes each."""
     keys = sorted(storages)
     parts = [pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2),
-             pickle.dumps({"protocol_version": 1001, "little_endian": True, "type_sizes": {}}, protocol=2),
+             pickle.dumps({"protocol_version": 1001, "little_endian": little_endian, "type_sizes": {}}, protocol=2),
              main_pickle, pickle.dumps(keys, protocol=2)]
     parts += [struct.pack("<q", storages[key][0]) + storages[key][1] for key in keys]
     path.write_bytes(b"".join(parts))
@@ -381,12 +396,19 @@ def test_legacy_storage_layout_is_checked(tmp_path, problem, storages, match):
         warpload.load_checkpoint(path)
 
 
-def test_big_endian_archives_are_refused_with_advice(tmp_path):
+@pytest.mark.parametrize("folder", [False, True])
+def test_big_endian_archives_are_swapped_while_copying(tmp_path, folder):
     state = {"w": tensor_v2(Storage("storage", torch.FloatStorage, "0", "cpu", 2), 0, (2,), (1,))}
-    path = write_zip_checkpoint(tmp_path / "be.bin", dumps(state), {"0": struct.pack(">2f", 1.0, 2.0)},
+    path = write_zip_checkpoint(tmp_path / "pytorch_model.bin", dumps(state), {"0": struct.pack(">2f", 1.0, 2.0)},
                                 byteorder="big")
     assert torch.equal(torch_reference(path)["w"], torch.tensor([1.0, 2.0]))  # torch swaps them
-    with pytest.raises(UnsupportedFormatError, match="'big'-endian.*safetensors"):
+    assert torch.equal(warpload.load_checkpoint(tmp_path if folder else path)["w"], torch.tensor([1.0, 2.0]))
+
+
+def test_unknown_byte_orders_are_refused(tmp_path):
+    state = {"w": tensor_v2(Storage("storage", torch.FloatStorage, "0", "cpu", 1), 0, (1,), (1,))}
+    path = write_zip_checkpoint(tmp_path / "odd.bin", dumps(state), {"0": b"\x00" * 4}, byteorder="middle")
+    with pytest.raises(UnsupportedFormatError, match="byteorder says 'middle'"):
         warpload.load_checkpoint(path)
 
 
@@ -422,3 +444,71 @@ def test_reader_does_not_import_torch():
             "      'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["29", "29", "False"]
+
+
+@pytest.mark.parametrize("wrapper, big_endian", [("state_dict", False), ("model", True), ("module", False)])
+def test_from_pretrained_finds_the_state_dict_in_training_checkpoints(tmp_path, wrapper, big_endian):
+    from model_checkpoints import tiny_transformers_model
+    from torch_structures import to_big_endian
+
+    reference = tiny_transformers_model("gpt2")
+    reference.config.save_pretrained(tmp_path)
+    checkpoint = {wrapper: reference.state_dict(), "optimizer": {"state": {}, "lr": 0.1}, "epoch": 2}
+    torch.save(checkpoint, tmp_path / "little.bin")
+    if big_endian:
+        to_big_endian(tmp_path / "little.bin", tmp_path / "pytorch_model.bin")
+    else:
+        (tmp_path / "little.bin").rename(tmp_path / "pytorch_model.bin")
+    model = warpload.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    tokens = torch.arange(10).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, reference(tokens).logits)
+
+
+def test_folders_refuse_tensors_a_model_cannot_load_with_advice(tmp_path):
+    x = torch.randn(3, dtype=torch.cfloat)
+    for state, match in [({"w": torch.empty(2, device="meta")}, "'w' is a meta tensor.*load_torch"),
+                         ({"w": x.conj()}, "'w' carries the conjugate.*load_torch")]:
+        torch.save(state, tmp_path / "pytorch_model.bin")
+        with pytest.raises(UnsupportedFormatError, match=match):
+            warpload.load_checkpoint(tmp_path)
+
+
+def test_load_torch_dtype_converts_float_tensors_only_in_one_engine_pass(tmp_path, monkeypatch):
+    base = torch.randn(6, 4)
+    checkpoint = {"model": {"w": base, "t": base.t(), "ids": torch.arange(5)}, "half": torch.randn(3).half(),
+                  "chalf": torch.randn(3, dtype=torch.chalf), "cdouble": torch.randn(2, dtype=torch.cdouble)}
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    expected = torch_reference(tmp_path / "ckpt.pt")
+    passes = []
+    run_table = host.run_table
+    monkeypatch.setattr(host, "run_table", lambda plan, *a, **k: passes.append(plan) or run_table(plan, *a, **k))
+    loaded = warpload.load_torch(tmp_path / "ckpt.pt", dtype=torch.bfloat16)
+    assert len(passes) == 2  # the complex storages are read as they are, in a pass of their own
+    for got, want in [(loaded["model"]["w"], expected["model"]["w"].bfloat16()),
+                      (loaded["model"]["t"], expected["model"]["t"].bfloat16()),
+                      (loaded["half"], expected["half"].bfloat16()), (loaded["model"]["ids"], expected["model"]["ids"]),
+                      (loaded["chalf"], expected["chalf"]), (loaded["cdouble"], expected["cdouble"])]:
+        assert same_bits(dense(got), dense(want)) and got.stride() == want.stride()
+    assert loaded["model"]["w"].untyped_storage().data_ptr() == loaded["model"]["t"].untyped_storage().data_ptr()
+
+
+def test_legacy_files_from_big_endian_machines_hold_little_endian_storages(tmp_path):
+    # torch's legacy writer stores little-endian bytes everywhere (THPStorage_writeFileRaw), and its reader ignores
+    # sys_info's little_endian: so does warpload.
+    data = torch.arange(6, dtype=torch.float32)
+    state = OrderedDict(w=tensor_v2(Storage("storage", torch.FloatStorage, "0", "cpu", 6, None), 0, (2, 3), (3, 1)))
+    path = write_legacy_checkpoint(tmp_path / "be.bin", dumps(state), {"0": (6, data.numpy().tobytes())},
+                                   little_endian=False)
+    assert torch.equal(torch_reference(path)["w"], data.view(2, 3))
+    assert_same_as_torch(warpload.load_checkpoint(path), torch_reference(path))
+
+
+def test_load_torch_says_what_to_use_for_other_paths(tmp_path):
+    save_file({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+    with pytest.raises(UnsupportedFormatError, match="a safetensors file, not a torch.save file.*load_checkpoint"):
+        warpload.load_torch(tmp_path / "model.safetensors")
+    with pytest.raises(IsADirectoryError, match="load_checkpoint for a checkpoint folder"):
+        warpload.load_torch(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        warpload.load_torch(tmp_path / "missing.pt")

@@ -13,13 +13,14 @@ _LAZY = {
     "load_file": "tensors",
     "safe_open": "tensors",
     "load_checkpoint": "tensors",
+    "load_torch": "tensors",
     "errors": None,
     "AutoModelForCausalLM": "loading.auto",
     "AutoConfig": "loading.auto",
 }
 
-__all__ = ["load", "load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig", "errors",
-           "__version__"]
+__all__ = ["load", "load_file", "safe_open", "load_checkpoint", "load_torch", "AutoModelForCausalLM", "AutoConfig",
+           "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:

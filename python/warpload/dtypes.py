@@ -47,6 +47,30 @@ DTYPES = {
     )
 }
 
+# torch dtypes safetensors has no name for, which torch .bin files may hold (formats/torch_objects.py):
+# read as their component dtype (pairs of F16 for complex32) and viewed as the torch dtype.
+TORCH_EXTRA_DTYPES = {
+    info.name: info for info in (DtypeInfo("C32", 32, "complex32", 0), DtypeInfo("C128", 128, "complex128", 0))
+}
+# What a complex element is made of: torch byte-swaps each component of a big-endian complex storage
+# (torch/storage.py, _StorageBase.byteswap).
+COMPLEX_COMPONENTS = {"C32": "F16", "C64": "F32", "C128": "F64"}
+
+
+def dtype_info(name: str) -> DtypeInfo:
+    """The DtypeInfo of a safetensors dtype, or of a torch-only one (TORCH_EXTRA_DTYPES)."""
+    return DTYPES.get(name) or TORCH_EXTRA_DTYPES[name]
+
+
+def byteswap_unit(name: Optional[str]) -> int:
+    """The bytes torch reverses per unit of a big-endian storage of dtype `name` (an element, or a complex
+    number's component); 0 for one-byte elements and untyped (None) storages, which torch leaves as they are."""
+    if name is None:
+        return 0
+    size = dtype_info(COMPLEX_COMPONENTS.get(name, name)).bits // 8
+    return size if size > 1 else 0
+
+
 # csrc/dtype.h raw codes by element width: bit-exact copies that still know their element size.
 _RAW_CODES = {8: 0, 16: 7, 32: 8, 64: 9}
 

@@ -52,7 +52,9 @@ class TensorRecord:
     give the storage's whole range plus torch-style stride and storage_offset, in elements;
     records with the same storage range share one storage when loaded. A transposed record
     (TF kernels mapped to PyTorch) stores the row-major (shape[1], shape[0]) matrix whose
-    transpose is the tensor: the engine transposes while copying.
+    transpose is the tensor: the engine transposes while copying. A storage of a big-endian torch
+    archive has `byteswap` set to the bytes of its units (an element, a complex component): the
+    engine reverses them while copying.
     """
 
     name: str
@@ -64,9 +66,10 @@ class TensorRecord:
     stride: Optional[tuple[int, ...]] = None
     storage_offset: int = 0
     transpose: bool = False
+    byteswap: int = 0
 
     def __post_init__(self) -> None:
-        if self.transpose and (len(self.shape) != 2 or self.is_storage_view):
+        if self.transpose and (len(self.shape) != 2 or self.is_storage_view or self.byteswap):
             raise ValueError(f"{self.name}: only plain 2-D tensors can be transposed while loading, "
                              f"not shape {self.shape} with stride {self.stride}")
 
@@ -87,6 +90,7 @@ class PlannedStorage:
     dst_offset: int
     dst_nbytes: int
     transposed_from: Optional[tuple[int, int]] = None  # (rows, cols) of the stored matrix
+    byteswap: int = 0  # bytes of each big-endian unit to reverse while copying; 0: stored little-endian
 
     @property
     def converts(self) -> bool:
@@ -154,21 +158,21 @@ def plan_load(records: Sequence[TensorRecord], dtype: Optional[str] = None) -> L
     cursor = 0
     follows = None  # (path, src end, dst end) of the last storage copied as it is
     for record in order:
-        key = (record.path, record.offset, record.nbytes, record.dtype, record.transpose)
+        key = (record.path, record.offset, record.nbytes, record.dtype, record.transpose, record.byteswap)
         index = storage_index.get(key)
         if index is None:
             out = delivered[record.dtype]
             nbytes = record.nbytes * DTYPES[out].bits // DTYPES[record.dtype].bits
             stored = (record.shape[1], record.shape[0]) if record.transpose else None
             dst_offset = cursor
-            plain = out == record.dtype and not record.transpose
+            plain = out == record.dtype and not record.transpose and not record.byteswap
             if plain and follows is not None and follows[0] == record.path:
                 gap = record.offset - follows[1]
                 if 0 < gap <= MIRRORED_GAP_MAX_BYTES and (follows[2] + gap) % TENSOR_ALIGNMENT == 0:
                     dst_offset = follows[2] + gap
             index = storage_index[key] = len(storages)
             storages.append(PlannedStorage(record.path, record.offset, record.nbytes, record.dtype, out, dst_offset,
-                                           nbytes, stored))
+                                           nbytes, stored, record.byteswap))
             follows = (record.path, record.offset + record.nbytes, dst_offset + nbytes) if plain else None
             cursor = dst_offset + -(-nbytes // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
         tensors.append(PlannedTensor(record, index))

@@ -1,14 +1,15 @@
-"""The tensor API: load_file and safe_open (drop-ins for safetensors') and load_checkpoint."""
+"""The tensor API: load_file and safe_open (drop-ins for safetensors'), load_torch (torch.load(weights_only=True)'s)
+and load_checkpoint."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import engine
 from ._native import core
 from .dtypes import dtype_name
-from .engine.mapped import aligned_in_file
-from .errors import CheckpointNotFoundError, ClosedFileError, ZeroCopyError
+from .engine.mapped import views_or_copies
+from .errors import CheckpointNotFoundError, ClosedFileError, UnsupportedFormatError, ZeroCopyError
 from .formats.safetensors import parse_header, read_header
 from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
@@ -212,8 +213,9 @@ class SafeSlice:
 
 @without_gc_pauses
 def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
-                    zero_copy: bool = False, from_tf: bool = False) -> dict[str, "torch.Tensor"]:
-    """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict.
+                    zero_copy: bool = False, from_tf: bool = False) -> Any:
+    """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict (name -> tensor;
+    a single torch.save file comes back whole, as load_torch gives it).
 
     Formats are recognised by content: safetensors, PyTorch .bin (zip, and the legacy pre-1.6 format,
     read through a weights-only unpickler that never runs code from the file). In a folder,
@@ -231,6 +233,9 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
     TF-format safetensors and tensor bundles loaded without from_tf give their tensors as stored; Keras h5
     files need from_tf.
 
+    A single torch.save file (zip or legacy) comes back as load_torch gives it: the pickled container
+    (an OrderedDict for a state dict, with its `_metadata`), or whatever nested structure it holds.
+
     Raises CheckpointNotFoundError when nothing loadable is there, CheckpointError for corrupt or
     inconsistent files (UnsafeCheckpointError for a pickle that asks to run code).
     """
@@ -244,24 +249,64 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
     # Imported here: the folder and index resolver (and the JSON reader under it) is not load_file's cost.
     from .formats.checkpoint import checkpoint_records
 
+    torch_file = _torch_file_reader(os.fspath(path))
+    if torch_file is not None:
+        return _load_torch_file(torch_file(os.fspath(path)), device, dtype, zero_copy)
     records = checkpoint_records(os.fspath(path))
     plan = plan_load(records, _requested_dtype(dtype))
     if zero_copy:
         _check_zero_copy(plan, device)
-        tensors = _mapped_tensors(plan)
+        tensors = views_or_copies(plan)
     else:
         tensors = engine.materialize(plan, device)
     return {record.name: tensors[record.name] for record in records}
 
 
-def _mapped_tensors(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
-    """Views of the mapped files for storages aligned to their element size; copies of the others."""
-    files = {path: core().File(path) for path in plan.paths}
-    aligned, unaligned = [], []
-    for planned in plan.tensors:
-        (aligned if aligned_in_file(planned.record) else unaligned).append(planned.record)
-    tensors = engine.zero_copy_views(plan_load(aligned), files)
-    if unaligned:
-        copies = plan_load(unaligned)
-        tensors.update(engine.materialize(copies, files=[files[path] for path in copies.paths]))
-    return tensors
+@without_gc_pauses
+def load_torch(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None, zero_copy: bool = False) -> Any:
+    """Loads a torch.save file (zip, or the legacy pre-1.6 format) as `torch.load(path, weights_only=True)` does:
+    the same object, with the same container types (OrderedDict, dict, list, tuple, torch.Size, dtypes and
+    primitives), tensors of the same dtypes, shapes, strides and math bits (conjugate, negative), meta tensors,
+    Parameters, and storages shared as the file shares them. Training checkpoints (model and optimizer state)
+    load whole. The unpickler never runs code from the file: it accepts exactly torch's weights-only globals.
+
+    Every storage is read by the engine in one parallel pass; big-endian archives are byte-swapped while
+    copying. `device` places the tensors, `dtype` converts floating-point tensors, `zero_copy=True` (CPU only,
+    no dtype) makes tensors view the memory-mapped file where their storage is aligned and little-endian.
+
+    Raises CheckpointNotFoundError for a missing file, UnsupportedFormatError for a file that is not a
+    torch.save file or holds what warpload does not rebuild (quantized, sparse, nested tensors),
+    UnsafeCheckpointError for a pickle that asks to run code, CheckpointError for a corrupt file.
+    """
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise IsADirectoryError(f"{name} is a directory; load_torch reads one torch.save file (use "
+                                "warpload.load_checkpoint for a checkpoint folder)") if os.path.isdir(name) \
+            else CheckpointNotFoundError.no_such_file(name)
+    reader = _torch_file_reader(name)
+    if reader is None:
+        from .formats.registry import detect_format
+
+        raise UnsupportedFormatError(f"{name}: a {detect_format(name).name} file, not a torch.save file; load it "
+                                     "with warpload.load_checkpoint", path=name)
+    return _load_torch_file(reader(name), device, dtype, zero_copy)
+
+
+def _torch_file_reader(path: str) -> Optional[Callable[[str], Any]]:
+    """The structure reader of the torch.save file at path; None for folders, shard indexes and other formats."""
+    if not os.path.isfile(path) or path.endswith(".json"):
+        return None
+    from .formats.registry import detect_format
+
+    try:
+        return detect_format(path).read_structure
+    except UnsupportedFormatError:
+        return None  # load_checkpoint's own resolution says what the file is
+
+
+def _load_torch_file(contents: Any, device: DeviceLike, dtype: Any, zero_copy: bool) -> Any:
+    from .engine.torch_file import load_torch_file  # a safetensors load never imports the torch-file rebuild
+
+    if zero_copy and (not _is_cpu(device) or dtype is not None):
+        raise ZeroCopyError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
+    return load_torch_file(contents, device, dtype=_requested_dtype(dtype), zero_copy=zero_copy)

@@ -71,5 +71,7 @@ def fills_directly(device: Any) -> bool:
 
 
 def materialize(plan: LoadPlan, device: Any = "cpu", files: Optional[Sequence[Any]] = None) -> Tensors:
-    """Loads every tensor of the plan onto `device` in memory it owns, through that device's backend."""
-    return backend_for(device).materialize(plan, device, files)
+    """Loads every tensor of the plan onto `device` in memory it owns, through that device's backend; plans with
+    big-endian storages through the host's (the CUDA ring copies raw bytes; byte swaps run on the host)."""
+    backend = HOST if any(storage.byteswap for storage in plan.storages) else backend_for(device)
+    return backend.materialize(plan, device, files)

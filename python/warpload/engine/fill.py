@@ -56,6 +56,8 @@ def receives_whole_storage(record: TensorRecord, target: "torch.Tensor") -> bool
     element count, the record spanning its storage from element 0, and the planned dtype equal."""
     if target.device.type not in ("cpu", "cuda") or not target.is_contiguous() or record.dtype not in DTYPES:
         return False
+    if record.byteswap and target.device.type != "cpu":
+        return False  # byte swaps run on the host: loaded there, then copied (the CUDA ring copies raw bytes)
     count = element_count(record.shape)
     if count != target.numel() or count * DTYPES[record.dtype].bits != record.nbytes * 8:
         return False

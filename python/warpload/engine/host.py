@@ -79,8 +79,8 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def plan_table(plan: LoadPlan, destinations: Sequence[tuple[int, int]]) -> array:
     """The engine's int64 row table, one row per storage: file, src offset, src bytes, src dtype,
-    destination region, offset in that region, dst dtype, and the (rows, cols) of a matrix to transpose
-    while copying, (0, 0) for a plain copy.
+    destination region, offset in that region, dst dtype, the (rows, cols) of a matrix to transpose
+    while copying ((0, 0) for a plain copy), and the bytes of each big-endian unit to reverse (0: none).
 
     destinations[i] is (region index, byte offset) where storage i goes, in the regions passed with the
     table; the engine checks that each storage fits there, in its planned dtype, before copying any, and
@@ -94,7 +94,7 @@ def plan_table(plan: LoadPlan, destinations: Sequence[tuple[int, int]]) -> array
     for storage, (region, offset) in zip(plan.storages, destinations):
         source_code, target_code = codes[storage.source_dtype, storage.dtype]
         cells += (file_index[storage.path], storage.offset, storage.nbytes, source_code, region, offset, target_code,
-                  *(storage.transposed_from or (0, 0)))
+                  *(storage.transposed_from or (0, 0)), storage.byteswap)
     return array("q", cells)
 
 

@@ -39,12 +39,29 @@ def why_not_mapped(record: TensorRecord, dtype: "torch.dtype", device: Any) -> O
         return f"it is loaded to {device}, and only CPU memory can map a file"
     if record.transpose:
         return "it is transposed while loading (TensorFlow layout)"
+    if record.byteswap:
+        return "it is stored big-endian and byte-swapped while loading"
     if info.torch_name is None or f"torch.{info.torch_name}" != str(dtype):
         return f"it is stored as {record.dtype} and the model wants {dtype} (pass dtype= matching the file)"
     if not aligned_in_file(record):
         return (f"its bytes start at offset {record.offset}, not a multiple of its {info.bits}-bit element size "
                 "(legacy .bin files do not align tensors; re-save the checkpoint as safetensors)")
     return None
+
+
+def views_or_copies(plan: LoadPlan) -> dict[str, "torch.Tensor"]:
+    """load_checkpoint's zero_copy=True: views of the mapped files for storages aligned to their element size;
+    copies of the others (unaligned legacy .bin storages, and big-endian ones, byte-swapped while copying)."""
+    files = {path: core().File(path) for path in plan.paths}
+    viewed, copied = [], []
+    for planned in plan.tensors:
+        record = planned.record
+        (viewed if aligned_in_file(record) and not record.byteswap else copied).append(record)
+    tensors = engine.zero_copy_views(plan_load(viewed), files)
+    if copied:
+        copies = plan_load(copied)
+        tensors.update(engine.materialize(copies, files=[files[path] for path in copies.paths]))
+    return tensors
 
 
 def aligned_in_file(record: TensorRecord) -> bool:

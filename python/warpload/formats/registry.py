@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import UnsupportedFormatError
 from ..plan import TensorRecord
@@ -26,6 +26,8 @@ class Format:
     # For formats recognised by path rather than first bytes: a TF bundle is a prefix naming several
     # files ('model.ckpt' -> model.ckpt.index + model.ckpt.data-*), and its magic is at the end.
     sniff_path: Optional[Callable[[str], bool]] = None
+    # For torch.save files: the whole unpickled object (formats/torch_objects.py TorchFile), not only a state dict.
+    read_structure: Optional[Callable[[str], Any]] = None
 
 
 # Enough leading bytes for every magic number in formats.md section 0.

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 from ..constants import TORCH_MAX_PICKLE_BYTES
 from ..errors import CheckpointError
 from .registry import CheckpointContents, Format, register
-from .torch_objects import StorageRef, state_dict_records, storage_id
+from .torch_objects import StorageRef, TorchFile, state_dict_records, storage_id
 from .torch_pickle import load_pickle, pickle_length
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -65,10 +65,11 @@ def _describe(value: Any) -> str:
     return repr(value) if type(value) is int else f"a {type(value).__name__}"
 
 
-def read_records(path: str) -> CheckpointContents:
-    """Tensor records of a legacy torch.save checkpoint, in the order of its state dict.
+def read_structure(path: str) -> TorchFile:
+    """The unpickled object of a legacy torch.save checkpoint, with its storages located in the file.
 
-    Storage offsets come from walking the storages in key-list order. Raises UnsafeCheckpointError for a
+    Storage offsets come from walking the storages in key-list order. sys_info's byte order does not matter:
+    torch's legacy writer stores little-endian bytes on every machine. Raises UnsafeCheckpointError for a
     pickle outside the weights-only allow-list, CheckpointError for a corrupt file.
     """
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -128,7 +129,13 @@ def read_records(path: str) -> CheckpointContents:
         for view_ref, root, start in views.values():
             if root.offset is not None:
                 view_ref.offset = root.offset + start * root.itemsize
-    return CheckpointContents(tuple(state_dict_records(state, path)), None)
+    return TorchFile(path, state, (*roots.values(), *(view for view, _, _ in views.values())))
 
 
-register(Format("pytorch-legacy", sniff, read_records))
+def read_records(path: str) -> CheckpointContents:
+    """Tensor records of the state dict of a legacy torch.save checkpoint (found in the common wrappers too), in
+    its order. Raises what read_structure raises, and UnsupportedFormatError when the file holds no state dict."""
+    return CheckpointContents(tuple(state_dict_records(read_structure(path).state, path)), None)
+
+
+register(Format("pytorch-legacy", sniff, read_records, read_structure=read_structure))

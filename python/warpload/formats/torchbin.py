@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..constants import TORCH_MAX_PICKLE_BYTES
+from ..dtypes import byteswap_unit
 from ..errors import CheckpointError, UnsupportedFormatError
 from .registry import CheckpointContents, Format, register
-from .torch_objects import StorageRef, state_dict_records, storage_id
+from .torch_objects import StorageRef, TorchFile, state_dict_records, storage_id
 from .torch_pickle import load_pickle
 from .zip_archive import STORED, ZipArchive, ZipEntry
 
@@ -33,6 +34,7 @@ class TorchArchive:
                 f"{self.path}: a zip archive whose first entry {first!r} is not in a folder, so not a torch.save "
                 "checkpoint (torch names the folder after the file, e.g. pytorch_model/data.pkl)", path=self.path)
         self.folder = folder
+        self.big_endian = False  # check_readable reads the byteorder record
 
     def entry(self, name: str) -> ZipEntry:
         found = self.archive.entries.get(f"{self.folder}/{name}")
@@ -48,7 +50,8 @@ class TorchArchive:
         return self.archive.read(self.entry(name), limit=64).decode("ascii", "replace").strip()
 
     def check_readable(self) -> None:
-        """Refuses TorchScript, unknown versions and big-endian data before the pickle is read."""
+        """Refuses TorchScript, unknown versions and byte orders before the pickle is read; notes big-endian
+        storages, which the engine byte-swaps while copying."""
         if self.has("constants.pkl"):
             raise UnsupportedFormatError(f"{self.path}: a TorchScript archive (it has constants.pkl); load it with "
                                          "torch.jit.load", path=self.path)
@@ -57,18 +60,20 @@ class TorchArchive:
             raise UnsupportedFormatError(
                 f"{self.path}: archive format version {version!r}; warpload reads versions "
                 f"{SUPPORTED_VERSIONS.start}-{SUPPORTED_VERSIONS.stop - 1}, as torch 2.13 does", path=self.path)
-        # Absent means little-endian (serialization.py _load). The engine copies bytes as they are,
-        # so a big-endian archive would load as garbage.
+        # Absent means little-endian (serialization.py _load, with the default load endianness); torch
+        # refuses other values too.
         byteorder = self.text("byteorder") if self.has("byteorder") else "little"
-        if byteorder != "little":
+        if byteorder not in ("little", "big"):
             raise UnsupportedFormatError(
-                f"{self.path}: storages are stored {byteorder!r}-endian; warpload reads little-endian archives. "
-                "Convert it where it was written: torch.load it there and save it with safetensors, whose "
-                "files are always little-endian", path=self.path)
+                f"{self.path}: record {self.folder}/byteorder says {byteorder[:20]!r}; torch.save writes 'little' "
+                "or 'big' there, so the file is corrupt", path=self.path)
+        self.big_endian = byteorder == "big"
 
     def storage(self, key: str, dtype: Any, numel: int) -> StorageRef:
         """The storage data/<key>, checked to be stored uncompressed and long enough for its elements."""
         ref = StorageRef(key, dtype, numel)
+        if self.big_endian:
+            ref.byteswap = byteswap_unit(dtype)
         entry = self.entry(f"data/{key}")
         if entry.method != STORED:
             raise UnsupportedFormatError(
@@ -83,8 +88,8 @@ class TorchArchive:
         return ref
 
 
-def read_records(path: str) -> CheckpointContents:
-    """Tensor records of a torch.save zip checkpoint, in the order of its state dict.
+def read_structure(path: str) -> TorchFile:
+    """The unpickled data.pkl of a torch.save zip checkpoint, with its storages located in the archive.
 
     Raises UnsafeCheckpointError for a pickle outside the weights-only allow-list, CheckpointError for a
     corrupt archive or pickle, UnsupportedFormatError for valid files warpload does not return tensors from.
@@ -105,10 +110,20 @@ def read_records(path: str) -> CheckpointContents:
             ref = storages.get(key)
             if ref is None:
                 ref = storages[key] = torch_archive.storage(key, storage_type.dtype, numel)
+            elif ref.dtype != storage_type.dtype:
+                # The same bytes as another dtype: torch.save allows it for empty storages only.
+                ref = storages.setdefault(f"{key} as {storage_type.dtype}",
+                                          torch_archive.storage(key, storage_type.dtype, numel))
             return ref
 
         state = load_pickle(data, path=path, name="data.pkl", persistent_load=persistent_load)
-    return CheckpointContents(tuple(state_dict_records(state, path)), None)
+    return TorchFile(path, state, tuple(storages.values()))
 
 
-register(Format("pytorch", sniff, read_records))
+def read_records(path: str) -> CheckpointContents:
+    """Tensor records of the state dict of a torch.save zip checkpoint (found in the common wrappers too), in
+    its order. Raises what read_structure raises, and UnsupportedFormatError when the file holds no state dict."""
+    return CheckpointContents(tuple(state_dict_records(read_structure(path).state, path)), None)
+
+
+register(Format("pytorch", sniff, read_records, read_structure=read_structure))
