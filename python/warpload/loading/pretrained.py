@@ -164,7 +164,7 @@ def resolve(options: LoadOptions, started: float) -> Resolution:
     try:
         remote_code = fetch_remote_code(options.name, location, options.hub, subfolder=options.subfolder,
                                         trust_remote_code=trust.trust_remote_code, auto_classes=auto_classes)
-        options.device = target_device(options.device_map)
+        target_device(options)
         weights = None if options.state_dict is not None else resolve_weight_files(
             location, subfolder=options.subfolder, variant=options.variant,
             use_safetensors=options.use_safetensors, from_tf=options.from_tf)
@@ -234,7 +234,7 @@ def _finish(model: Any, options: LoadOptions, torch_type: "torch.dtype") -> None
     """What transformers does after filling: generation_config=, the move to the device, eval mode."""
     if options.generation_config is not None:
         model.generation_config = options.generation_config
-    if options.device.type != "cpu":
+    if options.device.type != "cpu" and not hasattr(model, "hf_device_map"):  # a spread model is placed already
         model.to(options.device)
     model.config.dtype = torch_type
     model.config.name_or_path = options.name or ""
