@@ -18,7 +18,7 @@ from torch import nn
 from .._fileio import write_atomically
 from ..dtypes import dtype_name
 from ..engine.fill import fill_parameters
-from ..engine.mapped import why_not_mapped
+from ..engine.mapped import REQUIRED, map_records, why_not_mapped
 from ..errors import DeviceMapError
 from ..formats.checkpoint import checkpoint_records
 from ..plan import TensorRecord
@@ -84,7 +84,12 @@ class DiskOffload:
                 self.dtypes[target] = self.dtypes[source]
 
     def load(self, keys: list[str], device: Any) -> dict[str, torch.Tensor]:
-        """Fresh tensors of keys on device, read by the engine (GIL released)."""
+        """Tensors of keys on device: on the CPU, views of the mapped files (pages read in parallel; the mapping
+        closes, and its pages leave the resident set, when the views are released), else fresh tensors the engine
+        fills. Copies into fresh CPU memory would not leave it: freed blocks of a few MiB stay in malloc's heap
+        (measured: +25 MiB resident after one forward of a 46 MB GPT-2 whose memory budget was 11 MB)."""
+        if torch.device(device).type == "cpu":
+            return map_records({key: self.records[key] for key in keys}, self.dtypes, "cpu", REQUIRED)
         targets = {key: torch.empty(self.shapes[key], dtype=self.dtypes[key], device=device) for key in keys}
         fill_parameters(targets, {key: self.records[key] for key in keys})
         return targets
@@ -145,15 +150,15 @@ class OffloadHook:
         disk_keys = [key for key in self.keys if key not in self.host]
         tensors.update(self.disk.load(disk_keys, self.device) if disk_keys else {})
         for key, tensor in tensors.items():
-            set_tensor(self.model, key, tensor)
+            # No gradient: an autograd graph of the forward would keep every layer's weights alive.
+            set_tensor(self.model, key, tensor).requires_grad_(False)
         self.ready, self.event = None, None
         if self.next is not None:
             self.next.prefetch()
 
     def post_forward(self, module: nn.Module, args: Any, output: Any) -> None:
-        for key in self.keys:
-            set_tensor(self.model, key, self.host[key] if key in self.host else
-                       _meta_like(self.model.get_parameter(key)))
+        for key in self.keys:  # between forwards offloaded tensors wait on meta, as accelerate leaves them
+            set_tensor(self.model, key, _meta_like(self.model.get_parameter(key)))
 
 
 _COPY_STREAMS: dict[Any, Any] = {}
