@@ -49,10 +49,10 @@ def parameter_devices(model: nn.Module) -> set[str]:
     return {parameter.device.type for parameter in model.parameters()}
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_cpu_and_disk_layers_give_the_in_memory_logits_and_tokens(checkpoints, arch, tmp_path):
-    expected = outputs(AutoModelForCausalLM.from_pretrained(checkpoints[arch]))
-    model = AutoModelForCausalLM.from_pretrained(checkpoints[arch], device_map=dict(MAPS[arch]),
+@pytest.mark.parametrize("arch, backend", [("gpt2", "auto"), ("llama", "auto"), ("llama", "transformers")])
+def test_cpu_and_disk_layers_give_the_in_memory_logits_and_tokens(checkpoints, arch, backend, tmp_path):
+    expected = outputs(AutoModelForCausalLM.from_pretrained(checkpoints[arch], backend=backend))
+    model = AutoModelForCausalLM.from_pretrained(checkpoints[arch], device_map=dict(MAPS[arch]), backend=backend,
                                                  offload_folder=str(tmp_path))
     assert parameter_devices(model) == {"cpu", "meta"}  # disk layers wait on meta between forwards
     logits, tokens = outputs(model)

@@ -73,7 +73,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     with the call's Hub options), state_dict (instead of weight files; no name then), dtype / torch_dtype
     ("auto", the default, takes the config's dtype, else the checkpoint's; a dict gives its "" entry to every
     module, as in transformers 5.24; transformers classes keep their _keep_in_fp32_modules in float32),
-    device_map ("cpu", a device, an index, or {"": device}), output_loading_info (returns (model, info):
+    device_map ("cpu", a device, an index, {"": device}; "auto", "balanced", "balanced_low_0", "sequential" or a
+    {module: device} dict, with max_memory, offload_folder, offload_buffers: loading/placement.py),
+    output_loading_info (returns (model, info):
     missing, unexpected and mismatched key sets and error messages), ignore_mismatched_sizes, use_safetensors,
     variant, subfolder, generation_config, attn_implementation, trust_remote_code (transformers backend),
     disable_mmap=True (zero_copy=False), weights_only (False is accepted: warpload never runs pickled code
@@ -94,8 +96,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     layers store), which warpload does not dequantize yet (loading/quantized.py), ArchitectureNotSupportedError
     (a ValueError) when neither warpload nor transformers has the class, ShapeMismatchError (a RuntimeError) for
     mis-shaped tensors, TypeError for unknown keywords (naming the closest option or config field; one that
-    reads like an option before any download), ValueError for invalid values, NotImplementedError for what
-    warpload does not implement (Flax checkpoints, quantization, GGUF, tensor parallelism, multi-device maps).
+    reads like an option before any download), ValueError for invalid values (DeviceMapError for unknown
+    devices, budgets, or disk offload without the offload_folder it needs), NotImplementedError for what
+    warpload does not implement (Flax checkpoints, quantization, GGUF, tensor parallelism).
     """
     started = time.perf_counter()
     options = LoadOptions.parse(
