@@ -76,6 +76,33 @@ def test_auto_with_a_cpu_budget_places_as_transformers(checkpoints, arch, fracti
         torch.testing.assert_close(ours(IDS).logits, reference(IDS).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_a_map_accelerate_computed_is_honoured(checkpoints, tmp_path):
+    import accelerate
+
+    reference = transformers.AutoModelForCausalLM.from_pretrained(checkpoints["llama"])
+    with accelerate.init_empty_weights():
+        empty = transformers.AutoModelForCausalLM.from_config(reference.config)
+    budget = sum(p.numel() * 4 for p in reference.parameters()) // 2
+    device_map = accelerate.infer_auto_device_map(empty, max_memory={"cpu": budget},
+                                                  no_split_module_classes=empty._no_split_modules)
+    assert "disk" in device_map.values()
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["llama"], device_map=device_map,
+                                                 offload_folder=str(tmp_path))
+    assert model.hf_device_map == device_map
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, reference(IDS).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_the_machine_budget_is_transformers_share_of_free_ram():
+    from transformers.integrations.accelerate import get_max_memory
+
+    from warpload.loading.placement import machine_budgets
+
+    ours, theirs = machine_budgets(), get_max_memory()
+    assert set(ours) == set(theirs)
+    assert abs(ours["cpu"] - theirs["cpu"]) < 0.05 * theirs["cpu"]  # free RAM moves between the two reads
+
+
 def test_disk_layers_in_another_dtype_are_resaved_with_an_index(checkpoints, tmp_path):
     expected = outputs(AutoModelForCausalLM.from_pretrained(checkpoints["llama"], dtype=torch.bfloat16))
     model = AutoModelForCausalLM.from_pretrained(checkpoints["llama"], dtype=torch.bfloat16,

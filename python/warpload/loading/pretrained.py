@@ -113,8 +113,11 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
         choice = choose_model(options, resolution.location, resolution.remote_code)
         refuse_quantized_config(choice.model_config, resolution.location or options.name or "config")
         if resolution.stream is not None and (not _dtype_known_before_shards(options, choice, resolution)
-                                              or quantization_method(choice.model_config) is not None):
-            resolution.stream = None  # the dtype is the first shard's, or scales pair with weights: wait
+                                              or quantization_method(choice.model_config) is not None
+                                              or options.placement is not None):
+            # The dtype is the first shard's, scales pair with weights, or disk offload needs each tensor's
+            # file: wait for the download.
+            resolution.stream = None
         model, info, planned, torch_type = _load_or_wait_for_download(options, resolution, choice)
     finally:
         resolution.close()
