@@ -2,6 +2,7 @@
 placements give the in-memory model's logits and tokens, hf_device_map is transformers', errors come before reads."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -188,6 +189,21 @@ def test_hooks_move_cpu_layers_to_the_compute_device_and_back():
     assert {name: tensor.device.type for name, tensor in model.state_dict().items()} == dict.fromkeys(before, "meta")
     for hook in hooks:
         assert all(torch.equal(tensor, before[key]) for key, tensor in hook.host.items())
+
+
+def test_outputs_and_inputs_move_with_their_containers_and_caches_stay():
+    from warpload.loading.dispatch import move_tensors
+
+    @dataclasses.dataclass
+    class Output:
+        logits: torch.Tensor
+        past_key_values: object = None
+
+    cache = object()
+    moved = move_tensors((torch.ones(2), {"mask": torch.ones(1)}, Output(torch.ones(3), cache), cache),
+                         torch.device("meta"))
+    assert moved[0].is_meta and moved[1]["mask"].is_meta and moved[2].logits.is_meta
+    assert moved[2].past_key_values is cache and moved[3] is cache
 
 
 RSS_SCRIPT = textwrap.dedent("""

@@ -2,6 +2,7 @@
 then the hooks that run it (accelerate's dispatch_model, without accelerate) and `hf_device_map`."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -78,28 +79,59 @@ class SpreadLoad:
                 model.get_submodule(parent)._buffers[leaf] = buffer.to(target)
 
     def _align_inputs(self, model: nn.Module, compute: torch.device) -> None:
-        """Tensor arguments follow each GPU-placed module (a model split over GPUs), and the model's own inputs go
-        to the compute device."""
-        targets = [("", compute)] + [(entry, torch_device(device)) for entry, device in self.device_map.items()
-                                     if device not in OFFLOADED and entry]
-        for entry, device in targets:
-            try:
-                module = model.get_submodule(entry)
-            except AttributeError:
-                continue
-            module.register_forward_pre_hook(_mover(device), with_kwargs=True)
+        """Tensor arguments follow each module to where it computes (its GPU, or the compute device for offloaded
+        ones); the model's inputs go to the compute device and its outputs come back to the inputs' device
+        (accelerate's io_same_device), so generate() concatenates on the caller's device."""
+        for entry, device in self.device_map.items():
+            target = compute if device in OFFLOADED else torch_device(device)
+            for module in _computing_modules(model, entry):
+                module.register_forward_pre_hook(_input_mover(target), with_kwargs=True)
+        caller: list[torch.device] = []
+
+        def to_compute(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            first = next((value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor)),
+                         None)
+            caller.append(first.device if first is not None else compute)
+            return move_tensors(args, compute), move_tensors(kwargs, compute)
+
+        def to_caller(module: nn.Module, args: tuple, output: Any) -> Any:
+            return move_tensors(output, caller.pop())
+
+        model.register_forward_pre_hook(to_compute, with_kwargs=True)
+        model.register_forward_hook(to_caller)
 
 
-def _mover(device: torch.device) -> Any:
-    def move(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.to(device)
-        if isinstance(value, (list, tuple)):
-            return type(value)(move(item) for item in value)
+def _computing_modules(model: nn.Module, entry: str) -> list[nn.Module]:
+    """The modules under a map entry whose forward runs: the entry itself, or a container's children."""
+    try:
+        module = model.get_submodule(entry)
+    except AttributeError:
+        return []  # a tensor entry: its module's own entry or hooks move its inputs
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return [child for child in module.children()]
+    return [module]
+
+
+def move_tensors(value: Any, device: torch.device) -> Any:
+    """value with every tensor in it (tuples, lists, dicts, ModelOutputs, dataclasses) on device; other objects
+    (a KV cache) as they are, as accelerate's send_to_device leaves them."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(move_tensors(item, device) for item in value)
+    if isinstance(value, dict):
+        for key in list(value):
+            value[key] = move_tensors(value[key], device)
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: move_tensors(getattr(value, f.name), device)
+                                            for f in dataclasses.fields(value) if f.init})
+    return value
 
+
+def _input_mover(device: torch.device) -> Any:
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
-        return move(args), {key: move(value) for key, value in kwargs.items()}
+        return move_tensors(args, device), move_tensors(dict(kwargs), device)
 
     return hook
 

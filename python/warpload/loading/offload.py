@@ -147,6 +147,9 @@ class OffloadHook:
         if self.event is not None:
             torch.cuda.current_stream(self.device).wait_event(self.event)
         tensors = dict(self.ready or {})
+        if self.event is not None:
+            for tensor in tensors.values():  # made on the copy stream, used on this one: keep it from reuse
+                tensor.record_stream(torch.cuda.current_stream(self.device))
         disk_keys = [key for key in self.keys if key not in self.host]
         tensors.update(self.disk.load(disk_keys, self.device) if disk_keys else {})
         for key, tensor in tensors.items():
