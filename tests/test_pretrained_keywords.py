@@ -37,9 +37,10 @@ KEYWORDS = {
     "gguf_file": ("model.gguf", UNSUPPORTED), "tp_plan": ("auto", UNSUPPORTED), "tp_size": (2, UNSUPPORTED),
     "distributed_config": ({"tp_size": 2}, UNSUPPORTED), "device_mesh": (object(), UNSUPPORTED),
     "key_mapping": ({"a": "b"}, UNSUPPORTED), "fusion_config": ({"qkv": True}, UNSUPPORTED),
-    "max_memory": ({"cpu": "1GiB"}, UNSUPPORTED), "offload_folder": ("offload", UNSUPPORTED),
-    "offload_buffers": (True, UNSUPPORTED),
+    "max_memory": ({"cpu": "1GiB"}, LOADS), "offload_folder": ("offload", LOADS), "offload_buffers": (True, LOADS),
 }
+# max_memory, offload_folder and offload_buffers place a spread device_map (test_placement.py); without one they
+# change nothing, as in transformers.
 # adapter_name="default" is transformers' default, accepted as it changes nothing without an adapter.
 
 

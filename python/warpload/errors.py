@@ -55,6 +55,10 @@ class ArchitectureNotSupportedError(WarploadError, ValueError):
     """The checkpoint's architecture has no built-in class (or uses features it lacks) and transformers cannot help."""
 
 
+class DeviceMapError(WarploadError, ValueError):
+    """A device_map, max_memory or offload option names an unknown device, cannot hold the model, or lacks a folder."""
+
+
 class ShapeMismatchError(WarploadError, RuntimeError):
     """Checkpoint tensors have other shapes than the model's, and ignore_mismatched_sizes is False."""
 

@@ -15,6 +15,7 @@ from ..models.config import GenerationConfig, PretrainedConfig, config_for_model
 from ..models.registry import ARCHITECTURES, CAUSAL_LM_CLASSES
 from ..tf.checkpoint import TFCheckpoint, openai_gpt2_config
 from . import transformers_backend
+from .dispatch import plan_spread
 from .options import LoadOptions, known_options
 
 if TYPE_CHECKING:
@@ -170,9 +171,12 @@ def _build_builtin(options: LoadOptions, choice: ModelChoice, sources: Sources, 
     with torch.device("meta"):
         model = cls(choice.model_config, *options.model_args, **choice.model_kwargs)
     sources = model_sources(sources, model)
+    spread = plan_spread(options, model, dtype)
     planned = time.perf_counter()
     info = load_builtin(model, sources, dtype, options.ignore_mismatched_sizes, options.fill_device,
-                        options.zero_copy, fill)
+                        options.zero_copy, fill, spread)
+    if spread is not None:
+        spread.dispatch(model)
     report = info.report()
     if report:
         logger.warning("%s load report from %s:\n%s", cls.__name__, choice.folder or "the given state_dict", report)
@@ -194,8 +198,11 @@ def _build_with_transformers(options: LoadOptions, choice: ModelChoice, sources:
                                                model_class.__name__ if model_class is not None else None,
                                                choice.remote_code)
     sources = model_sources(sources, model)
+    spread = plan_spread(options, model, dtype)
     planned = time.perf_counter()
     info = transformers_backend.load(model, sources, dtype, choice.location, options.ignore_mismatched_sizes,
-                                     options.fill_device, options.zero_copy, fill)
+                                     options.fill_device, options.zero_copy, fill, spread)
+    if spread is not None:
+        spread.dispatch(model)
     transformers_backend.load_generation_config(model, choice.folder)
     return model, info, planned

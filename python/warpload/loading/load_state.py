@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol, Union
 
 import torch
 from torch import nn
@@ -25,6 +26,19 @@ Source = Union[TensorRecord, torch.Tensor]
 # Fills preallocated tensors with the checkpoint tensors records name: fill.fill_parameters, or a ShardStream,
 # which may return tensors that stand in for some targets instead (views of shards mapped as they land).
 Fill = Callable[[Mapping[str, torch.Tensor], Mapping[str, TensorRecord]], Optional[Mapping[str, torch.Tensor]]]
+
+
+class Spread(Protocol):
+    """A placement over several devices (loading/dispatch.py): each key's device, "disk" for offloaded ones."""
+
+    def device_for(self, key: str) -> Any:
+        """The torch device key is loaded onto, or "disk"."""
+
+    def offload(self, key: str, source: Source, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """Keeps where a disk-placed key's bytes are, without loading them into memory."""
+
+    def tie(self, pairs: Mapping[str, str]) -> None:
+        """{target: source} keys now sharing one tensor: a disk-placed source's target reads the same bytes."""
 
 
 @dataclass
@@ -90,7 +104,7 @@ def match_keys(sources: Mapping[str, Source], model_shapes: Mapping[str, tuple[i
 def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
           extra_keys: Iterable[str], dtype: torch.dtype, device: Union[str, torch.device] = "cpu",
           zero_copy: str = AUTO, fill: Fill = fill_parameters, *,
-          dtype_overrides: Mapping[str, torch.dtype] = {}) -> list[torch.Tensor]:
+          dtype_overrides: Mapping[str, torch.dtype] = {}, spread: Optional[Spread] = None) -> list[torch.Tensor]:
     """Gives each assigned key its final tensor, loaded from its source, and each extra key uninitialised storage.
 
     On the CPU, a checkpoint tensor stored in its final dtype views the memory-mapped file
@@ -102,8 +116,33 @@ def place(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[
     `state_dict=` tensors already in the right dtype become the parameters themselves, as in
     transformers. Returns the tensors put into the model. `fill(targets, records)` copies the
     records' bytes (loading/shard_stream.py passes one that waits for each shard's download and may return
-    mapped views that replace some targets).
+    mapped views that replace some targets). With `spread`, each key goes to its own device, and disk-placed
+    ones stay on meta, their sources kept by spread.offload.
     """
+    if spread is None:
+        return _place_on(model, sources, assignments, extra_keys, dtype, device, zero_copy, fill, dtype_overrides)
+    meta = model.state_dict(keep_vars=True)
+    groups: dict[Any, dict[str, str]] = defaultdict(dict)
+    extras: dict[Any, list[str]] = defaultdict(list)
+    for key, name in assignments.items():
+        groups[spread.device_for(key)][key] = name
+    for key in extra_keys:  # newly initialised tensors stay in memory
+        target = spread.device_for(key)
+        extras["cpu" if target == "disk" else target].append(key)
+    placed = []
+    for key, name in groups.pop("disk", {}).items():
+        wanted = dtype_overrides.get(key, dtype if meta[key].is_floating_point() else meta[key].dtype)
+        spread.offload(key, sources[name], tuple(meta[key].shape), wanted)
+        placed.append(set_tensor(model, key, torch.empty(meta[key].shape, dtype=wanted, device="meta")))
+    for target in set(groups) | set(extras):
+        placed += _place_on(model, sources, groups.get(target, {}), extras.get(target, []), dtype, target,
+                            zero_copy, fill, dtype_overrides)
+    return placed
+
+
+def _place_on(model: nn.Module, sources: Mapping[str, Source], assignments: Mapping[str, str],
+              extra_keys: Iterable[str], dtype: torch.dtype, device: Union[str, torch.device], zero_copy: str,
+              fill: Fill, dtype_overrides: Mapping[str, torch.dtype]) -> list[torch.Tensor]:
     meta = model.state_dict(keep_vars=True)
 
     def wanted(key: str) -> torch.dtype:
@@ -179,7 +218,7 @@ def _same_source(a: Source, b: Source) -> bool:
 
 def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype: torch.dtype,
                  ignore_mismatched_sizes: bool, device: Union[str, torch.device] = "cpu",
-                 zero_copy: str = AUTO, fill: Fill = fill_parameters) -> LoadingInfo:
+                 zero_copy: str = AUTO, fill: Fill = fill_parameters, spread: Optional[Spread] = None) -> LoadingInfo:
     """Fills a meta-built warpload model: loads what matches (zero_copy and fill as for place),
     initialises the rest, ties, computes buffers.
 
@@ -212,7 +251,7 @@ def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype:
                                type(model).__name__, source, target)
     tied_targets = {target for target, _ in ties}
     uninitialised = (info.missing_keys | {key for key, _, _ in info.mismatched_keys}) - tied_targets
-    place(model, sources, assignments, sorted(uninitialised), dtype, device, zero_copy, fill)
+    place(model, sources, assignments, sorted(uninitialised), dtype, device, zero_copy, fill, spread=spread)
     for key in uninitialised:
         model.init_parameter(key)
     for target, source in compare:
@@ -223,6 +262,8 @@ def load_builtin(model: "PreTrainedModel", sources: Mapping[str, Source], dtype:
                            "tie_word_embeddings=False in the config to silence this",
                            type(model).__name__, source, target)
     model.tie(ties)
+    if spread is not None:
+        spread.tie(dict(ties))
     model.reset_buffers("cpu")
     info.ignore_unexpected(model.ignored_unexpected_patterns())
     return info

@@ -27,12 +27,12 @@ EXTRA_OPTIONS = ("weights_only", "disable_mmap", "experts_implementation", "allo
                  "adapter_kwargs")
 # transformers options warpload does not implement: passing one with a value raises NotImplementedError.
 UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size", "distributed_config", "device_mesh",
-                       "key_mapping", "max_memory", "offload_folder",
-                       "offload_buffers", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
+                       "key_mapping", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
                        "fusion_config")
 # transformers' defaults of unsupported options: passing one changes nothing, so it is accepted.
 _DEFAULTS: dict[str, Any] = {}
-DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+# transformers' placement options next to device_map (loading/placement.py reads them).
+PLACEMENT_OPTIONS = {"max_memory": None, "offload_folder": None, "offload_buffers": False}
 
 
 @dataclass
@@ -67,8 +67,13 @@ class LoadOptions:
     # An adapter repo or folder given as the model: the name its layers take, and its own Hub options.
     adapter_name: str = "default"
     adapter_kwargs: dict[str, Any] = field(default_factory=dict)
-    # target_device(device_map), set once the Hub download has started: it imports torch, which then overlaps it.
+    # max_memory, offload_folder, offload_buffers, as transformers takes them.
+    placement_options: dict[str, Any] = field(default_factory=lambda: dict(PLACEMENT_OPTIONS))
+    # The one device of device_map, set once the Hub download has started: it imports torch, which then overlaps
+    # it. A device_map spreading the model (a strategy, several devices, the disk) sets `placement` instead, and
+    # the device becomes the compute device once the map is known (loading/build.py).
     device: Optional["torch.device"] = None
+    placement: Any = None
 
     @property
     def fill_device(self) -> Any:
@@ -94,6 +99,7 @@ class LoadOptions:
         for option in IGNORED_OPTIONS:
             kwargs.pop(option, None)
         hub = HubOptions.pop_from(kwargs)
+        placement_options = {option: kwargs.pop(option, default) for option, default in PLACEMENT_OPTIONS.items()}
         name = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
         if options["state_dict"] is not None and name is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
@@ -105,13 +111,14 @@ class LoadOptions:
         return cls(name=name, model_args=model_args, dtype=dtype if dtype is not None else torch_dtype,
                    device_map=device_map, backend=backend, zero_copy=mapping, hub=hub, kwargs=kwargs,
                    weights_only=weights_only, experts_implementation=experts_implementation,
-                   adapter_name=adapter_name, adapter_kwargs=adapter_kwargs, **options)
+                   adapter_name=adapter_name, adapter_kwargs=adapter_kwargs, placement_options=placement_options,
+                   **options)
 
 
 def known_options(named: tuple[str, ...]) -> tuple[str, ...]:
     """Every keyword from_pretrained takes as an option (not a config field): its `named` parameters and those
     it finds in **kwargs."""
-    return (*named, *IGNORED_OPTIONS, *UNSUPPORTED_OPTIONS, *HUB_OPTIONS, *EXTRA_OPTIONS)
+    return (*named, *IGNORED_OPTIONS, *UNSUPPORTED_OPTIONS, *HUB_OPTIONS, *EXTRA_OPTIONS, *PLACEMENT_OPTIONS)
 
 
 def _reject_misspelt(kwargs: dict[str, Any], named: tuple[str, ...]) -> None:
@@ -148,28 +155,15 @@ def _reject_unsupported(kwargs: dict[str, Any], from_flax: bool) -> None:
                                       "transformers.AutoModelForCausalLM.from_pretrained for it")
 
 
-def target_device(device_map: Any) -> "torch.device":
-    """The one device a device_map names (transformers' accepted forms); several devices are not supported."""
+def target_device(options: LoadOptions) -> None:
+    """Sets options.device to the one device device_map names (the enclosing `with torch.device(...)` for None),
+    or options.placement to the request of a map that spreads the model (then the CPU until the map is known)."""
     import torch
 
-    if device_map is None:
-        return torch.device("cpu")
-    if isinstance(device_map, dict):
-        devices = {str(device) for device in device_map.values()}
-        if len(devices) != 1 or "disk" in devices:
-            raise NotImplementedError(f"device_map={device_map!r} spreads the model over {sorted(devices)}; "
-                                      "warpload places a model on one device: pass {'': device}")
-        device_map = next(iter(device_map.values()))
-    if isinstance(device_map, str) and device_map in DEVICE_MAP_STRATEGIES:
-        raise NotImplementedError(f"device_map={device_map!r} needs an automatic placement plan, which warpload "
-                                  "does not compute; pass one device such as 'cpu' or 'cuda:0'")
-    if isinstance(device_map, int) and not isinstance(device_map, bool):
-        if device_map < 0:
-            raise ValueError("You can't pass device_map as a negative int. If you want to put the model on the cpu, "
-                             "pass device_map = 'cpu'")
-        return torch.device("cuda", device_map)
-    try:
-        return torch.device(device_map)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device_map={device_map!r}: when passing device_map as a string, the value needs to be a "
-                         "device name (e.g. cpu, cuda:0)") from err
+    from .placement import PlacementRequest, parse_device_map
+
+    target = parse_device_map(options.device_map, **options.placement_options)
+    if isinstance(target, PlacementRequest):
+        options.placement, options.device = target, torch.device("cpu")
+    else:
+        options.device = target

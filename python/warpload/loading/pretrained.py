@@ -75,7 +75,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     with the call's Hub options), state_dict (instead of weight files; no name then), dtype / torch_dtype
     ("auto", the default, takes the config's dtype, else the checkpoint's; a dict gives its "" entry to every
     module, as in transformers 5.24; transformers classes keep their _keep_in_fp32_modules in float32),
-    device_map ("cpu", a device, an index, or {"": device}), output_loading_info (returns (model, info):
+    device_map ("cpu", a device, an index, {"": device}; "auto", "balanced", "balanced_low_0", "sequential" or a
+    {module: device} dict, with max_memory, offload_folder, offload_buffers: loading/placement.py),
+    output_loading_info (returns (model, info):
     missing, unexpected and mismatched key sets and error messages), ignore_mismatched_sizes, use_safetensors,
     variant, subfolder, generation_config, attn_implementation, trust_remote_code (transformers backend),
     disable_mmap=True (zero_copy=False), weights_only (False is accepted: warpload never runs pickled code
@@ -96,8 +98,9 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     layers store), which warpload does not dequantize yet (loading/quantized.py), ArchitectureNotSupportedError
     (a ValueError) when neither warpload nor transformers has the class, ShapeMismatchError (a RuntimeError) for
     mis-shaped tensors, TypeError for unknown keywords (naming the closest option or config field; one that
-    reads like an option before any download), ValueError for invalid values, NotImplementedError for what
-    warpload does not implement (Flax checkpoints, quantization, GGUF, tensor parallelism, multi-device maps).
+    reads like an option before any download), ValueError for invalid values (DeviceMapError for unknown
+    devices, budgets, or disk offload without the offload_folder it needs), NotImplementedError for what
+    warpload does not implement (Flax checkpoints, quantization, GGUF, tensor parallelism).
     """
     started = time.perf_counter()
     options = LoadOptions.parse(
@@ -112,8 +115,11 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
         choice = choose_model(options, resolution.location, resolution.remote_code)
         refuse_quantized_config(choice.model_config, resolution.location or options.name or "config")
         if resolution.stream is not None and (not _dtype_known_before_shards(options, choice, resolution)
-                                              or quantization_method(choice.model_config) is not None):
-            resolution.stream = None  # the dtype is the first shard's, or scales pair with weights: wait
+                                              or quantization_method(choice.model_config) is not None
+                                              or options.placement is not None):
+            # The dtype is the first shard's, scales pair with weights, or disk offload needs each tensor's
+            # file: wait for the download.
+            resolution.stream = None
         model, info, planned, torch_type = _load_or_wait_for_download(options, resolution, choice)
     finally:
         resolution.close()
@@ -190,7 +196,7 @@ def resolve(options: LoadOptions, started: float) -> Resolution:
     try:
         remote_code = fetch_remote_code(options.name, location, options.hub, subfolder=options.subfolder,
                                         trust_remote_code=trust.trust_remote_code, auto_classes=auto_classes)
-        options.device = target_device(options.device_map)
+        target_device(options)
         weights = None if options.state_dict is not None else resolve_weight_files(
             location, subfolder=options.subfolder, variant=options.variant,
             use_safetensors=options.use_safetensors, from_tf=options.from_tf)
@@ -260,7 +266,7 @@ def _finish(model: Any, options: LoadOptions, torch_type: "torch.dtype") -> None
     """What transformers does after filling: generation_config=, the move to the device, eval mode."""
     if options.generation_config is not None:
         model.generation_config = options.generation_config
-    if options.device.type != "cpu":
+    if options.device.type != "cpu" and not hasattr(model, "hf_device_map"):  # a spread model is placed already
         model.to(options.device)
     model.config.dtype = torch_type
     model.config.name_or_path = options.name or ""

@@ -14,7 +14,7 @@ from ..engine.fill import fill_parameters
 from ..engine.mapped import AUTO
 from ..hub.remote_code import RemoteClass, RemoteCode
 from ..models.config import PretrainedConfig
-from .load_state import Fill, LoadingInfo, Source, match_keys, place
+from .load_state import Fill, LoadingInfo, Source, Spread, match_keys, place
 
 INSTALL_HINT = "install it with `pip install transformers` (version 5 or newer)"
 
@@ -113,13 +113,14 @@ def checkpoint_renamer(model: nn.Module) -> Callable[[str], str]:
 
 def load(model: nn.Module, sources: dict[str, Source], dtype: torch.dtype, name: Optional[str],
          ignore_mismatched_sizes: bool, device: Any = "cpu", zero_copy: str = AUTO,
-         fill: Fill = fill_parameters) -> LoadingInfo:
-    """Fills a meta-built transformers model through the engine (zero_copy and fill as for place),
+         fill: Fill = fill_parameters, spread: Optional[Spread] = None) -> LoadingInfo:
+    """Fills a meta-built transformers model through the engine (zero_copy, fill and spread as for place),
     then lets transformers finish it."""
     shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
     assignments, info = match_keys(sources, shapes, model.base_model_prefix, checkpoint_renamer(model))
     overrides = parameter_dtypes(model, dtype)
-    for tensor in place(model, sources, assignments, (), dtype, device, zero_copy, fill, dtype_overrides=overrides):
+    for tensor in place(model, sources, assignments, (), dtype, device, zero_copy, fill, dtype_overrides=overrides,
+                        spread=spread):
         # transformers initialises every tensor without this flag when it finalises the model.
         tensor._is_hf_initialized = True
     return _finalize(model, info, name, ignore_mismatched_sizes)

@@ -66,6 +66,7 @@ class GPT2Block(nn.Module):
 class GPT2PreTrainedModel(PreTrainedModel):
     config_class = GPT2Config
     base_model_prefix = "transformer"
+    no_split_modules = ("GPT2Block",)
     # transformers 5 builds its masks instead of loading the old `attn.bias` buffers.
     keys_to_ignore_on_load_unexpected = ("attn.bias", "crossattention.bias")
 

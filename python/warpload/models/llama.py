@@ -118,6 +118,8 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaPreTrainedModel(PreTrainedModel):
     config_class = LlamaConfig
     base_model_prefix = "model"
+    # transformers names it per family (MistralDecoderLayer, Qwen2DecoderLayer, ...); the built-ins share this one.
+    no_split_modules = ("LlamaDecoderLayer",)
 
     @classmethod
     def unsupported_features(cls, config: PretrainedConfig) -> list[str]:

@@ -88,6 +88,8 @@ class PreTrainedModel(AdapterMixin, nn.Module):
     base_model_prefix: ClassVar[str] = ""
     tied_weights_keys: ClassVar[dict[str, str]] = {}
     keys_to_ignore_on_load_unexpected: ClassVar[tuple[str, ...]] = ()
+    # Modules device_map="auto" never splits across devices, as transformers' class declares (_no_split_modules).
+    no_split_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
