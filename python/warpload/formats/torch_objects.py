@@ -267,7 +267,7 @@ TORCH_ONLY_GLOBALS = frozenset(
     + [f"{module}.{kind}Tensor" for module in ("torch.sparse", "torch.cuda.sparse") for kind in _TENSOR_KINDS]
 )
 TORCH_ONLY_DTYPES = frozenset(
-    [f"torch.{name}" for name in ("complex128", "complex32", "qint8", "qint32", "quint8", "quint4x2", "quint2x4",
+    [f"torch.{name}" for name in ("complex32", "qint8", "qint32", "quint8", "quint4x2", "quint2x4",
                                   "float4_e2m1fn_x2", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8")]
     + [f"torch.{kind}{bits}" for kind in ("uint", "int") for bits in range(1, 8)]
     + [f"torch.{kind}Storage" for kind in ("ComplexDouble", "QInt8", "QInt32", "QUInt8", "QUInt4x2", "QUInt2x4")]

@@ -48,6 +48,8 @@ class LoadOptions:
     backend: str
     from_tf: bool
     zero_copy: str
+    # TF checkpoints: leave out the tensors torch has no dtype for (strings, quantized) instead of refusing them.
+    skip_unsupported: bool
     hub: HubOptions
     kwargs: dict[str, Any] = field(default_factory=dict)
     # target_device(device_map), set once the Hub download has started: it imports torch, which then overlaps it.
@@ -71,13 +73,14 @@ class LoadOptions:
         for option in IGNORED_OPTIONS:
             kwargs.pop(option, None)
         hub = HubOptions.pop_from(kwargs)
+        skip_unsupported = bool(kwargs.pop("skip_unsupported", False))
         name = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
         if options["state_dict"] is not None and name is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
                              "Use one of the two loading strategies.")
         return cls(name=name, model_args=model_args, dtype=dtype if dtype is not None else torch_dtype,
                    device_map=device_map, backend=backend, zero_copy=mapping, hub=hub, kwargs=kwargs,
-                   **options)
+                   skip_unsupported=skip_unsupported, **options)
 
 
 def _reject_unsupported(kwargs: dict[str, Any], from_flax: bool) -> None:

@@ -83,6 +83,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     `model.load_timings` holds the call's LoadTimings. from_tf=True loads TensorFlow weights
     without TensorFlow (tf/checkpoint.py: tf_model.h5 and its shards, TF1 GPT-2 and TF2 bundles);
     safetensors saved by TF models (`format: tf`) are mapped without it, as in transformers.
+    skip_unsupported=True leaves out the TF tensors torch has no dtype for (strings, quantized), which
+    otherwise raise UnsupportedDtypeError naming them.
 
     Raises CheckpointNotFoundError (an OSError) when no weights or config are found,
     ArchitectureNotSupportedError (a ValueError) when neither warpload nor transformers has the
@@ -152,7 +154,8 @@ def resolve(options: LoadOptions, started: float) -> Resolution:
             location, subfolder=options.subfolder, variant=options.variant,
             use_safetensors=options.use_safetensors, from_tf=options.from_tf)
         stream = shard_stream(shards, weights, started, options.zero_copy)
-        tf_weights = None if weights is None or stream is not None else tf_checkpoint(weights, options.from_tf)
+        tf_weights = None if weights is None or stream is not None else tf_checkpoint(
+            weights, options.from_tf, options.skip_unsupported)
     except BaseException:
         if shards is not None:
             shards.close()
@@ -176,7 +179,8 @@ def _load_or_wait_for_download(options: LoadOptions, resolution: Resolution,
         logger.info("%s: loading after the whole download (%s)", options.name, reason)
         resolution.stream = None
         resolution.shards.wait()
-        return _load(options, resolution, choice, None, tf_checkpoint(resolution.weights, options.from_tf))
+        tf_weights = tf_checkpoint(resolution.weights, options.from_tf, options.skip_unsupported)
+        return _load(options, resolution, choice, None, tf_weights)
 
 
 def _load(options: LoadOptions, resolution: Resolution, choice: ModelChoice, stream: Optional[ShardStream],
@@ -192,7 +196,8 @@ def _load(options: LoadOptions, resolution: Resolution, choice: ModelChoice, str
     elif stream is not None:
         sources = stream.placeholders()
     else:
-        sources = {record.name: record for record in checkpoint_records(resolution.weights)}
+        records = checkpoint_records(resolution.weights, skip_unsupported=options.skip_unsupported)
+        sources = {record.name: record for record in records}
     stored = sources if not isinstance(sources, TFCheckpoint) else {
         tensor.name: tensor for tensor in sources.tensors if isinstance(tensor, TensorRecord)}
     torch_type = resolve_dtype(options.dtype, choice.model_config, resolution.weights, stored, choice.class_name)
