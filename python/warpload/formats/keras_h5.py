@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 from ..dtypes import DTYPES, element_count
 from ..errors import CheckpointError, UnsupportedFormatError, WarploadError
 from ..plan import TensorRecord
+from .hdf5_heap import check_global_heaps
 from .registry import CheckpointContents, Format, UnsupportedTensor, register
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ def read_keras_h5(path: str) -> KerasH5Contents:
     file_size = os.path.getsize(path)
     with h5_errors(path) as where:
         with h5py.File(path, "r") as handle:
+            check_global_heaps(path, handle, file_size)
             attrs = handle.attrs
             layer_names = _string_list(attrs, "layer_names")
             stripped = "backend" not in attrs and "keras_version" not in attrs
