@@ -144,3 +144,29 @@ def test_transformers_bundle_name_comes_first_and_pytorch_weights_ignore_bundles
     write_layout(pytorch, "model.safetensors", 7.0)
     assert torch.equal(warpload.load_checkpoint(pytorch)["w"], torch.full((4,), 7.0))
     assert os.path.basename(resolve_weight_files(os.fspath(pytorch))) == "model.safetensors"
+
+
+def test_both_entry_points_name_a_string_tensor_and_skip_unsupported_leaves_it_out(tmp_path):
+    """A TF2 bundle with a string variable beside the weights (the object graph is the checkpoint's own metadata
+    and never counts): one UnsupportedDtypeError naming it, whose advice works in load_checkpoint and
+    from_pretrained alike."""
+    from tf_bundle_writer import entry_proto, header_proto, sstable
+    from warpload.formats.tf_bundle import TF_DTYPE_NAMES, read_bundle_entries
+
+    put_bundle(tmp_path, "ckpt")
+    codes = {name: code for code, name in TF_DTYPE_NAMES.items()}
+    items = [(b"", header_proto())]
+    for e in read_bundle_entries(tmp_path / "ckpt"):
+        items.append((e.name.encode(), entry_proto(codes[e.tf_dtype], e.shape, offset=e.offset, size=e.nbytes,
+                                                   crc=e.crc32c)))
+    items.append((b"vocab/.ATTRIBUTES/VARIABLE_VALUE", entry_proto(codes["DT_STRING"], [1], size=2, crc=0)))
+    (tmp_path / "ckpt.index").write_bytes(sstable(sorted(items)))
+    for load in (lambda **kw: warpload.load_checkpoint(tmp_path, **kw),
+                 lambda **kw: warpload.load_checkpoint(tmp_path, from_tf=True, **kw),
+                 lambda **kw: warpload.AutoModelForCausalLM.from_pretrained(tmp_path, from_tf=True, config=CONFIG,
+                                                                            **kw)):
+        with pytest.raises(warpload.errors.UnsupportedDtypeError,
+                           match=r"1 tensor\(s\).*'vocab/.ATTRIBUTES/VARIABLE_VALUE' \(DT_STRING.*skip_unsupported"):
+            load()
+        assert load(skip_unsupported=True) is not None
+    assert warpload.load_checkpoint(tmp_path, skip_unsupported=True)[WTE][0, 0].item() == ORIGINAL

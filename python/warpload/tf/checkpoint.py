@@ -177,8 +177,8 @@ def read_tf_checkpoint(path: str, *, skip_unsupported: bool = False) -> TFCheckp
             else:
                 raise CheckpointNotFoundError(
                     f"{path}: no TensorFlow checkpoint ({TF1_CHECKPOINT_INDEX_NAME}, {TF_H5_WEIGHTS_NAME}, "
-                    f"{TF_H5_INDEX_NAME}, a bundle named by a `{tf_bundle.CHECKPOINT_STATE_NAME}` file, or TF-format "
-                    f"{SAFETENSORS_WEIGHTS_NAME}); found: {', '.join(sorted(os.listdir(path))) or 'nothing'}")
+                    f"{TF_H5_INDEX_NAME}, a bundle's *.index here or in {tf_bundle.SAVED_MODEL_VARIABLES}/, or "
+                    f"TF-format {SAFETENSORS_WEIGHTS_NAME}); found: {', '.join(sorted(os.listdir(path))) or 'nothing'}")
         path = found
     if path.endswith(".index.json"):
         if os.path.basename(path).startswith(TF_H5_WEIGHTS_NAME):
