@@ -47,7 +47,7 @@ class BundleEntry:
     name: str
     kind: str
     tf_dtype: str               # TF enum name, e.g. DT_FLOAT
-    dtype: Optional[str]        # safetensors dtype name, None when there is none
+    dtype: Optional[str]        # warpload dtype name (dtypes.DTYPES), None when torch has none
     shape: tuple[int, ...]
     path: str                   # the data shard holding the bytes
     shard_id: int
