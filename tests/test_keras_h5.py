@@ -13,7 +13,7 @@ h5py = pytest.importorskip("h5py")
 
 from conftest import FIXTURES  # noqa: E402
 from warpload import load_checkpoint  # noqa: E402
-from warpload.errors import CheckpointError, UnsupportedFormatError  # noqa: E402
+from warpload.errors import CheckpointError, UnsupportedDtypeError, UnsupportedFormatError  # noqa: E402
 from warpload.formats import keras_h5  # noqa: E402
 from warpload.formats.keras_h5 import H5Dataset, read_keras_h5  # noqa: E402
 from warpload.plan import TensorRecord  # noqa: E402
@@ -242,3 +242,20 @@ def test_kernels_are_transposed_straight_into_model_parameters(tmp_path):
     fill_parameters(targets, sources)
     assert torch.equal(targets["dense.weight"], torch.from_numpy(weights["kernel"].T.copy()))
     assert torch.equal(targets["dense.bias"], torch.from_numpy(weights["bias"]).to(torch.bfloat16))
+
+
+def test_complex_datasets_come_back_and_string_datasets_are_named(tmp_path):
+    # A complex128 kernel is transposed too: in torch, as the engine transposes elements of at most 8 bytes.
+    weights = {"c64": np.array([1 + 2j, -3.5j], dtype=np.complex64),
+               "kernel": (np.arange(6) * (1e300 - 1j)).reshape(2, 3).astype(np.complex128)}
+    path = write_keras_h5(tmp_path / "model.h5", weights)
+    state = load_checkpoint(path, from_tf=True)
+    assert torch.equal(state["dense.c64"], torch.from_numpy(weights["c64"]))
+    assert torch.equal(state["dense.weight"], torch.from_numpy(weights["kernel"].T.copy()))
+    with h5py.File(path, "a") as handle:
+        handle["dense"].create_dataset("model/dense/vocab:0", data=np.array([b"a", b"bc"]))
+        handle["dense"].attrs["weight_names"] = [b"model/dense/c64:0", b"model/dense/vocab:0"]
+    with pytest.raises(UnsupportedDtypeError, match=r"model.h5: 1 tensor.*'model/dense/vocab:0' \(\|S2.*"
+                                                    r"skip_unsupported=True"):
+        load_checkpoint(path, from_tf=True)
+    assert list(load_checkpoint(path, from_tf=True, skip_unsupported=True)) == ["dense.c64"]

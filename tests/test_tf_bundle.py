@@ -49,7 +49,7 @@ BUNDLES = {  # fixture folder -> prefix inside it, number of numeric tensors
     "tf1_gpt2_ckpt_2shards": ("model.ckpt", 28),
     "tf2_gpt2_checkpoint": ("ckpt-1", 29),
     "tf2_gpt2_keras_save_weights": ("weights", 28),
-    "bundle_dtypes": ("ckpt", 19),
+    "bundle_dtypes": ("ckpt", 20),
     "bundle_many_keys": ("ckpt", 6000),
 }
 DT_CODE = {name: code for code, name in TF_DTYPE_NAMES.items()}
@@ -236,7 +236,7 @@ def test_every_dtype_matches_tensorflows_values(zero_copy):
         loaded = views_or_copies(plan)
     else:
         loaded = load_records(records)
-    assert set(loaded) == {n.replace("|", "/") for n in expected} - {"string", "complex128", "part"}
+    assert set(loaded) == {n.replace("|", "/") for n in expected} - {"string", "part"}
     for name, tensor in loaded.items():
         want = torch.from_numpy(np.array(expected[name.replace("/", "|")], order="C"))
         if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
@@ -282,13 +282,16 @@ def test_unaligned_records_transpose_and_convert_exactly(tmp_path, target):
         assert same_bits(flipped[name], want.T.contiguous()), name
 
 
-def test_complex128_is_listed_and_refused_when_loaded():
+def test_string_tensor_is_refused_by_name_and_the_advice_works():
     entries = {e.name: e for e in read_bundle_entries(TF / "bundle_dtypes" / "ckpt")}
     assert len(entries) == 21
-    assert entries["complex128"].kind == "unsupported" and entries["complex128"].tf_dtype == "DT_COMPLEX128"
+    assert entries["complex128"].kind == "tensor" and entries["complex128"].dtype == "C128"
     assert entries["string"].kind == "string" and entries["string"].dtype is None
-    with pytest.raises(UnsupportedDtypeError, match="'complex128'.*DT_COMPLEX128"):
+    with pytest.raises(UnsupportedDtypeError, match="'string' \\(DT_STRING.*skip_unsupported=True"):
         warpload.load_checkpoint(TF / "bundle_dtypes" / "ckpt")
+    loaded = warpload.load_checkpoint(TF / "bundle_dtypes" / "ckpt", skip_unsupported=True)
+    assert "string" not in loaded and len(loaded) == 20
+    assert torch.equal(loaded["complex128"], torch.from_numpy(expected_dtypes()["complex128"]))
 
 
 def test_string_tensors_decode():

@@ -16,9 +16,12 @@ class DtypeInfo:
     bits: int                 # bits per logical element
     torch_name: Optional[str]  # attribute of the torch module, None when torch has none
     engine_code: int          # csrc/dtype.h DType; 0 (Raw) for dtypes the engine only copies
+    # False for the dtypes warpload returns that safetensors has no name for (headers naming them are refused).
+    in_safetensors: bool = True
 
 
-# safetensors/src/tensor.rs `enum Dtype` and bindings/python torch names (formats.md section 1.4).
+# safetensors/src/tensor.rs `enum Dtype` and bindings/python torch names (formats.md section 1.4), then the
+# dtypes other formats store that torch holds and safetensors cannot name (TF bundles' and Keras h5's complex128).
 DTYPES = {
     info.name: info
     for info in (
@@ -44,8 +47,11 @@ DTYPES = {
         DtypeInfo("F64", 64, "float64", 1),
         DtypeInfo("I64", 64, "int64", 0),
         DtypeInfo("U64", 64, "uint64", 0),
+        DtypeInfo("C128", 128, "complex128", 0, in_safetensors=False),
     )
 }
+# The names a safetensors header may use.
+SAFETENSORS_DTYPES = frozenset(name for name, info in DTYPES.items() if info.in_safetensors)
 
 # torch dtypes safetensors has no name for, which torch .bin files may hold (formats/torch_objects.py):
 # read as their component dtype (pairs of F16 for complex32) and viewed as the torch dtype.

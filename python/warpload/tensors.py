@@ -213,7 +213,7 @@ class SafeSlice:
 
 @without_gc_pauses
 def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
-                    zero_copy: bool = False, from_tf: bool = False) -> Any:
+                    zero_copy: bool = False, from_tf: bool = False, skip_unsupported: bool = False) -> Any:
     """Loads a checkpoint (a file, a folder, or a `*.index.json` of shards) into one state dict (name -> tensor;
     a single torch.save file comes back whole, as load_torch gives it).
 
@@ -231,7 +231,8 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
     TF1 GPT-2 and TF2 object-based bundles) and comes back under PyTorch names, laid out as PyTorch
     wants (tf/checkpoint.py, engine/tf_tensors.py); TensorFlow is not needed, h5 files need h5py.
     TF-format safetensors and tensor bundles loaded without from_tf give their tensors as stored; Keras h5
-    files need from_tf.
+    files need from_tf. Tensors no torch dtype can hold (TF strings and quantized types, h5 string datasets)
+    raise UnsupportedDtypeError naming each of them; skip_unsupported=True leaves them out instead.
 
     A single torch.save file (zip or legacy) comes back as load_torch gives it: the pickled container
     (an OrderedDict for a state dict, with its `_metadata`), or whatever nested structure it holds.
@@ -245,14 +246,15 @@ def load_checkpoint(path: PathLike, device: DeviceLike = "cpu", *, dtype: Any = 
         if zero_copy:
             raise ZeroCopyError("zero_copy=True cannot be combined with from_tf=True: TF tensors are re-laid out "
                                 "(transposed, reshaped) while they are read")
-        return load_tf_checkpoint(os.fspath(path), device, dtype=_requested_dtype(dtype))
+        return load_tf_checkpoint(os.fspath(path), device, dtype=_requested_dtype(dtype),
+                                  skip_unsupported=skip_unsupported)
     # Imported here: the folder and index resolver (and the JSON reader under it) is not load_file's cost.
     from .formats.checkpoint import checkpoint_records
 
     torch_file = _torch_file_reader(os.fspath(path))
     if torch_file is not None:
         return _load_torch_file(torch_file(os.fspath(path)), device, dtype, zero_copy)
-    records = checkpoint_records(os.fspath(path))
+    records = checkpoint_records(os.fspath(path), skip_unsupported=skip_unsupported)
     plan = plan_load(records, _requested_dtype(dtype))
     if zero_copy:
         _check_zero_copy(plan, device)

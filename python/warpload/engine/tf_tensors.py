@@ -42,10 +42,11 @@ def tf_sources(checkpoint: TFCheckpoint, target_shapes: Optional[Mapping[str, tu
     return sources
 
 
-def load_tf_checkpoint(path: str, device: Any = "cpu", *, dtype: Optional[str] = None) -> dict[str, "torch.Tensor"]:
+def load_tf_checkpoint(path: str, device: Any = "cpu", *, dtype: Optional[str] = None,
+                       skip_unsupported: bool = False) -> dict[str, "torch.Tensor"]:
     """load_checkpoint(from_tf=True): a TF checkpoint as a PyTorch-named state dict (GPT-2-style defaults,
     tf/names.py default_shape), plain records read in one parallel engine call."""
-    translated = read_tf_checkpoint(path).translated()
+    translated = read_tf_checkpoint(path, skip_unsupported=skip_unsupported).translated()
     records = [record for record in map(plain_record, translated) if record is not None]
     tensors = materialize(plan_load(records, dtype), device)
     result = {}

@@ -10,23 +10,24 @@ from .._fileio import read_shard_index
 from ..constants import TF1_CHECKPOINT_INDEX_NAME, TF_H5_INDEX_NAME, TF_H5_WEIGHTS_NAME, weight_file_names
 from ..errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from ..plan import TensorRecord
-from .registry import detect_format, format_for_path
+from .registry import check_unsupported, detect_format, format_for_path
 from .safetensors import read_header
 
 # A shard index: model.safetensors.index.json, or with a variant, model.safetensors.index.fp16.json.
 INDEX_FILE = re.compile(r"\.index(\.[^./]+)?\.json$")
 
 
-def checkpoint_records(path: str) -> list[TensorRecord]:
+def checkpoint_records(path: str, *, skip_unsupported: bool = False) -> list[TensorRecord]:
     """The records of a checkpoint: a file of any format, a shard index (variant indexes too), or a folder
     (weights_in_folder). Raises CheckpointNotFoundError when nothing is there, UnsupportedFormatError for a file
-    no reader knows (saying from_tf=True for TensorFlow files), CheckpointError for corrupt ones."""
+    no reader knows (saying from_tf=True for TensorFlow files), CheckpointError for corrupt ones,
+    UnsupportedDtypeError naming the tensors torch has no dtype for unless skip_unsupported=True leaves them out."""
     if os.path.isdir(path):
         path = weights_in_folder(path)
     elif not os.path.exists(path) and format_for_path(path) is None:
         raise CheckpointNotFoundError.no_such_file(path)
     if INDEX_FILE.search(path):
-        return sharded_records(path)
+        return sharded_records(path, skip_unsupported=skip_unsupported)
     try:
         fmt = detect_format(path)
     except UnsupportedFormatError:
@@ -34,7 +35,9 @@ def checkpoint_records(path: str) -> list[TensorRecord]:
             raise UnsupportedFormatError(f"{path}: a TensorFlow checkpoint: pass from_tf=True to load it with "
                                          "PyTorch names", path=path) from None
         raise
-    return list(fmt.read(path).records)
+    contents = fmt.read(path)
+    check_unsupported(path, contents.unsupported, skip_unsupported)
+    return list(contents.records)
 
 
 def named_weights_in_folder(folder: str, *, variant: Optional[str] = None,
@@ -62,7 +65,7 @@ def weights_in_folder(folder: str, *, variant: Optional[str] = None, use_safeten
             return os.path.join(folder, matches[0])
     from .tf_bundle import bundle_in_folder  # imported only here: a PyTorch load never loads the TF readers
 
-    bundle = bundle_in_folder(folder)  # TensorFlow: the prefix named by `checkpoint`, or the only *.index
+    bundle = bundle_in_folder(folder)  # TensorFlow: a bundle under any prefix, or an error naming several
     if bundle is not None:
         return bundle
     tf_weights = tf_weights_in_folder(folder)
@@ -73,8 +76,8 @@ def weights_in_folder(folder: str, *, variant: Optional[str] = None, use_safeten
         f"(found: {', '.join(names) or 'nothing'}){hint}")
 
 
-def sharded_records(index_path: str) -> list[TensorRecord]:
-    """Records of every shard an index names, checked against its weight_map."""
+def sharded_records(index_path: str, *, skip_unsupported: bool = False) -> list[TensorRecord]:
+    """Records of every shard an index names, checked against its weight_map (see checkpoint_records)."""
     weight_map = read_shard_index(index_path).weight_map
     folder = os.path.dirname(index_path)
     records: list[TensorRecord] = []
@@ -83,7 +86,9 @@ def sharded_records(index_path: str) -> list[TensorRecord]:
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
             raise CheckpointNotFoundError(f"{index_path} names shard {shard!r}, which is missing from {folder}")
-        for record in detect_format(shard_path).read(shard_path).records:
+        contents = detect_format(shard_path).read(shard_path)
+        check_unsupported(shard_path, contents.unsupported, skip_unsupported)
+        for record in contents.records:
             if record.name in owner:
                 raise CheckpointError(
                     f"tensor {record.name!r} is in both {owner[record.name]} and {shard_path}",
@@ -102,7 +107,9 @@ def sharded_records(index_path: str) -> list[TensorRecord]:
 
 def tf_weights_in_folder(folder: str) -> Optional[str]:
     """The TF checkpoint in a folder, in transformers 4's from_tf order (model.ckpt.index, then tf_model.h5),
-    then warpload's additions: the sharded h5 index and the bundle a TF `checkpoint` file names. None if none."""
+    then warpload's additions: the sharded h5 index, then a bundle under any prefix (tf_bundle.bundle_in_folder:
+    the one a TF `checkpoint` file names, the only one, a SavedModel's variables/). None if none; raises
+    CheckpointNotFoundError naming the bundles when there are several and nothing says which."""
     for name in (TF1_CHECKPOINT_INDEX_NAME, TF_H5_WEIGHTS_NAME, TF_H5_INDEX_NAME):
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):

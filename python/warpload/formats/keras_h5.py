@@ -11,13 +11,15 @@ visible kind of source rather than a hidden copy.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from ..dtypes import DTYPES, element_count
-from ..errors import CheckpointError, UnsupportedFormatError
+from ..errors import CheckpointError, UnsupportedFormatError, WarploadError
 from ..plan import TensorRecord
-from .registry import CheckpointContents, Format, register
+from .hdf5_heap import check_global_heaps
+from .registry import CheckpointContents, Format, UnsupportedTensor, register
 
 if TYPE_CHECKING:
     import numpy
@@ -27,7 +29,11 @@ INSTALL_HINT = "reading Keras .h5 checkpoints needs h5py: pip install h5py"
 # numpy dtype kind + itemsize -> safetensors dtype name.
 _NUMPY_DTYPES = {("f", 2): "F16", ("f", 4): "F32", ("f", 8): "F64", ("i", 1): "I8", ("i", 2): "I16", ("i", 4): "I32",
                  ("i", 8): "I64", ("u", 1): "U8", ("u", 2): "U16", ("u", 4): "U32", ("u", 8): "U64", ("b", 1): "BOOL",
-                 ("c", 8): "C64"}
+                 ("c", 8): "C64", ("c", 16): "C128"}
+# What h5py (and the HDF5 library under it) raises for a damaged file: OSError for most ("Can't synchronously
+# read data", "bad heap pointer"), KeyError for a broken link, TypeError and ValueError for a damaged
+# datatype or dataspace, UnicodeError for a name that is not UTF-8, RuntimeError from h5py's own checks.
+H5PY_ERRORS = (OSError, KeyError, TypeError, ValueError, UnicodeError, RuntimeError, IndexError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class KerasH5Contents:
 
     tensors: tuple[H5Tensor, ...]
     stripped: bool
+    unsupported: tuple[UnsupportedTensor, ...] = ()  # datasets torch has no dtype for (strings, records)
 
 
 def sniff(head: bytes, size: int) -> bool:
@@ -105,46 +112,73 @@ def _string_list(attrs: Any, name: str) -> list[str]:
     return values
 
 
+@dataclass
+class H5Place:
+    """The object (group or dataset path) a read of an h5 file is at, for the error a failure there becomes."""
+
+    name: Optional[str] = None
+
+
+@contextmanager
+def h5_errors(path: str, place: Optional[str] = None) -> Iterator[H5Place]:
+    """Turns every h5py failure inside the block into a CheckpointError naming the file and the object being
+    read (the block sets `.name` of the H5Place it gets as it moves on), chained to h5py's error; warpload's
+    own errors pass through."""
+    where = H5Place(place)
+    try:
+        yield where
+    except WarploadError:
+        raise
+    except H5PY_ERRORS as err:
+        what = f"/{where.name.lstrip('/')}" if where.name else "the file"
+        raise CheckpointError(
+            f"{path}: HDF5 cannot read {what} ({type(err).__name__}: {err}); the file is damaged or not a Keras "
+            "weights file: download or save it again", path=path, tensor=where.name) from err
+
+
 def read_keras_h5(path: str) -> KerasH5Contents:
     """The weights of a Keras h5 file: unsharded (per-layer groups with weight_names) or one shard (flat).
 
-    Raises ImportError without h5py, CheckpointError for a file HDF5 cannot open (truncated, corrupt)
-    or whose name lists point at missing datasets.
+    Raises ImportError without h5py, CheckpointError for a file HDF5 cannot open or read (truncated, corrupt,
+    naming the dataset where known) or whose name lists point at missing datasets.
     """
     h5py = import_h5py()
     file_size = os.path.getsize(path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise CheckpointError(f"{path}: HDF5 cannot open it ({err}); the file is truncated or corrupt",
-                              path=path) from err
-    with handle:
-        attrs = handle.attrs
-        layer_names = _string_list(attrs, "layer_names")
-        stripped = "backend" not in attrs and "keras_version" not in attrs
-        if stripped:
-            # Sharded layout: layer_names are dataset paths (modeling_tf_utils.py save_pretrained, 4.2).
-            locations = [(name, name) for name in layer_names]
-        else:
-            locations = [(weight, f"{layer}/{weight}") for layer in layer_names
-                         for weight in _string_list(handle[layer].attrs, "weight_names")]
-        tensors = []
-        for name, location in locations:
-            dataset = handle.get(location)
-            if not isinstance(dataset, h5py.Dataset):
-                raise CheckpointError(f"{path}: weight {name!r} is listed but there is no dataset /{location}",
-                                      path=path, tensor=name)
-            tensors.append(_tensor(h5py, path, file_size, name, dataset))
-    return KerasH5Contents(tuple(tensors), stripped)
+    with h5_errors(path) as where:
+        with h5py.File(path, "r") as handle:
+            check_global_heaps(path, handle, file_size)
+            attrs = handle.attrs
+            layer_names = _string_list(attrs, "layer_names")
+            stripped = "backend" not in attrs and "keras_version" not in attrs
+            if stripped:
+                # Sharded layout: layer_names are dataset paths (modeling_tf_utils.py save_pretrained, 4.2).
+                locations = [(name, name) for name in layer_names]
+            else:
+                locations = []
+                for layer in layer_names:
+                    where.name = layer
+                    locations += [(weight, f"{layer}/{weight}") for weight in _string_list(handle[layer].attrs,
+                                                                                            "weight_names")]
+            tensors = []
+            unsupported = []
+            for name, location in locations:
+                where.name = location
+                dataset = handle.get(location)
+                if not isinstance(dataset, h5py.Dataset):
+                    raise CheckpointError(f"{path}: weight {name!r} is listed but there is no dataset /{location}",
+                                          path=path, tensor=name)
+                tensor = _tensor(h5py, path, file_size, name, dataset)
+                (unsupported if isinstance(tensor, UnsupportedTensor) else tensors).append(tensor)
+    return KerasH5Contents(tuple(tensors), stripped, tuple(unsupported))
 
 
-def _tensor(h5py: Any, path: str, file_size: int, name: str, dataset: Any) -> H5Tensor:
-    """A plain record when the dataset's bytes are exactly file[offset : offset + nbytes] (4.4), else an H5Dataset."""
+def _tensor(h5py: Any, path: str, file_size: int, name: str, dataset: Any) -> Union[H5Tensor, UnsupportedTensor]:
+    """A plain record when the dataset's bytes are exactly file[offset : offset + nbytes] (4.4), else an H5Dataset;
+    an UnsupportedTensor for values torch has no dtype for."""
     numpy_dtype = dataset.dtype
     dtype = _NUMPY_DTYPES.get((numpy_dtype.kind, numpy_dtype.itemsize))
     if dtype is None or numpy_dtype.fields is not None:
-        raise UnsupportedFormatError(f"{path}: dataset {dataset.name} holds {numpy_dtype}, not a numeric tensor",
-                                     path=path, tensor=name)
+        return UnsupportedTensor(name, str(numpy_dtype), f"dataset {dataset.name} does not hold numbers")
     shape = tuple(int(size) for size in dataset.shape)
     nbytes = element_count(shape) * numpy_dtype.itemsize
     plist = dataset.id.get_create_plist()
@@ -176,13 +210,14 @@ def read_dataset(item: H5Dataset) -> "numpy.ndarray":
     import numpy
 
     h5py = import_h5py()
-    try:
+    with h5_errors(item.path, item.dataset):
         with h5py.File(item.path, "r") as handle:
-            values = handle[item.dataset][()]
-    except (OSError, KeyError) as err:
-        raise CheckpointError(f"{item.path}: cannot read dataset {item.dataset} ({item.reason}): {err}",
-                              path=item.path, tensor=item.name) from err
-    return numpy.ascontiguousarray(numpy.asarray(values).astype(values.dtype.newbyteorder("="), copy=False))
+            values = numpy.asarray(handle[item.dataset][()])
+    if values.shape != item.shape or _NUMPY_DTYPES.get((values.dtype.kind, values.dtype.itemsize)) != item.dtype:
+        raise CheckpointError(f"{item.path}: dataset {item.dataset} now holds {values.dtype} {list(values.shape)}, "
+                              f"not the {item.dtype} {list(item.shape)} its header said: the file changed while "
+                              "it was loaded; load it again", path=item.path, tensor=item.name)
+    return numpy.ascontiguousarray(values.astype(values.dtype.newbyteorder("="), copy=False))
 
 
 def _refuse(path: str) -> CheckpointContents:

@@ -4,18 +4,46 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
-from ..errors import UnsupportedFormatError
+from ..errors import UnsupportedDtypeError, UnsupportedFormatError
 from ..plan import TensorRecord
 
 
 @dataclass(frozen=True)
+class UnsupportedTensor:
+    """A stored tensor no torch dtype can hold (a TF string or quantized tensor, an h5 string dataset): readers
+    list it here instead of a record, and the caller refuses the file or, with skip_unsupported=True, leaves it
+    out."""
+
+    name: str
+    dtype: str   # as the file names it: DT_QINT8, |S5, ...
+    reason: str  # why torch cannot hold it
+
+
+@dataclass(frozen=True)
 class CheckpointContents:
-    """What a reader found in one file: tensor records and string metadata (None when absent)."""
+    """What a reader found in one file: tensor records, string metadata (None when absent) and the tensors that
+    have no torch dtype."""
 
     records: tuple[TensorRecord, ...]
     metadata: Optional[dict[str, str]]
+    unsupported: tuple[UnsupportedTensor, ...] = ()
+
+
+SKIP_UNSUPPORTED_HINT = "pass skip_unsupported=True (load_checkpoint, from_pretrained) to leave them out"
+
+
+def check_unsupported(path: str, unsupported: Sequence[UnsupportedTensor], skip_unsupported: bool) -> None:
+    """Raises one UnsupportedDtypeError naming every tensor of `path` that torch cannot hold (the first ten, and
+    how many more), unless skip_unsupported is True or there are none."""
+    if skip_unsupported or not unsupported:
+        return
+    named = ", ".join(f"{item.name!r} ({item.dtype}: {item.reason})" for item in unsupported[:10])
+    more = f" and {len(unsupported) - 10} more" if len(unsupported) > 10 else ""
+    raise UnsupportedDtypeError(
+        f"{path}: {len(unsupported)} tensor(s) have no torch dtype: {named}{more}; load them with TensorFlow, or "
+        f"{SKIP_UNSUPPORTED_HINT}")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from math import prod
 from typing import Any, Optional
 
 from ..constants import SAFETENSORS_MAX_HEADER_BYTES
-from ..dtypes import DTYPES
+from ..dtypes import DTYPES, SAFETENSORS_DTYPES
 from ..errors import HeaderError
 from ..plan import TensorRecord
 from .registry import CheckpointContents, Format, register
@@ -147,7 +147,7 @@ def _well_formed_entries(table: dict[str, Any]) -> Optional[list[tuple[str, str,
         offsets = [entry["data_offsets"] for entry in values]
     except KeyError:
         return None
-    if set(map(type, dtypes)) != {str} or not DTYPES.keys() >= set(dtypes) \
+    if set(map(type, dtypes)) != {str} or not SAFETENSORS_DTYPES >= set(dtypes) \
             or set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list} or set(map(len, offsets)) != {2}:
         return None
     numbers = list(chain.from_iterable(shapes))
@@ -165,8 +165,9 @@ def _parse_entry(path: str, name: str, entry: Any) -> tuple[str, str, tuple[int,
     if not isinstance(entry, dict):
         raise fail(f"entry must be an object, got {entry!r:.100}")
     dtype = entry.get("dtype")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise fail(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        known = ", ".join(name for name in DTYPES if name in SAFETENSORS_DTYPES)
+        raise fail(f"unknown dtype {dtype!r}; known: {known}")
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
         raise fail(f"shape must be a list of non-negative integers, got {shape!r:.100}")

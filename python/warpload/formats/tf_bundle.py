@@ -11,36 +11,23 @@ from .._native import core
 from ..dtypes import DTYPES, element_count
 from ..errors import CheckpointNotFoundError, TensorBundleError, UnsupportedDtypeError, UnsupportedFormatError
 from ..plan import TensorRecord
-from .registry import CheckpointContents, Format, register
+from .registry import CheckpointContents, Format, UnsupportedTensor, check_unsupported, register
+from .tf_dtypes import DT_STRING, DT_VARIANT, OBJECT_GRAPH_KEY, TF_DTYPE_NAMES, TF_TO_DTYPE, unsupported_reason
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 INDEX_SUFFIX = ".index"
 # The file that tf.train.CheckpointManager / Saver write beside bundles (CheckpointState, text format).
 CHECKPOINT_STATE_NAME = "checkpoint"
+# The prefix transformers looks for (TF1_CHECKPOINT_INDEX_NAME without .index), and a SavedModel's bundle folder
+# (saved_model.pb beside variables/variables.index).
+TRANSFORMERS_BUNDLE_PREFIX = constants.TF1_CHECKPOINT_INDEX_NAME[: -len(INDEX_SUFFIX)]
+SAVED_MODEL_VARIABLES = "variables"
 # tsl/lib/io/format.h kTableMagicNumber 0xdb4775248b80fb57, little-endian, in the last 8 bytes.
 TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
 FOOTER_BYTES = 48
 # tensor_bundle.cc kTensorBundleVersion: readers refuse min_consumer above it or it in bad_consumers.
 TENSOR_BUNDLE_VERSION = 1
-
-# TF DataType enum (types.proto, formats.md 3.6) -> TF name, and -> safetensors dtype name when one exists.
-TF_DTYPE_NAMES = {
-    0: "DT_INVALID", 1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16", 6: "DT_INT8",
-    7: "DT_STRING", 8: "DT_COMPLEX64", 9: "DT_INT64", 10: "DT_BOOL", 11: "DT_QINT8", 12: "DT_QUINT8",
-    13: "DT_QINT32", 14: "DT_BFLOAT16", 15: "DT_QINT16", 16: "DT_QUINT16", 17: "DT_UINT16", 18: "DT_COMPLEX128",
-    19: "DT_HALF", 20: "DT_RESOURCE", 21: "DT_VARIANT", 22: "DT_UINT32", 23: "DT_UINT64", 24: "DT_FLOAT8_E5M2",
-    25: "DT_FLOAT8_E4M3FN", 26: "DT_FLOAT8_E4M3FNUZ", 27: "DT_FLOAT8_E4M3B11FNUZ", 28: "DT_FLOAT8_E5M2FNUZ",
-    29: "DT_INT4", 30: "DT_UINT4",
-}
-# complex64 is interleaved (re, im) float32 pairs in both formats, so it maps onto safetensors' C64.
-# complex128, the quantized types and int4 have no safetensors name.
-TF_TO_DTYPE = {
-    1: "F32", 2: "F64", 3: "I32", 4: "U8", 5: "I16", 6: "I8", 8: "C64", 9: "I64", 10: "BOOL", 14: "BF16",
-    17: "U16", 19: "F16", 22: "U32", 23: "U64", 24: "F8_E5M2", 25: "F8_E4M3",
-}
-DT_STRING = 7
-DT_VARIANT = 21  # datasets, iterators: not weights
 
 _SHARD_NAME = "{prefix}.data-{shard:05d}-of-{count:05d}"
 _CHECKPOINT_PATH = re.compile(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"\s*$', re.MULTILINE)
@@ -52,7 +39,7 @@ class BundleEntry:
 
     kind is "tensor" (numeric, loadable), "string", "variant", "sliced" (a partitioned variable: shape and slices
     only), "slice" (one stored part of a sliced variable; its key is an OrderedCode string, not a
-    name) or "unsupported" (a dtype with no safetensors equivalent, e.g. complex128). For a
+    name) or "unsupported" (a dtype torch has no equivalent for, e.g. DT_QINT8: unsupported_reason). For a
     sliced entry path/offset/nbytes mean nothing and slices lists (start, length) per
     dimension, length -1 meaning the whole dimension.
     """
@@ -60,7 +47,7 @@ class BundleEntry:
     name: str
     kind: str
     tf_dtype: str               # TF enum name, e.g. DT_FLOAT
-    dtype: Optional[str]        # safetensors dtype name, None when there is none
+    dtype: Optional[str]        # warpload dtype name (dtypes.DTYPES), None when torch has none
     shape: tuple[int, ...]
     path: str                   # the data shard holding the bytes
     shard_id: int
@@ -90,27 +77,57 @@ def is_tensor_bundle(path: PathLike) -> bool:
     return os.path.isfile(text + INDEX_SUFFIX) and _has_table_magic(text + INDEX_SUFFIX)
 
 
-def bundle_in_folder(folder: PathLike) -> Optional[str]:
-    """The bundle prefix a folder holds: the one its `checkpoint` file names, else its only *.index; None if neither."""
-    folder = os.fspath(folder)
+def _state_file_bundle(folder: str) -> Optional[str]:
+    """The bundle the folder's `checkpoint` file names as the latest, if the file exists and that bundle does."""
     state_path = os.path.join(folder, CHECKPOINT_STATE_NAME)
-    if os.path.isfile(state_path):
-        with open(state_path, encoding="utf-8", errors="replace") as handle:
-            match = _CHECKPOINT_PATH.search(handle.read())
-        if match:
-            # Text-format escapes (\" and octal UTF-8 bytes such as \303\251) back to the UTF-8 name.
-            named = match.group(1).encode("utf-8").decode("unicode_escape").encode("latin-1").decode(
-                "utf-8", "surrogateescape")
-            # TF1 Saver writes the path it was given, often absolute on another machine: fall back to
-            # the same file name in this folder.
-            for candidate in (os.path.join(folder, named), os.path.join(folder, os.path.basename(named))):
-                if is_tensor_bundle(candidate):
-                    return candidate
-    indexes = [name for name in sorted(os.listdir(folder))
-               if name.endswith(INDEX_SUFFIX) and is_tensor_bundle(os.path.join(folder, name))]
-    if len(indexes) == 1:
-        return os.path.join(folder, indexes[0][: -len(INDEX_SUFFIX)])
+    if not os.path.isfile(state_path):
+        return None
+    with open(state_path, encoding="utf-8", errors="replace") as handle:
+        match = _CHECKPOINT_PATH.search(handle.read())
+    if not match:
+        return None
+    # Text-format escapes (\" and octal UTF-8 bytes such as \303\251) back to the UTF-8 name.
+    named = match.group(1).encode("utf-8").decode("unicode_escape").encode("latin-1").decode(
+        "utf-8", "surrogateescape")
+    # TF1 Saver writes the path it was given, often absolute on another machine: fall back to
+    # the same file name in this folder.
+    for candidate in (os.path.join(folder, named), os.path.join(folder, os.path.basename(named))):
+        if is_tensor_bundle(candidate):
+            return candidate
     return None
+
+
+def bundles_in_folder(folder: PathLike) -> list[str]:
+    """Every bundle prefix in the folder and in its `variables/` subfolder (a SavedModel's), sorted."""
+    folder = os.fspath(folder)
+    prefixes = []
+    for where in (folder, os.path.join(folder, SAVED_MODEL_VARIABLES)):
+        if os.path.isdir(where):
+            prefixes += [os.path.join(where, name[: -len(INDEX_SUFFIX)]) for name in sorted(os.listdir(where))
+                         if name.endswith(INDEX_SUFFIX) and is_tensor_bundle(os.path.join(where, name))]
+    return prefixes
+
+
+def bundle_in_folder(folder: PathLike) -> Optional[str]:
+    """The bundle prefix a folder holds, under any name: transformers' model.ckpt, else the one its `checkpoint`
+    file names, else its only bundle (SavedModel's variables/variables included); None if it has none.
+
+    Raises CheckpointNotFoundError naming them all when there are several and nothing says which.
+    """
+    folder = os.fspath(folder)
+    if is_tensor_bundle(os.path.join(folder, TRANSFORMERS_BUNDLE_PREFIX)):
+        return os.path.join(folder, TRANSFORMERS_BUNDLE_PREFIX)
+    named = _state_file_bundle(folder)
+    if named is not None:
+        return named
+    prefixes = bundles_in_folder(folder)
+    if len(prefixes) <= 1:
+        return prefixes[0] if prefixes else None
+    names = [os.path.relpath(prefix, folder) for prefix in prefixes]
+    raise CheckpointNotFoundError(
+        f"{folder}: {len(names)} TensorFlow checkpoints ({', '.join(names)}) and nothing says which to load; name "
+        f"one in a `{CHECKPOINT_STATE_NAME}` file (model_checkpoint_path: \"{names[-1]}\"), as TensorFlow's "
+        f"CheckpointManager writes it, or pass its .index file (e.g. {prefixes[-1]}{INDEX_SUFFIX})")
 
 
 def bundle_prefix(path: PathLike) -> str:
@@ -123,8 +140,8 @@ def bundle_prefix(path: PathLike) -> str:
         prefix = bundle_in_folder(text)
         if prefix is None:
             raise CheckpointNotFoundError(
-                f"{text}: no TensorFlow checkpoint (no '{CHECKPOINT_STATE_NAME}' file naming one, and not exactly one "
-                f"*.index file); pass the checkpoint prefix, e.g. {os.path.join(text, 'model.ckpt')}")
+                f"{text}: no TensorFlow checkpoint (no *.index file, here or in {SAVED_MODEL_VARIABLES}/); pass the "
+                f"checkpoint prefix, e.g. {os.path.join(text, TRANSFORMERS_BUNDLE_PREFIX)}")
         return prefix
     if text.endswith(INDEX_SUFFIX) and os.path.isfile(text):
         text = text[: -len(INDEX_SUFFIX)]
@@ -303,35 +320,53 @@ def _sliced_record(index: _Index, entry: BundleEntry, shards: _ShardSizes) -> Te
     return TensorRecord(entry.name, entry.dtype, entry.shape, first.path, first.offset, end - first.offset)
 
 
+@dataclass(frozen=True)
+class BundleContents:
+    """A bundle's numeric tensors as records, and the tensors torch has no dtype for."""
+
+    path: str  # the .index file
+    records: tuple[TensorRecord, ...]
+    unsupported: tuple[UnsupportedTensor, ...]
+
+
+_TF_CODES = {name: code for code, name in TF_DTYPE_NAMES.items()}
+
+
 def read_tensor_bundle(prefix: PathLike, *, verify_checksums: bool = False,
                        skip_unsupported: bool = False) -> list[TensorRecord]:
     """One record per numeric tensor of a bundle, named by its raw TF key, in key order.
 
-    Strings (the TF2 `_CHECKPOINTABLE_OBJECT_GRAPH`) and variants are left out (read_bundle_entries
-    lists them). Partitioned variables become one record (see _sliced_record). Offsets are often
-    unaligned (the writer does not pad). With verify_checksums=True every tensor's bytes are read
-    and checked against its stored crc32c, in parallel, as TensorFlow always does.
+    The TF2 object graph (`_CHECKPOINTABLE_OBJECT_GRAPH`, a string the checkpoint describes itself with) and
+    variants (dataset iterators) are left out (read_bundle_entries lists them). Partitioned variables become
+    one record (see _sliced_record). Offsets are often unaligned (the writer does not pad). With
+    verify_checksums=True every tensor's bytes are read and checked against its stored crc32c, in parallel,
+    as TensorFlow always does.
 
-    Raises UnsupportedDtypeError for a tensor with no safetensors dtype (complex128, quantized,
-    int4) unless skip_unsupported=True leaves them out; TensorBundleError for a corrupt .index,
-    an inconsistent entry or a checksum mismatch; CheckpointNotFoundError for a missing bundle or
+    Raises UnsupportedDtypeError naming every tensor torch has no dtype for (strings, quantized and 4-bit
+    types: unsupported_reason) unless skip_unsupported=True leaves them out; TensorBundleError for a corrupt
+    .index, an inconsistent entry or a checksum mismatch; CheckpointNotFoundError for a missing bundle or
     data shard; UnsupportedFormatError for big-endian bundles and unsupported partitionings.
     """
+    contents = read_bundle_contents(prefix, verify_checksums=verify_checksums)
+    check_unsupported(contents.path, contents.unsupported, skip_unsupported)
+    return list(contents.records)
+
+
+def read_bundle_contents(prefix: PathLike, *, verify_checksums: bool = False) -> BundleContents:
+    """read_tensor_bundle's records and the entries it refuses, for callers that decide themselves."""
     index = _read_index(bundle_prefix(prefix))
     index_path = index.prefix + INDEX_SUFFIX
     shards = _ShardSizes(index_path)
     records = []
+    unsupported = []
     checked: list[BundleEntry] = []
     for entry in index.entries:
-        if entry.kind in ("slice", "string", "variant"):
+        if entry.kind in ("slice", "variant") or (entry.kind == "string" and entry.name == OBJECT_GRAPH_KEY):
             continue
         if entry.dtype is None:
-            if skip_unsupported:
-                continue
-            raise UnsupportedDtypeError(
-                f"{index_path}: tensor {entry.name!r} has dtype {entry.tf_dtype}, which has no torch/safetensors "
-                "equivalent warpload can return; load it with TensorFlow, or pass skip_unsupported=True to leave it "
-                "out")
+            reason = unsupported_reason(_TF_CODES.get(entry.tf_dtype, -1))
+            unsupported.append(UnsupportedTensor(entry.name, entry.tf_dtype, reason))
+            continue
         if entry.kind == "sliced":
             records.append(_sliced_record(index, entry, shards))
             checked.extend(index.raw[_encode_slice_key(entry.name, s)] for s in entry.slices)
@@ -342,7 +377,7 @@ def read_tensor_bundle(prefix: PathLike, *, verify_checksums: bool = False,
         checked.append(entry)
     if verify_checksums:
         _verify_checksums(checked)
-    return records
+    return BundleContents(index_path, tuple(records), tuple(unsupported))
 
 
 def _verify_checksums(entries: list[BundleEntry]) -> None:
@@ -383,7 +418,8 @@ def read_string_tensor(prefix: PathLike, name: str) -> list[bytes]:
 
 
 def _read_contents(path: str) -> CheckpointContents:
-    return CheckpointContents(tuple(read_tensor_bundle(path)), None)
+    contents = read_bundle_contents(path)
+    return CheckpointContents(contents.records, None, contents.unsupported)
 
 
 register(Format("tf-bundle", lambda head, size: False, _read_contents, sniff_path=is_tensor_bundle))

@@ -24,7 +24,7 @@ HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "use_
                "resume_download", "code_revision", "mirror", "_commit_hash")
 # Options with a meaning here beyond from_pretrained's named parameters (see LoadOptions.parse).
 EXTRA_OPTIONS = ("weights_only", "disable_mmap", "experts_implementation", "allow_all_kernels", "adapter_name",
-                 "adapter_kwargs")
+                 "adapter_kwargs", "skip_unsupported")
 # transformers options warpload does not implement: passing one with a value raises NotImplementedError.
 UNSUPPORTED_OPTIONS = ("quantization_config", "gguf_file", "tp_plan", "tp_size", "distributed_config", "device_mesh",
                        "key_mapping", "use_kernels", "kernel_config", "load_in_8bit", "load_in_4bit",
@@ -59,6 +59,8 @@ class LoadOptions:
     backend: str
     from_tf: bool
     zero_copy: str
+    # TF checkpoints: leave out the tensors torch has no dtype for (strings, quantized) instead of refusing them.
+    skip_unsupported: bool
     hub: HubOptions
     kwargs: dict[str, Any] = field(default_factory=dict)
     # False: the caller allowed transformers to unpickle code; warpload still never does (errors say so).
@@ -100,6 +102,7 @@ class LoadOptions:
             kwargs.pop(option, None)
         hub = HubOptions.pop_from(kwargs)
         placement_options = {option: kwargs.pop(option, default) for option, default in PLACEMENT_OPTIONS.items()}
+        skip_unsupported = bool(kwargs.pop("skip_unsupported", False))
         name = None if pretrained_model_name_or_path is None else os.fspath(pretrained_model_name_or_path)
         if options["state_dict"] is not None and name is not None:
             raise ValueError("`state_dict` cannot be passed together with a model name or a `gguf_file`. "
@@ -112,7 +115,7 @@ class LoadOptions:
                    device_map=device_map, backend=backend, zero_copy=mapping, hub=hub, kwargs=kwargs,
                    weights_only=weights_only, experts_implementation=experts_implementation,
                    adapter_name=adapter_name, adapter_kwargs=adapter_kwargs, placement_options=placement_options,
-                   **options)
+                   skip_unsupported=skip_unsupported, **options)
 
 
 def known_options(named: tuple[str, ...]) -> tuple[str, ...]:

@@ -91,7 +91,8 @@ def from_pretrained(pretrained_model_name_or_path: Optional[Union[str, "os.PathL
     progress line on a terminal (loading/progress_line.py). `model.load_timings` holds the call's LoadTimings.
     from_tf=True loads TensorFlow weights without TensorFlow (tf/checkpoint.py: tf_model.h5 and its shards, TF1
     GPT-2 and TF2 bundles); safetensors saved by TF models (`format: tf`) are mapped without it, as in
-    transformers.
+    transformers. skip_unsupported=True leaves out the TF tensors torch has no dtype for (strings, quantized),
+    which otherwise raise UnsupportedDtypeError naming them.
 
     Raises CheckpointNotFoundError (an OSError) when no weights or config are found, UnsupportedFormatError (a
     ValueError) for a pre-quantized checkpoint (a quantization_config in config.json, or tensors only quantized
@@ -201,7 +202,8 @@ def resolve(options: LoadOptions, started: float) -> Resolution:
             location, subfolder=options.subfolder, variant=options.variant,
             use_safetensors=options.use_safetensors, from_tf=options.from_tf)
         stream = shard_stream(shards, weights, started, options.zero_copy)
-        tf_weights = None if weights is None or stream is not None else tf_checkpoint(weights, options.from_tf)
+        tf_weights = None if weights is None or stream is not None else tf_checkpoint(
+            weights, options.from_tf, options.skip_unsupported)
     except BaseException:
         if shards is not None:
             shards.close()
@@ -232,7 +234,8 @@ def _load_or_wait_for_download(options: LoadOptions, resolution: Resolution,
         logger.info("%s: loading after the whole download (%s)", options.name, reason)
         resolution.stream = None
         resolution.shards.wait()
-        return _load(options, resolution, choice, None, tf_checkpoint(resolution.weights, options.from_tf))
+        tf_weights = tf_checkpoint(resolution.weights, options.from_tf, options.skip_unsupported)
+        return _load(options, resolution, choice, None, tf_weights)
 
 
 def _load(options: LoadOptions, resolution: Resolution, choice: ModelChoice, stream: Optional[ShardStream],
@@ -248,7 +251,8 @@ def _load(options: LoadOptions, resolution: Resolution, choice: ModelChoice, str
     elif stream is not None:
         sources = stream.placeholders()
     else:
-        sources = {record.name: record for record in checkpoint_records(resolution.weights)}
+        records = checkpoint_records(resolution.weights, skip_unsupported=options.skip_unsupported)
+        sources = {record.name: record for record in records}
     fill = stream if stream is not None else fill_parameters
     sources, fill = dequantized_sources(choice.model_config, sources, fill, resolution.weights or "state_dict")
     stored = sources if not isinstance(sources, TFCheckpoint) else {

@@ -30,10 +30,10 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
     """The weights file or shard index transformers would load from a local folder (or the file given).
 
     Order: with from_tf, TensorFlow weights first (transformers 4: model.ckpt.index, tf_model.h5; then
-    warpload's tf_model.h5.index.json and a bundle named by a `checkpoint` file); then model.safetensors,
-    its index, then (unless use_safetensors=True) pytorch_model.bin and its index, each with `variant`
-    inserted. Raises CheckpointNotFoundError with transformers' messages when none exists, or when the
-    location is not on this machine.
+    warpload's tf_model.h5.index.json and a bundle under any prefix: formats.tf_bundle.bundle_in_folder);
+    then model.safetensors, its index, then (unless use_safetensors=True) pytorch_model.bin and its index,
+    each with `variant` inserted. Raises CheckpointNotFoundError with transformers' messages when none
+    exists, or when the location is not on this machine.
     """
     if location is None:
         raise ValueError("pass a checkpoint folder, or state_dict= together with config=")
@@ -44,9 +44,10 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
             f"{location} is not a local folder or file; pass a checkpoint folder (repo ids go through "
             "from_pretrained, which downloads them)")
     folder = os.path.join(location, subfolder)
-    tf_weights = tf_weights_in_folder(folder)
-    if from_tf and tf_weights is not None:
-        return tf_weights
+    if from_tf:
+        tf_weights = tf_weights_in_folder(folder)
+        if tf_weights is not None:
+            return tf_weights
     found = named_weights_in_folder(folder, variant=variant, use_safetensors=use_safetensors)
     if found is not None:
         return found
@@ -54,6 +55,7 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
     if use_safetensors:
         raise CheckpointNotFoundError(f"Error no file named {safetensors_name} found in directory {location}.")
     hint = ""
+    tf_weights = None if from_tf else tf_weights_in_folder(folder)
     if tf_weights is not None:
         hint = f" It has TensorFlow weights ({os.path.basename(tf_weights)}): use `from_tf=True` to load them."
     bin_name = add_variant(PYTORCH_WEIGHTS_NAME, variant)
@@ -61,13 +63,14 @@ def resolve_weight_files(location: Optional[str], *, subfolder: str = "", varian
         f"Error no file named {safetensors_name}, or {bin_name}, found in directory {location}.{hint}")
 
 
-def tf_checkpoint(weights: str, from_tf: bool) -> Optional[TFCheckpoint]:
+def tf_checkpoint(weights: str, from_tf: bool, skip_unsupported: bool = False) -> Optional[TFCheckpoint]:
     """The TF checkpoint to map, or None for PyTorch weights. Like transformers, safetensors saying
-    `format: tf` take the TF path without from_tf; a TF file given without from_tf is refused."""
+    `format: tf` take the TF path without from_tf; a TF file given without from_tf is refused.
+    skip_unsupported: see read_tf_checkpoint."""
     from ..tf.checkpoint import read_tf_checkpoint
 
     if is_tf_safetensors(weights) or (from_tf and is_tf_checkpoint(weights)):
-        return read_tf_checkpoint(weights)
+        return read_tf_checkpoint(weights, skip_unsupported=skip_unsupported)
     if is_tf_checkpoint(weights):
         # transformers raises ValueError with this text; UnsupportedFormatError is one, and load_checkpoint's class.
         raise UnsupportedFormatError(f"We found a TensorFlow checkpoint at {weights}, please set from_tf to True to "

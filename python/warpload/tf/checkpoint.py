@@ -24,10 +24,12 @@ from ..constants import (
     TF_H5_INDEX_NAME,
     TF_H5_WEIGHTS_NAME,
 )
+from ..dtypes import DTYPES
 from ..errors import CheckpointError, CheckpointNotFoundError, HeaderError, UnsupportedFormatError
 from ..formats import keras_h5, tf_bundle
 from ..formats.checkpoint import checkpoint_records, is_tf_safetensors, tf_weights_in_folder
 from ..formats.keras_h5 import H5Dataset
+from ..formats.registry import check_unsupported
 from ..plan import TensorRecord
 from . import names as tf_names
 
@@ -157,12 +159,13 @@ def openai_gpt2_config(folder: str) -> Optional[dict[str, int]]:
 
 # --- finding and reading --------------------------------------------------------------------------------------
 
-def read_tf_checkpoint(path: str) -> TFCheckpoint:
+def read_tf_checkpoint(path: str, *, skip_unsupported: bool = False) -> TFCheckpoint:
     """The stored tensors of the TF checkpoint at path: a folder, a file, a shard index, or a bundle prefix.
 
-    Raises CheckpointNotFoundError when there is none, UnsupportedFormatError for a file that is not a
-    TF checkpoint (e.g. PyTorch safetensors), CheckpointError for corrupt files, ImportError without h5py
-    for h5 files.
+    Raises CheckpointNotFoundError when there is none (or a folder holds several bundles), UnsupportedFormatError
+    for a file that is not a TF checkpoint (e.g. PyTorch safetensors), UnsupportedDtypeError naming the tensors
+    torch has no dtype for (strings, quantized types) unless skip_unsupported=True leaves them out,
+    CheckpointError for corrupt files, ImportError without h5py for h5 files.
     """
     if os.path.isdir(path):
         found = tf_weights_in_folder(path)
@@ -174,22 +177,23 @@ def read_tf_checkpoint(path: str) -> TFCheckpoint:
             else:
                 raise CheckpointNotFoundError(
                     f"{path}: no TensorFlow checkpoint ({TF1_CHECKPOINT_INDEX_NAME}, {TF_H5_WEIGHTS_NAME}, "
-                    f"{TF_H5_INDEX_NAME}, a bundle named by a `{tf_bundle.CHECKPOINT_STATE_NAME}` file, or TF-format "
-                    f"{SAFETENSORS_WEIGHTS_NAME}); found: {', '.join(sorted(os.listdir(path))) or 'nothing'}")
+                    f"{TF_H5_INDEX_NAME}, a bundle's *.index here or in {tf_bundle.SAVED_MODEL_VARIABLES}/, or "
+                    f"TF-format {SAFETENSORS_WEIGHTS_NAME}); found: {', '.join(sorted(os.listdir(path))) or 'nothing'}")
         path = found
     if path.endswith(".index.json"):
         if os.path.basename(path).startswith(TF_H5_WEIGHTS_NAME):
-            return _read_h5_shards(path)
+            return _read_h5_shards(path, skip_unsupported)
         return _read_tf_safetensors(path)
     data_file = BUNDLE_DATA_NAME.search(path)
     if data_file is not None:
         path = path[:data_file.start()]
     if tf_bundle.is_tensor_bundle(path):
-        return _read_bundle(path)
+        return _read_bundle(path, skip_unsupported)
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if keras_h5.is_hdf5(path):
         contents = keras_h5.read_keras_h5(path)
+        check_unsupported(path, contents.unsupported, skip_unsupported)
         return TFCheckpoint(path, KERAS_STRIPPED if contents.stripped else KERAS, contents.tensors)
     return _read_tf_safetensors(path)
 
@@ -202,28 +206,32 @@ def _read_tf_safetensors(path: str) -> TFCheckpoint:
     return TFCheckpoint(path, KERAS_STRIPPED, tuple(checkpoint_records(path)))
 
 
-def _read_h5_shards(index_path: str) -> TFCheckpoint:
+def _read_h5_shards(index_path: str, skip_unsupported: bool) -> TFCheckpoint:
     """Every shard an h5 index names; its weight_map keys are runtime names, the shards store them stripped (4.2)."""
     index = read_shard_index(index_path)
     weight_map, shards = index.weight_map, index.shards
     folder = os.path.dirname(index_path)
     tensors: list[StoredTensor] = []
+    skipped: set[str] = set()
     for shard in shards:
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
             raise CheckpointNotFoundError(f"{index_path} names shard {shard!r}, which is missing from {folder}")
-        tensors += keras_h5.read_keras_h5(shard_path).tensors
-    found = {stored.name for stored in tensors}
+        contents = keras_h5.read_keras_h5(shard_path)
+        check_unsupported(shard_path, contents.unsupported, skip_unsupported)
+        tensors += contents.tensors
+        skipped.update(item.name for item in contents.unsupported)
+    found = {stored.name for stored in tensors} | skipped
     missing = sorted(name for name in weight_map if strip_model_name(name) not in found)
-    if missing or len(found) != len(tensors):
+    if missing or len(found) != len(tensors) + len(skipped):
         problem = f"names {missing[:3]} but no shard holds them" if missing else "holds a tensor name twice"
         raise CheckpointError(f"{index_path}: the index {problem}", path=index_path)
     return TFCheckpoint(index_path, KERAS_STRIPPED, tuple(tensors))
 
 
-def _read_bundle(path: str) -> TFCheckpoint:
+def _read_bundle(path: str, skip_unsupported: bool) -> TFCheckpoint:
     prefix = tf_bundle.bundle_prefix(path)
-    records = tuple(tf_bundle.read_tensor_bundle(prefix))
+    records = tuple(tf_bundle.read_tensor_bundle(prefix, skip_unsupported=skip_unsupported))
     naming = TF2_OBJECT if tf_names.is_object_based([record.name for record in records]) else TF1
     if naming == TF1 and not any(tf_names.gpt2_tf1_name(record.name) for record in records):
         raise UnsupportedFormatError(
@@ -243,7 +251,9 @@ def plain_record(translated: TranslatedTensor) -> Optional[TensorRecord]:
         return None
     if layout.permutation is None or _moves_only_unit_axes(stored.shape, layout.permutation):
         return replace(stored, name=translated.name, shape=layout.shape)
-    if layout.is_matrix_transpose and len(layout.shape) == 2 and layout.shape == stored.shape[::-1]:
+    # The engine transposes elements of 1, 2, 4 or 8 bytes; complex128 is permuted in torch.
+    if (layout.is_matrix_transpose and len(layout.shape) == 2 and layout.shape == stored.shape[::-1]
+            and DTYPES[stored.dtype].bits <= 64):
         return replace(stored, name=translated.name, shape=layout.shape, transpose=True)
     return None
 
