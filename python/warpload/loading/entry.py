@@ -31,3 +31,10 @@ def config_from_pretrained(cls: type, pretrained_model_name_or_path: PathLike, *
                                   weights=False)
     config, unused = cls.from_local(location, subfolder=subfolder, overrides=kwargs)
     return (config, unused) if return_unused_kwargs else config
+
+
+def model_save_pretrained(model: Any, save_directory: PathLike, **kwargs: Any) -> None:
+    """`model.save_pretrained(...)` of a built-in model (see warpload.loading.saving.save_pretrained)."""
+    from .saving import save_pretrained
+
+    save_pretrained(model, save_directory, **kwargs)

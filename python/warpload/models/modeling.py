@@ -12,6 +12,7 @@ from torch import nn
 from .attention import KVCache
 from .config import GenerationConfig, PretrainedConfig
 from .generation import GenerationMixin
+from .model_api import ModelApiMixin
 
 if TYPE_CHECKING:
     import os
@@ -75,8 +76,9 @@ def embedding(num_embeddings: int, embedding_dim: int, padding_idx: Optional[int
     return nn.Embedding(num_embeddings, embedding_dim, padding_idx, _weight=torch.empty(num_embeddings, embedding_dim))
 
 
-class PreTrainedModel(nn.Module):
-    """A built-in model: transformers' module tree and state-dict names, loadable by warpload.from_pretrained.
+class PreTrainedModel(ModelApiMixin, nn.Module):
+    """A built-in model: transformers' module tree and state-dict names, loadable by warpload.from_pretrained;
+    transformers' model methods (save_pretrained, num_parameters, resize_token_embeddings...) from ModelApiMixin.
 
     Subclasses set `config_class`, `base_model_prefix` (the base model's attribute in head models),
     `tied_weights_keys` ({target: source}, applied when config.tie_word_embeddings) and the
@@ -169,9 +171,6 @@ class DecoderStack(nn.Module):
     config: PretrainedConfig
     input_embeddings_name: ClassVar[str]
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return getattr(self, self.input_embeddings_name)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
                 use_cache: Optional[bool] = None) -> BaseModelOutput:
@@ -202,12 +201,6 @@ class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.generation_config = GenerationConfig.from_model_config(config)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return getattr(self, self.base_model_prefix).get_input_embeddings()
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
