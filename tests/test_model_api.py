@@ -146,21 +146,25 @@ def test_resize_token_embeddings_matches_transformers(arch, new_num_tokens, pad_
     assert ours.config.vocab_size == theirs.config.vocab_size == expected.weight.shape[0]
     kept = min(old.shape[0], got.weight.shape[0])
     assert torch.equal(got.weight[:kept], old[:kept])
-    # mean_resizing: the added rows come from a normal around the old rows' mean with 1e-9 x their covariance.
-    torch.testing.assert_close(got.weight, expected.weight, atol=1e-5, rtol=0)
+    # mean_resizing: the added rows come from a normal around the old rows' mean with 1e-9 x their covariance,
+    # drawn from the generator as transformers draws them.
+    assert torch.equal(got.weight, expected.weight)
+    assert torch.equal(ours.get_output_embeddings().weight, theirs.get_output_embeddings().weight)
     assert ours.get_output_embeddings().weight.shape == theirs.get_output_embeddings().weight.shape
     assert (ours.lm_head.weight is ours.get_input_embeddings().weight) == ours.config.tie_word_embeddings
     torch.testing.assert_close(logits(ours), logits(theirs), atol=1e-5, rtol=1e-5)
 
 
-def test_resize_without_mean_resizing_draws_new_rows_like_init(tmp_path):
+def test_resize_without_mean_resizing_draws_new_rows_as_transformers(tmp_path):
     ours, theirs = ours_and_theirs("llama", tmp_path)
     for model in (ours, theirs):
+        torch.manual_seed(2)
         model.resize_token_embeddings(4096, mean_resizing=False)
-    for model in (ours, theirs):
-        for weight in (model.get_input_embeddings().weight, model.lm_head.weight):
-            added = weight[128:].detach()
-            assert abs(added.mean().item()) < 1e-3 and abs(added.std().item() - 0.02) < 1e-3
+    for weight, reference in ((ours.get_input_embeddings().weight, theirs.get_input_embeddings().weight),
+                              (ours.lm_head.weight, theirs.lm_head.weight)):
+        assert torch.equal(weight, reference)
+        added = weight[128:].detach()
+        assert abs(added.mean().item()) < 1e-3 and abs(added.std().item() - 0.02) < 1e-3
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         ours.resize_token_embeddings(200, pad_to_multiple_of=8.0)
 
@@ -236,6 +240,9 @@ def test_from_config_takes_a_transformers_config():
     reference_config = transformers.GPT2Config(**TINY_CONFIGS["gpt2"][1])
     model = warpload.AutoModelForCausalLM.from_config(reference_config)
     assert isinstance(model, warpload.models.gpt2.GPT2LMHeadModel) and model.config.n_layer == 2
+    no_builtin = transformers.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, vocab_size=64)
+    assert type(warpload.AutoModelForCausalLM.from_config(no_builtin)) is transformers.GPTNeoXForCausalLM
 
 
 class TinyLlamaConfig(configs.LlamaConfig):

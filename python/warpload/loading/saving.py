@@ -73,15 +73,13 @@ def save_pretrained(model: Any, save_directory: PathLike, *, is_main_process: bo
 def save_weights(tensors: dict[str, "torch.Tensor"], folder: str, *, safe_serialization: bool,
                  variant: Optional[str], max_shard_size: Union[int, str], total_parameters: int) -> None:
     """Writes `tensors` into `folder` as one file or shards with an index (see save_pretrained)."""
-    from huggingface_hub import split_state_dict_into_shards_factory
+    # transformers' own split (huggingface_hub): state-dict order, a tensor above the limit alone in its shard.
+    from huggingface_hub import split_torch_state_dict_into_shards
 
     weights_name = with_variant(SAFETENSORS_WEIGHTS_NAME if safe_serialization else PYTORCH_WEIGHTS_NAME, variant)
     stem, extension = weights_name.rsplit(".", 1)
-    # Sizes by bytes, every tensor counted alone: zero-copy parameters are views of one mapped file, which
-    # huggingface_hub's storage-based split would take for one shared tensor.
-    split = split_state_dict_into_shards_factory(
-        tensors, filename_pattern=stem + "{suffix}." + extension, max_shard_size=max_shard_size,
-        get_storage_size=lambda tensor: tensor.numel() * tensor.element_size(), get_storage_id=lambda tensor: None)
+    split = split_torch_state_dict_into_shards(tensors, filename_pattern=stem + "{suffix}." + extension,
+                                               max_shard_size=max_shard_size)
     remove_stale_shards(folder, stem, set(split.filename_to_tensors))
     for filename, names in split.filename_to_tensors.items():
         shard = {name: tensors[name].contiguous() for name in names}
