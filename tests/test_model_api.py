@@ -41,7 +41,8 @@ def files_of(folder):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("max_shard_size", ["50GB", "40KB", 30_000])
 def test_save_pretrained_writes_what_transformers_writes(arch, max_shard_size, tmp_path):
-    ours, theirs = ours_and_theirs(arch, tmp_path)
+    ours, _ = ours_and_theirs(arch, tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "source")
     ours.save_pretrained(tmp_path / "ours", max_shard_size=max_shard_size)
     theirs.save_pretrained(tmp_path / "theirs", max_shard_size=max_shard_size)
     assert files_of(tmp_path / "ours") == files_of(tmp_path / "theirs")
@@ -60,6 +61,20 @@ def test_save_pretrained_writes_what_transformers_writes(arch, max_shard_size, t
     expected = logits(theirs)
     assert torch.equal(logits(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")), expected)
     assert torch.equal(logits(warpload.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")), expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_from_config_models_shard_as_transformers(arch, tmp_path):
+    class_name, fields = TINY_CONFIGS[arch]
+    reference_config = getattr(transformers, class_name)(**fields)
+    ours = warpload.AutoModelForCausalLM.from_config(warpload.AutoConfig.for_model(**reference_config.to_dict()))
+    ours.save_pretrained(tmp_path / "ours", max_shard_size="40KB")
+    transformers.AutoModelForCausalLM.from_config(reference_config).save_pretrained(tmp_path / "theirs",
+                                                                                  max_shard_size="40KB")
+    assert files_of(tmp_path / "ours") == files_of(tmp_path / "theirs")
+    for name in ("config.json", "model.safetensors.index.json"):
+        ours_json, theirs_json = (json.loads((tmp_path / side / name).read_text()) for side in ("ours", "theirs"))
+        assert ours_json == theirs_json, name
 
 
 def test_tied_lm_head_is_saved_once_under_the_input_embedding_name(tmp_path):
@@ -172,6 +187,7 @@ def test_resize_without_mean_resizing_draws_new_rows_as_transformers(tmp_path):
 def test_embedding_accessors_and_can_generate_match_transformers(tmp_path):
     ours, theirs = ours_and_theirs("gpt2", tmp_path)
     assert ours.can_generate() is theirs.can_generate() is True
+    assert ours.config._attn_implementation == theirs.config._attn_implementation == "sdpa"
     assert warpload.models.gpt2.GPT2Model.can_generate() is transformers.GPT2Model.can_generate() is False
     assert ours.transformer.get_output_embeddings() is None and theirs.transformer.get_output_embeddings() is None
     replacement = torch.nn.Embedding(128, 64)

@@ -64,6 +64,10 @@ def save_pretrained(model: Any, save_directory: PathLike, *, is_main_process: bo
     if model.can_generate() and getattr(model, "generation_config", None) is not None:
         save_generation_config(model.generation_config, folder)
     tensors = dict(model.state_dict() if state_dict is None else state_dict)
+    if getattr(model, "load_timings", None) is not None:
+        # transformers saves a model it loaded (one with weight conversions) in natural key order, one it built in
+        # state-dict order; the order decides the shards.
+        tensors = dict(sorted(tensors.items(), key=lambda item: natural_key(item[0])))
     if safe_serialization:  # safetensors refuses aliases; transformers 4's .bin kept both names, one storage
         tensors = without_tied_duplicates(tensors, model.tied_weights())
     save_weights(tensors, folder, safe_serialization=safe_serialization, variant=variant,
@@ -140,6 +144,20 @@ def without_tied_duplicates(tensors: dict[str, "torch.Tensor"], tied: dict[str, 
             keep = [name for name in names if name not in tied] or targets[-1:]
             dropped.update(name for name in names if name not in keep[:1])
     return {name: tensor for name, tensor in tensors.items() if name not in dropped}
+
+
+def natural_key(name: str) -> list[tuple[Any, ...]]:
+    """transformers' dot_natural_key: dotted parts compared as numbers when numeric (h.2 before h.10), numeric
+    suffixes too (shard_2 before shard_11), else as text; numbers first."""
+    parts: list[tuple[Any, ...]] = []
+    for part in name.split("."):
+        text = part.rstrip("0123456789")
+        digits = part[len(text):]
+        if not text:
+            parts.append((0, int(part)))
+        else:
+            parts.append((1, text, int(digits)) if digits else (1, text))
+    return parts
 
 
 def with_variant(file_name: str, variant: Optional[str]) -> str:

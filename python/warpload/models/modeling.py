@@ -93,6 +93,8 @@ class PreTrainedModel(ModelApiMixin, nn.Module):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.config = config
+        if getattr(config, "_attn_implementation", None) is None:  # recorded as transformers records its choice
+            config._attn_implementation = "sdpa"
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: "Optional[str | os.PathLike[str]]", *model_args: Any,
