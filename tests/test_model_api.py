@@ -311,6 +311,8 @@ def test_config_api_answers_as_transformers(arch):
     assert ours.to_json_string(use_diff=False) == theirs.to_json_string(use_diff=False)
     assert ours.get_text_config() is ours and ours.use_return_dict is theirs.return_dict
     assert ours._attn_implementation == theirs._attn_implementation and ours.num_labels == theirs.num_labels
+    ours.torch_dtype = "bfloat16"
+    assert ours.dtype == ours.torch_dtype == "bfloat16" and ours.to_dict()["dtype"] == "bfloat16"
     ours.num_labels = theirs.num_labels = 3
     assert ours.id2label == theirs.id2label and ours.label2id == theirs.label2id
 

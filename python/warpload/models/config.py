@@ -102,6 +102,10 @@ class PretrainedConfig:
         """transformers 4's name of dtype."""
         return self.dtype
 
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = value
+
     def get_text_config(self, decoder: Optional[bool] = None, encoder: Optional[bool] = None) -> "PretrainedConfig":
         """The config of the text model: a nested `text_config` / `decoder` when the config has one, else itself
         (every built-in model is text only), as transformers' get_text_config."""

@@ -33,14 +33,19 @@ class CheckpointedLayer(nn.Module):
             if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
                 return forward(self, *args, **kw)
             if any(isinstance(arg, KVCache) for arg in args):
-                logger.warning("Caching is incompatible with gradient checkpointing in %s: running without the "
-                               "cache.", type(self).__name__)
+                warn_cache_dropped(type(self).__name__)
                 args = tuple(None if isinstance(arg, KVCache) else arg for arg in args)
             return self.checkpoint_function(functools.partial(forward, self, **kw), *args)
 
         cls.forward = forward_with_checkpointing
 
     checkpoint_function: Callable[..., Any] = staticmethod(functools.partial(checkpoint, use_reentrant=False))
+
+
+@functools.lru_cache(maxsize=None)
+def warn_cache_dropped(layer_name: str) -> None:
+    """Says once per layer class that a checkpointed layer runs without its cache (transformers' warning_once)."""
+    logger.warning("Caching is incompatible with gradient checkpointing in %s: running without the cache.", layer_name)
 
 
 class ModelApiMixin:
