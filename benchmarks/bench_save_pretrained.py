@@ -3,7 +3,7 @@
 Each case runs in a fresh process (the model is loaded first, outside the timing), cases interleaved, medians
 over the repetitions. The floor is safetensors.torch.save_file of the same state dict (warpload-loaded, mapped)
 into one file. Every case writes into a fresh folder on the same file system after an os.sync() (so an earlier
-case's dirty pages do not throttle it); the page cache absorbs the writes (no fsync in the timing), as it does for users.
+case's dirty pages do not throttle it); the page cache absorbs the writes (no fsync in the timing), as for users.
 
     .venv/bin/python benchmarks/bench_save_pretrained.py --reps 5
 """
