@@ -45,3 +45,10 @@ def load_adapter(model: Any, peft_model_id: str, adapter_name: str, options: dic
         raise CheckpointNotFoundError(f"{peft_model_id} has no {ADAPTER_CONFIG_NAME}: pass a PEFT adapter folder or "
                                       "repo id (peft's save_pretrained writes adapter_config.json)")
     apply_adapter(model, adapter.folder, adapter_name, adapter.config)
+
+
+def model_save_pretrained(model: Any, save_directory: PathLike, **kwargs: Any) -> None:
+    """`model.save_pretrained(...)` of a built-in model (see warpload.loading.saving.save_pretrained)."""
+    from .saving import save_pretrained
+
+    save_pretrained(model, save_directory, **kwargs)

@@ -12,8 +12,16 @@ from ..errors import CheckpointNotFoundError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Fields every transformers config has; the rest come from the model's defaults or the file.
-_BASE_DEFAULTS: dict[str, Any] = {"architectures": None, "dtype": None}
+# Fields every transformers config has (PreTrainedConfig's, 5.x defaults); the rest come from the model's
+# defaults or the file. to_diff_dict (what config.json holds) leaves out those still at these values.
+_BASE_DEFAULTS: dict[str, Any] = {
+    "architectures": None, "dtype": None, "output_hidden_states": False, "output_attentions": False,
+    "return_dict": True, "chunk_size_feed_forward": 0, "is_encoder_decoder": False, "id2label": None,
+    "label2id": None, "problem_type": None,
+}
+# Written as transformers_version when transformers is not installed: the release whose config.json format
+# warpload writes (dtype, rope_parameters).
+TRANSFORMERS_FORMAT_VERSION = "5.24.0"
 
 
 class PretrainedConfig:
@@ -38,11 +46,19 @@ class PretrainedConfig:
             kwargs["dtype"] = legacy_dtype
         model_type = kwargs.pop("model_type", None) or type(self).model_type
         name_or_path = kwargs.pop("name_or_path", kwargs.pop("_name_or_path", ""))
+        num_labels = kwargs.pop("num_labels", None)
+        attn_implementation = kwargs.pop("attn_implementation", kwargs.pop("_attn_implementation", None))
         values = {**_BASE_DEFAULTS, **copy.deepcopy(self.defaults), **kwargs}
         object.__setattr__(self, "model_type", model_type)
         object.__setattr__(self, "_name_or_path", str(name_or_path))
+        object.__setattr__(self, "_attn_implementation", attn_implementation)
         for key, value in values.items():
             object.__setattr__(self, key, value)
+        # As transformers: two labels unless id2label says otherwise; JSON gives the ids as strings.
+        if self.id2label is None:
+            self.num_labels = num_labels if num_labels is not None else 2
+        else:
+            self.id2label = {int(key): value for key, value in self.id2label.items()}
         self._post_init()
 
     def _post_init(self) -> None:
@@ -65,26 +81,83 @@ class PretrainedConfig:
     def name_or_path(self, value: Any) -> None:
         object.__setattr__(self, "_name_or_path", str(value))
 
+    @property
+    def num_labels(self) -> int:
+        """The number of labels of a classification head: len(id2label), as transformers counts them."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if self.id2label is None or len(self.id2label) != num_labels:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            self.label2id = {label: i for i, label in self.id2label.items()}
+
+    @property
+    def use_return_dict(self) -> bool:
+        """transformers' deprecated alias of return_dict."""
+        return self.return_dict
+
+    @property
+    def torch_dtype(self) -> Any:
+        """transformers 4's name of dtype."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = value
+
+    def get_text_config(self, decoder: Optional[bool] = None, encoder: Optional[bool] = None) -> "PretrainedConfig":
+        """The config of the text model: a nested `text_config` / `decoder` when the config has one, else itself
+        (every built-in model is text only), as transformers' get_text_config."""
+        decoders, encoders = ("decoder", "generator", "text_config"), ("text_encoder",)
+        names = encoders + decoders if decoder == encoder else decoders if decoder else encoders
+        nested = [vars(self)[name] for name in names if vars(self).get(name) is not None]
+        if len(nested) > 1:
+            raise ValueError(f"{type(self).__name__} has several text configs ({', '.join(names)}): pick one "
+                             "directly, e.g. config.text_config")
+        return nested[0] if nested else self
+
     def knows(self, key: str) -> bool:
         """Whether `key` names a field of this config (directly, by alias, or as a legacy key)."""
-        return key in vars(self) or key in type(self).attribute_map or key in type(self).legacy_keys
+        return (key in vars(self) or key in type(self).attribute_map or key in type(self).legacy_keys
+                or key == "num_labels")
+
+    def update(self, config_dict: dict[str, Any]) -> None:
+        """Sets every field of `config_dict` (transformers' update)."""
+        for key, value in config_dict.items():
+            setattr(self, key, value)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field as JSON-compatible values (dtypes as their names), with `model_type`."""
+        """Every field as JSON-compatible values (dtypes as their names), with `model_type`, `_name_or_path` and
+        the `transformers_version` it is written for, as transformers' to_dict."""
         out = {key: _jsonable(value) for key, value in vars(self).items() if not key.startswith("_")}
+        out["_name_or_path"] = self._name_or_path
         out["model_type"] = self.model_type
+        out["transformers_version"] = transformers_version()
         return out
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """to_dict without the common fields still at transformers' defaults and without _name_or_path: what
+        transformers writes to config.json. The model's own fields are always kept, as transformers keeps them."""
+        base = PretrainedConfig().to_dict()
+        return {key: value for key, value in self.to_dict().items()
+                if key != "_name_or_path" and (key not in base or key == "transformers_version"
+                                               or value != base[key])}
 
-    def save_pretrained(self, save_directory: PathLike) -> None:
-        """Writes config.json into save_directory (created if needed), atomically."""
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as transformers writes it: to_diff_dict (or to_dict), keys sorted, two-space indent."""
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Writes config.json (to_json_string) into save_directory (created if needed), atomically.
+        Raises NotImplementedError for push_to_hub=True (warpload does not upload), NotADirectoryError for a file."""
+        if push_to_hub:
+            raise NotImplementedError(UPLOAD_REFUSAL)
         folder = os.fspath(save_directory)
         if os.path.isfile(folder):
             raise NotADirectoryError(f"{folder} is a file; save_pretrained writes config.json into a folder")
         os.makedirs(folder, exist_ok=True)
-        _write_json(os.path.join(folder, CONFIG_NAME), self.to_json_string())
+        write_json_text(os.path.join(folder, CONFIG_NAME), self.to_json_string())
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "PretrainedConfig":
@@ -123,6 +196,21 @@ class PretrainedConfig:
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
+UPLOAD_REFUSAL = ("push_to_hub=True: warpload saves locally and does not upload; save, then upload the folder "
+                  "with huggingface_hub.upload_folder(repo_id=..., folder_path=...)")
+
+
+def transformers_version() -> str:
+    """The installed transformers' version (read from its metadata, transformers is not imported), else the
+    version whose format warpload writes."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return TRANSFORMERS_FORMAT_VERSION
+
+
 def build_config(cls: type, config_dict: dict[str, Any], overrides: dict[str, Any], path: str) -> PretrainedConfig:
     """A `cls` config from a parsed config.json at `path`, with the overrides that name its fields applied."""
     probe = cls(**config_dict)
@@ -146,7 +234,9 @@ def read_config_dict(location: PathLike, subfolder: str = "") -> tuple[dict[str,
     return read_json_object(path), path
 
 
-def _write_json(path: str, text: str) -> None:
+def write_json_text(path: str, text: str) -> None:
+    """Writes `text` (JSON) to `path` atomically."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -8,6 +8,7 @@ from torch import nn
 
 from .attention import KVCache, attend, causal_mask
 from .config import GPT2Config, PretrainedConfig
+from .model_api import CheckpointedLayer
 from .modeling import ACTIVATIONS, Conv1D, DecoderStack, PreTrainedCausalLM, PreTrainedModel, embedding
 
 
@@ -48,7 +49,7 @@ class GPT2MLP(nn.Module):
         return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
 
 
-class GPT2Block(nn.Module):
+class GPT2Block(CheckpointedLayer):
     def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
         hidden_size = config.hidden_size
@@ -78,6 +79,14 @@ class GPT2PreTrainedModel(PreTrainedModel):
         if config.activation_function not in ACTIVATIONS:
             problems.append(f"activation_function={config.activation_function!r}")
         return problems
+
+    def init_parameter(self, name: str) -> None:
+        """As transformers' GPT-2 init: the residual projections (c_proj) take std / sqrt(2 * n_layer)."""
+        super().init_parameter(name)
+        if name.endswith("c_proj.weight"):
+            with torch.no_grad():
+                self.get_parameter(name).normal_(mean=0.0,
+                                                 std=self.config.initializer_range / (2 * self.config.n_layer) ** 0.5)
 
 
 class GPT2Model(GPT2PreTrainedModel, DecoderStack):

@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention import KVCache, attend, causal_mask
 from .config import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
+from .model_api import CheckpointedLayer
 from .modeling import ACTIVATIONS, DecoderStack, PreTrainedCausalLM, PreTrainedModel, embedding
 from .rope import ROPE_TYPES, RotaryEmbedding, apply_rotary
 
@@ -100,7 +101,7 @@ class LlamaAttention(nn.Module):
         return self.o_proj(attend(query, key, value, mask, self.scaling))
 
 
-class LlamaDecoderLayer(nn.Module):
+class LlamaDecoderLayer(CheckpointedLayer):
     def __init__(self, config: PretrainedConfig, layer_idx: int, layout: AttentionLayout) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_idx, layout)

@@ -13,6 +13,7 @@ from .attention import KVCache
 from .config import GenerationConfig, PretrainedConfig
 from .generation import GenerationMixin
 from .lora import AdapterMixin
+from .model_api import ModelApiMixin
 
 if TYPE_CHECKING:
     import os
@@ -76,8 +77,10 @@ def embedding(num_embeddings: int, embedding_dim: int, padding_idx: Optional[int
     return nn.Embedding(num_embeddings, embedding_dim, padding_idx, _weight=torch.empty(num_embeddings, embedding_dim))
 
 
-class PreTrainedModel(AdapterMixin, nn.Module):
-    """A built-in model: transformers' module tree and state-dict names, loadable by warpload.from_pretrained.
+class PreTrainedModel(ModelApiMixin, AdapterMixin, nn.Module):
+    """A built-in model: transformers' module tree and state-dict names, loadable by warpload.from_pretrained;
+    transformers' model methods (save_pretrained, num_parameters, resize_token_embeddings...) from ModelApiMixin,
+    its adapter methods (load_adapter, set_adapter...) from AdapterMixin.
 
     Subclasses set `config_class`, `base_model_prefix` (the base model's attribute in head models),
     `tied_weights_keys` ({target: source}, applied when config.tie_word_embeddings) and the
@@ -94,6 +97,8 @@ class PreTrainedModel(AdapterMixin, nn.Module):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.config = config
+        if getattr(config, "_attn_implementation", None) is None:  # recorded as transformers records its choice
+            config._attn_implementation = "sdpa"
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: "Optional[str | os.PathLike[str]]", *model_args: Any,
@@ -172,9 +177,6 @@ class DecoderStack(nn.Module):
     config: PretrainedConfig
     input_embeddings_name: ClassVar[str]
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return getattr(self, self.input_embeddings_name)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
                 use_cache: Optional[bool] = None) -> BaseModelOutput:
@@ -205,12 +207,6 @@ class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.generation_config = GenerationConfig.from_model_config(config)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return getattr(self, self.base_model_prefix).get_input_embeddings()
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
