@@ -12,14 +12,16 @@ _LAZY = {
     "load": "tensors",
     "load_file": "tensors",
     "safe_open": "tensors",
+    "save_file": "tensors",
+    "save": "tensors",
     "load_checkpoint": "tensors",
     "errors": None,
     "AutoModelForCausalLM": "loading.auto",
     "AutoConfig": "loading.auto",
 }
 
-__all__ = ["load", "load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig", "errors",
-           "__version__"]
+__all__ = ["load", "load_file", "safe_open", "save_file", "save", "load_checkpoint", "AutoModelForCausalLM",
+           "AutoConfig", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:

@@ -1,4 +1,4 @@
-"""The tensor API: load_file and safe_open (drop-ins for safetensors') and load_checkpoint."""
+"""The tensor API: load_file, load, safe_open, save_file and save (drop-ins for safetensors') and load_checkpoint."""
 from __future__ import annotations
 
 import os
@@ -65,6 +65,30 @@ def load(data: bytes) -> dict[str, "torch.Tensor"]:
     header = parse_header(BYTES_SOURCE, owned, len(owned))
     plan = plan_load(header.records)
     return engine.zero_copy_views(plan, {BYTES_SOURCE: owned}) if plan.storages else {}
+
+
+def save_file(tensors: dict[str, "torch.Tensor"], filename: PathLike,
+              metadata: Optional[dict[str, str]] = None) -> None:
+    """Saves a dict of tensors to `filename` in safetensors format, like `safetensors.torch.save_file`: the same
+    bytes (header, tensor order, alignment), written in parallel by the C++ engine into a temporary file that is
+    then renamed over `filename`. Tensors on other devices are copied to the CPU first.
+
+    Raises, as safetensors does: UnsavableTensorError (a ValueError) for no dict, a non-tensor, a sparse or
+    non-contiguous tensor; SharedTensorsError (a RuntimeError) for tensors that share memory; NotAStringError (a
+    TypeError) for names or metadata that are not str; NoTensorDataError (a RuntimeError) for meta tensors;
+    EngineIOError (an OSError) when the write fails.
+    """
+    from .engine import writer
+
+    writer.save_file(tensors, filename, metadata)
+
+
+def save(tensors: dict[str, "torch.Tensor"], metadata: Optional[dict[str, str]] = None) -> bytes:
+    """The safetensors bytes of a dict of tensors, like `safetensors.torch.save` (what save_file would write);
+    raises what save_file raises."""
+    from .engine import writer
+
+    return writer.save(tensors, metadata)
 
 
 def _check_zero_copy(plan: LoadPlan, device: DeviceLike) -> None:
