@@ -177,3 +177,7 @@ class SharedTensorsError(WarploadError, RuntimeError):
 class NoTensorDataError(WarploadError, NotImplementedError):
     """A tensor given to save_file / save is on the meta device and has no bytes to write (torch raises
     NotImplementedError, a RuntimeError, and safetensors lets it through)."""
+
+
+class UnknownBackendError(WarploadError, ValueError, SafetensorError):
+    """load_file / safe_open got a `backend` safetensors does not know either ("mmap" and "pread" are accepted)."""

@@ -8,7 +8,7 @@ from . import engine
 from ._native import core
 from .dtypes import dtype_name
 from .engine.mapped import aligned_in_file
-from .errors import CheckpointNotFoundError, ClosedFileError, ZeroCopyError
+from .errors import CheckpointNotFoundError, ClosedFileError, UnknownBackendError, ZeroCopyError
 from .formats.safetensors import parse_header, read_header
 from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
@@ -28,19 +28,31 @@ def _is_cpu(device: DeviceLike) -> bool:
     return str(device) == "cpu"
 
 
+# safetensors 0.8's `backend=` of load_file and safe_open. warpload's engine picks how each file is read itself
+# (WARPLOAD_READ_METHOD, README "Settings"), so both give the same tensors; other values are refused as there.
+BACKENDS = ("mmap", "pread")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise UnknownBackendError(f'backend "{backend}" is invalid (expected one of: "mmap", "pread")')
+
+
 @without_gc_pauses
-def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None,
-              zero_copy: bool = False) -> dict[str, "torch.Tensor"]:
+def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None, zero_copy: bool = False,
+              backend: str = "mmap") -> dict[str, "torch.Tensor"]:
     """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
 
     Tensors come in file order, as safetensors returns them, read in parallel into memory they
     own. With `zero_copy=True` (CPU only, no `dtype`) they instead view the memory-mapped file:
     nothing is read until a page is touched, and writes stay private to the process. `dtype`
     converts floating-point tensors (torch's rounding, bit for bit); integer and bool tensors
-    keep their dtype.
+    keep their dtype. `backend` ("mmap" or "pread") is accepted as safetensors accepts it; the engine
+    chooses how to read either way.
 
     Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing.
     """
+    _check_backend(backend)
     path = _existing_file(filename)
     header = read_header(path)
     plan = plan_load(header.records, _requested_dtype(dtype))
@@ -109,13 +121,15 @@ def _existing_file(filename: PathLike) -> str:
 class safe_open:
     """Lazy access to a safetensors file, like `safetensors.safe_open`: reads only what is asked.
 
-    Usable as a context manager; `keys()`, `offset_keys()`, `metadata()`, `get_tensor(name)` and
-    `get_slice(name)[...]` behave as in safetensors.
+    Usable as a context manager; `keys()`, `offset_keys()`, `metadata()`, `get_tensor(name)`,
+    `get_tensors()` and `get_slice(name)[...]` behave as in safetensors; `backend` as in load_file.
     """
 
-    def __init__(self, filename: PathLike, framework: str = "pt", device: DeviceLike = "cpu") -> None:
+    def __init__(self, filename: PathLike, framework: str = "pt", device: DeviceLike = "cpu", *,
+                 backend: str = "mmap") -> None:
         if framework not in ("pt", "torch"):
             raise ValueError(f"framework={framework!r}: warpload returns torch tensors, use framework='pt'")
+        _check_backend(backend)
         self._path = _existing_file(filename)
         self._device = device
         self._header = read_header(self._path)
@@ -159,6 +173,11 @@ class safe_open:
         """The tensor `name`, read into memory it owns."""
         plan = plan_load([self._record(name)])
         return engine.materialize(plan, self._device, files=[self._file])[name]
+
+    def get_tensors(self) -> dict[str, "torch.Tensor"]:
+        """Every tensor of the file, in file order, read in one parallel engine call into memory they own."""
+        self._check_open()
+        return engine.materialize(plan_load(self._header.records), self._device, files=[self._file])
 
     def get_slice(self, name: str) -> "SafeSlice":
         """A handle whose `[...]` reads only the indexed part of tensor `name`."""
