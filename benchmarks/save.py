@@ -19,9 +19,9 @@ import time
 
 CASES = {
     "safetensors.torch.save_file": "safetensors",
-    "warpload.save_file": "warpload",
-    "warpload.save_file, one sequential pass": "warpload:1",
-    "warpload.save_file, shared mapping": "warpload:2",
+    "warpload.save_file (one sequential pwritev pass, the default)": "warpload",
+    "warpload.save_file, pwritev from every thread": "warpload:0",
+    "warpload.save_file, shared mapping filled by every thread": "warpload:2",
     "limit: one write() of the same bytes": "limit",
 }
 
@@ -41,7 +41,9 @@ def run_case(kind: str, path: str, model: str) -> float:
         import warpload
         from warpload.engine import writer
 
-        writer._WRITE_METHOD = int(kind.partition(":")[2] or writer._WRITE_METHOD)
+        method = kind.partition(":")[2]
+        if method:
+            writer._WRITE_METHOD = int(method)
         save = warpload.save_file
     else:
         flat = torch.full((sum(t.numel() for t in tensors.values()),), 0.02)

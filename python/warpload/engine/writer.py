@@ -53,18 +53,22 @@ def save(tensors: Mapping[str, "torch.Tensor"], metadata: Optional[Mapping[str, 
 
 
 def checked_layout(tensors: Mapping[str, "torch.Tensor"],
-                    metadata: Optional[Mapping[str, str]]) -> tuple[FileLayout, dict[str, "torch.Tensor"]]:
+                   metadata: Optional[Mapping[str, str]]) -> tuple[FileLayout, dict[str, "torch.Tensor"]]:
     """The file layout and each tensor's host copy (the tensor itself on the CPU), after safetensors.torch's checks
     in its order: the dict, each value a dense tensor, no shared memory, then per tensor contiguity and device."""
+    if sys.byteorder != "little":
+        raise UnsavableTensorError("warpload writes safetensors (little-endian) on little-endian machines only; "
+                                   "use safetensors.torch.save_file on this machine")
     _check_tensor_dict(tensors)
     _check_metadata(metadata)
     shared = [names for names in find_shared_tensors(tensors) if len(names) > 1]
     if shared:
         raise SharedTensorsError(
             f"Some tensors share memory, this will lead to duplicate memory on disk and potential differences when "
-            f"loading them again: {shared}. A potential way to correctly save your model is to use `save_model`. "
-            "More information at https://huggingface.co/docs/safetensors/torch_shared_tensors (or save "
-            "`tensor.clone()` for all but one name of each group)", groups=shared)
+            f"loading them again: {shared}. A potential way to correctly save your model is to use "
+            "`safetensors.torch.save_model` (it keeps one name of each group and records the others in the metadata), "
+            "or to save `tensor.clone()` under all names but one. More information at "
+            "https://huggingface.co/docs/safetensors/torch_shared_tensors", groups=shared)
     sources, entries = {}, []
     for name, tensor in tensors.items():
         if not tensor.is_contiguous():
@@ -115,9 +119,6 @@ def _check_metadata(metadata: Any) -> None:
 
 def _on_host(name: str, tensor: "torch.Tensor") -> "torch.Tensor":
     """The tensor in host memory: other devices are copied to the CPU, as safetensors does."""
-    if sys.byteorder != "little":
-        raise UnsavableTensorError("warpload writes safetensors (little-endian) on little-endian machines only; "
-                                   "use safetensors.torch.save_file on this machine")
     if tensor.device.type == "meta":
         raise NoTensorDataError(f"tensor {name!r}: Cannot copy out of meta tensor; no data! Materialize it "
                                 "(model.to_empty(device='cpu') and load or initialise it) before saving")
