@@ -42,7 +42,9 @@ class FileLayout:
 def file_layout(entries: Sequence[TensorEntry], metadata: Optional[Mapping[str, str]] = None) -> FileLayout:
     """The layout safetensors 0.8 writes for these tensors, byte for byte: compact JSON with `__metadata__`
     first (its keys in the mapping's order; safetensors' own order is its HashMap's, so a file with two or more
-    metadata keys matches it byte for byte only up to their order), then the tensors in layout order.
+    metadata keys matches it byte for byte only up to their order), then the tensors in layout order. One
+    departure: for no tensors and empty metadata safetensors writes '{},"__metadata__":{}}', which no reader
+    loads; this writes '{"__metadata__":{}}'.
 
     Raises HeaderError (a safetensors.SafetensorError) for a header over safetensors' 100 MB limit."""
     ordered = sorted(entries, key=lambda entry: (-_DTYPE_RANK[entry.dtype], entry.name))
