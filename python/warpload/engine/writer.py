@@ -26,10 +26,11 @@ from .shared_storage import find_shared_tensors, storage_span
 if TYPE_CHECKING:
     import torch
 
-# csrc/writer.h WriteMethod. 400 MB into the page cache (ext4, 2-core VM, 10 interleaved runs, medians): one
-# sequential pwritev pass 0.256 s, pwritev from both threads 0.359 s (they queue on the inode lock), a shared
-# mapping filled by both 0.439 s (a page fault per 4 KiB); safetensors 0.276 s. benchmarks/save.py has 1.4 GB.
-_WRITE_METHOD = 1
+# csrc/writer.h WriteMethod, chosen on benchmarks/save.py (1.42 GB, fresh processes, 2-core VM under other
+# sessions' load, RESULTS.md 2026-12-02): pwritev from both threads 1.53 / 1.65 s median in two runs, one sequential
+# pass 3.20 / 2.47 s, a shared mapping 1.75 / 3.58 s (a page fault per 4 KiB). In one process, 400 MB, the sequential
+# pass was ahead (0.256 s vs 0.359 s): buffered writes to one file queue on its inode lock, so threads gain little.
+_WRITE_METHOD = 0
 
 
 def save_file(tensors: Mapping[str, "torch.Tensor"], filename: Union[str, "os.PathLike[str]"],
