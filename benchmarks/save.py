@@ -19,8 +19,8 @@ import time
 
 CASES = {
     "safetensors.torch.save_file": "safetensors",
-    "warpload.save_file (pwritev from every thread, the default)": "warpload",
-    "warpload.save_file, one sequential pwritev pass": "warpload:1",
+    "warpload.save_file (one sequential pwritev pass, the default)": "warpload",
+    "warpload.save_file, pwritev from every thread": "warpload:0",
     "warpload.save_file, shared mapping filled by every thread": "warpload:2",
     "limit: one write() of the same bytes": "limit",
 }

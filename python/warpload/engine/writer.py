@@ -26,11 +26,11 @@ from .shared_storage import find_shared_tensors, storage_span
 if TYPE_CHECKING:
     import torch
 
-# csrc/writer.h WriteMethod, chosen on benchmarks/save.py (1.42 GB, fresh processes, 2-core VM under other
-# sessions' load, RESULTS.md 2026-12-02): pwritev from both threads 1.53 / 1.65 s median in two runs, one sequential
-# pass 3.20 / 2.47 s, a shared mapping 1.75 / 3.58 s (a page fault per 4 KiB). In one process, 400 MB, the sequential
-# pass was ahead (0.256 s vs 0.359 s): buffered writes to one file queue on its inode lock, so threads gain little.
-_WRITE_METHOD = 0
+# csrc/writer.h WriteMethod. On this 2-core VM the three methods are within the noise of fresh page-cache pages
+# (benchmarks/save.py, 1.42 GB, RESULTS.md 2026-12-02: the sequential pass led one quiet run 0.31 s to 0.96 s and
+# trailed the next 0.82 s to 0.57 s). Buffered writes to one file queue on its inode lock, so threads cannot gain
+# much; the single pass makes the fewest syscalls and led in-process at 400 MB (0.256 s vs 0.359 s).
+_WRITE_METHOD = 1
 
 
 def save_file(tensors: Mapping[str, "torch.Tensor"], filename: Union[str, "os.PathLike[str]"],
