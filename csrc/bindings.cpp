@@ -20,6 +20,7 @@
 #include "tfbundle.h"
 #include "pickle_scan.h"
 #include "thread_pool.h"
+#include "writer.h"
 
 namespace py = pybind11;
 using namespace warpload;
@@ -258,6 +259,70 @@ void bind_tfbundle(py::module_& m) {
     m.def("crc32c_has_hardware", &crc32c_has_hardware, "Whether this CPU has the SSE4.2 crc32 instruction.");
 }
 
+// The pieces of a write: the header bytes at offset 0, then one per row of an unsigned 64-bit table
+// (address, nbytes, offset) built by python/warpload/engine/writer.py from tensors it checked.
+std::vector<WritePiece> write_pieces(const py::buffer& header, const py::buffer& table) {
+    py::buffer_info head = header.request();
+    py::buffer_info info = table.request();
+    if (info.itemsize != 8 || (info.format != "Q" && info.format != "L")) {
+        throw std::invalid_argument("write table must be a buffer of uint64");
+    }
+    if (info.size % 3 != 0) throw std::invalid_argument("write table length is not a multiple of 3");
+    std::vector<WritePiece> pieces;
+    pieces.reserve(static_cast<size_t>(info.size) / 3 + 1);
+    pieces.push_back({static_cast<const uint8_t*>(head.ptr), static_cast<uint64_t>(head.size * head.itemsize), 0});
+    const auto* row = static_cast<const uint64_t*>(info.ptr);
+    for (py::ssize_t i = 0; i < info.size; i += 3, row += 3) {
+        if (row[0] > UINTPTR_MAX || row[0] + row[1] < row[0]) {
+            throw std::invalid_argument("write table row " + std::to_string(i / 3) + " is not a range of memory");
+        }
+        pieces.push_back({reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(row[0])), row[1], row[2]});
+    }
+    return pieces;
+}
+
+WriteOptions write_options(int method, size_t num_threads, size_t chunk_bytes) {
+    if (method < 0 || method > 2) throw std::invalid_argument("method must be 0 (pwrite), 1 (sequential) or 2 (mmap)");
+    WriteOptions options;
+    options.method = static_cast<WriteMethod>(method);
+    options.num_threads = num_threads;
+    if (chunk_bytes > 0) options.chunk_bytes = chunk_bytes;
+    return options;
+}
+
+void bind_writer(py::module_& m) {
+    m.def(
+        "write_file",
+        [](const std::string& path, const py::buffer& header, const py::buffer& table, uint64_t total, int method,
+           size_t num_threads, size_t chunk_bytes) {
+            std::vector<WritePiece> pieces = write_pieces(header, table);
+            WriteOptions options = write_options(method, num_threads, chunk_bytes);
+            py::gil_scoped_release release;
+            write_pieces_to_file(path, pieces, total, options);
+        },
+        py::arg("path"), py::arg("header"), py::arg("table"), py::arg("total"), py::kw_only(), py::arg("method") = 0,
+        py::arg("num_threads") = 0, py::arg("chunk_bytes") = 0,
+        "Writes header then the (address, nbytes, offset) rows of a uint64 table into a new file of total bytes, "
+        "in parallel; the rows must tile the file after the header.");
+    m.def(
+        "write_bytes",
+        [](const py::buffer& header, const py::buffer& table, uint64_t total, size_t num_threads) {
+            std::vector<WritePiece> pieces = write_pieces(header, table);
+            WriteOptions options = write_options(0, num_threads, 0);
+            check_pieces(pieces, total);
+            auto out = py::reinterpret_steal<py::bytes>(PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(total)));
+            if (!out) throw py::error_already_set();
+            auto* dst = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out.ptr()));
+            {
+                py::gil_scoped_release release;
+                write_pieces_to_memory(dst, pieces, total, options);
+            }
+            return out;
+        },
+        py::arg("header"), py::arg("table"), py::arg("total"), py::kw_only(), py::arg("num_threads") = 0,
+        "The bytes write_file would write, as a bytes object filled in parallel.");
+}
+
 const char* scan_status_name(PickleScanStatus status) {
     switch (status) {
         case PickleScanStatus::kComplete: return "complete";
@@ -447,6 +512,7 @@ PYBIND11_MODULE(_core, m) {
         "Runs a plan table of raw copies into device regions ((address, nbytes) pairs) through a ring of pinned "
         "buffers, every row checked first; returns counters.");
     bind_tfbundle(m);
+    bind_writer(m);
 
     m.def(
         "scan_pickle",

@@ -112,3 +112,28 @@ def test_load_refuses_invalid_bytes_as_safetensors_does(tmp_path, kind):
 def test_load_of_a_path_says_to_use_load_file(tmp_path):
     with pytest.raises(TypeError, match="load_file"):
         warpload.load(os.fspath(tmp_path / "x.safetensors"))
+
+
+@pytest.mark.parametrize("backend", ["mmap", "pread"])
+def test_backend_and_get_tensors_give_what_safetensors_gives(tmp_path, backend):
+    tensors = {"w": random_tensor((4, 3), torch.bfloat16), "b": random_tensor((3,), torch.int64, seed=1),
+               "e": random_tensor((0,), torch.float32)}
+    path = os.fspath(tmp_path / "m.safetensors")
+    save_file(tensors, path)
+    assert_same_state(warpload.load_file(path, backend=backend), st_load_file(path, backend=backend))
+    with warpload.safe_open(path, "pt", backend=backend) as ours, safetensors.safe_open(path, "pt",
+                                                                                       backend=backend) as theirs:
+        assert_same_state(ours.get_tensors(), theirs.get_tensors())
+
+
+@pytest.mark.parametrize("load", [lambda p: warpload.load_file(p, backend="io_uring"),
+                                  lambda p: warpload.safe_open(p, "pt", backend="io_uring")],
+                         ids=["load_file", "safe_open"])
+def test_an_unknown_backend_is_refused_as_safetensors_refuses_it(tmp_path, load):
+    path = os.fspath(tmp_path / "m.safetensors")
+    save_file({"w": torch.ones(2)}, path)
+    with pytest.raises(safetensors.SafetensorError) as theirs:
+        st_load_file(path, backend="io_uring")
+    with pytest.raises(safetensors.SafetensorError) as ours:
+        load(path)
+    assert str(ours.value) == str(theirs.value)

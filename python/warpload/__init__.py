@@ -12,6 +12,8 @@ _LAZY = {
     "load": "tensors",
     "load_file": "tensors",
     "safe_open": "tensors",
+    "save_file": "tensors",
+    "save": "tensors",
     "load_checkpoint": "tensors",
     "load_torch": "tensors",
     "errors": None,
@@ -19,8 +21,8 @@ _LAZY = {
     "AutoConfig": "loading.auto",
 }
 
-__all__ = ["load", "load_file", "safe_open", "load_checkpoint", "load_torch", "AutoModelForCausalLM", "AutoConfig",
-           "errors", "__version__"]
+__all__ = ["load", "load_file", "safe_open", "save_file", "save", "load_checkpoint", "load_torch",
+           "AutoModelForCausalLM", "AutoConfig", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:

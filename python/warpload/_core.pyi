@@ -101,3 +101,12 @@ def dequantize_fp8(matrices: Sequence[tuple[Any, Any, int, int, int, int, int, t
 
 def available_cores() -> int:
     """Cores this process may run on."""
+
+def write_file(path: str, header: Buffer, table: Buffer, total: int, *, method: int = 0, num_threads: int = 0,
+               chunk_bytes: int = 0) -> None:
+    """Creates path (total bytes): header at 0, then each (address, nbytes, offset) row of a uint64 table, which must
+    tile the rest of the file; method 0 pwritev from every thread, 1 one sequential pass, 2 a shared mapping.
+    EngineIOError (errno, path, offset) when a write fails, ValueError for rows that do not tile the file."""
+
+def write_bytes(header: Buffer, table: Buffer, total: int, *, num_threads: int = 0) -> bytes:
+    """The bytes write_file would write, copied in parallel into a new bytes object."""

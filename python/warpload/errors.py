@@ -157,3 +157,31 @@ class EntryNotFoundError(HubError, FileNotFoundError):
 
 class NotCachedError(HubError, FileNotFoundError):
     """Offline (local_files_only or HF_HUB_OFFLINE) and the file is not in the cache."""
+
+
+class UnsavableTensorError(WarploadError, ValueError):
+    """save_file / save were given what safetensors.torch also refuses with ValueError: no dict, a value that is not
+    a tensor, a sparse or non-contiguous tensor, or a tensor named like the header's `__metadata__` entry."""
+
+
+class NotAStringError(WarploadError, TypeError):
+    """A tensor name, or a metadata key or value, given to save_file / save is not a str (safetensors raises
+    TypeError)."""
+
+
+class SharedTensorsError(WarploadError, RuntimeError):
+    """Tensors given to save_file / save share memory: the file would hold the bytes twice and load them untied
+    (safetensors.torch raises RuntimeError). ``groups`` lists the names of each set of tensors that share."""
+
+    def __init__(self, message: str, *, groups: list) -> None:
+        super().__init__(message)
+        self.groups = groups
+
+
+class NoTensorDataError(WarploadError, NotImplementedError):
+    """A tensor given to save_file / save is on the meta device and has no bytes to write (torch raises
+    NotImplementedError, a RuntimeError, and safetensors lets it through)."""
+
+
+class UnknownBackendError(WarploadError, ValueError, SafetensorError):
+    """load_file / safe_open got a `backend` safetensors does not know either ("mmap" and "pread" are accepted)."""

@@ -1,5 +1,5 @@
-"""The tensor API: load_file and safe_open (drop-ins for safetensors'), load_torch (torch.load(weights_only=True)'s)
-and load_checkpoint."""
+"""The tensor API: load_file, load, safe_open, save_file and save (drop-ins for safetensors'), load_torch
+(torch.load(weights_only=True)'s) and load_checkpoint."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from . import engine
 from ._native import core
 from .dtypes import dtype_name
 from .engine.mapped import views_or_copies
-from .errors import CheckpointNotFoundError, ClosedFileError, UnsupportedFormatError, ZeroCopyError
+from .errors import CheckpointNotFoundError, ClosedFileError, UnknownBackendError, UnsupportedFormatError, ZeroCopyError
 from .formats.safetensors import parse_header, read_header
 from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
@@ -48,16 +48,27 @@ def _wants_numpy(framework: str, device: DeviceLike) -> bool:
     return True
 
 
+# safetensors 0.8's `backend=` of load_file and safe_open. warpload's engine picks how each file is read itself
+# (WARPLOAD_READ_METHOD, README "Settings"), so both give the same tensors; other values are refused as there.
+BACKENDS = ("mmap", "pread")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise UnknownBackendError(f'backend "{backend}" is invalid (expected one of: "mmap", "pread")')
+
+
 @without_gc_pauses
 def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = None, zero_copy: bool = False,
-              framework: str = "pt") -> dict[str, Any]:
+              framework: str = "pt", backend: str = "mmap") -> dict[str, Any]:
     """Loads a safetensors file into a dict of tensors, like `safetensors.torch.load_file`.
 
     Tensors come in file order, as safetensors returns them, read in parallel into memory they
     own. With `zero_copy=True` (CPU only, no `dtype`) they instead view the memory-mapped file:
     nothing is read until a page is touched, and writes stay private to the process. `dtype`
     converts floating-point tensors (torch's rounding, bit for bit); integer and bool tensors
-    keep their dtype.
+    keep their dtype. `backend` ("mmap" or "pread") is accepted as safetensors accepts it; the engine
+    chooses how to read either way.
 
     `framework="np"` returns numpy arrays instead (as `safetensors.numpy.load_file`), and torch is
     never imported; bfloat16 and float8 arrays need the ml_dtypes package.
@@ -65,6 +76,7 @@ def load_file(filename: PathLike, device: DeviceLike = "cpu", *, dtype: Any = No
     Raises CheckpointError (HeaderError) for a corrupt file, CheckpointNotFoundError if it is missing,
     UnsupportedDtypeError for a dtype numpy cannot hold.
     """
+    _check_backend(backend)
     path = _existing_file(filename)
     header = read_header(path)
     if _wants_numpy(framework, device):
@@ -104,6 +116,30 @@ def load(data: bytes) -> dict[str, "torch.Tensor"]:
     return engine.zero_copy_views(plan, {BYTES_SOURCE: owned}) if plan.storages else {}
 
 
+def save_file(tensors: dict[str, "torch.Tensor"], filename: PathLike,
+              metadata: Optional[dict[str, str]] = None) -> None:
+    """Saves a dict of tensors to `filename` in safetensors format, like `safetensors.torch.save_file`: the same
+    bytes (header, tensor order, alignment), written in parallel by the C++ engine into a temporary file that is
+    then renamed over `filename`. Tensors on other devices are copied to the CPU first.
+
+    Raises, as safetensors does: UnsavableTensorError (a ValueError) for no dict, a non-tensor, a sparse or
+    non-contiguous tensor; SharedTensorsError (a RuntimeError) for tensors that share memory; NotAStringError (a
+    TypeError) for names or metadata that are not str; NoTensorDataError (a RuntimeError) for meta tensors;
+    EngineIOError (an OSError) when the write fails.
+    """
+    from .engine import writer
+
+    writer.save_file(tensors, filename, metadata)
+
+
+def save(tensors: dict[str, "torch.Tensor"], metadata: Optional[dict[str, str]] = None) -> bytes:
+    """The safetensors bytes of a dict of tensors, like `safetensors.torch.save` (what save_file would write);
+    raises what save_file raises."""
+    from .engine import writer
+
+    return writer.save(tensors, metadata)
+
+
 def _check_zero_copy(plan: LoadPlan, device: DeviceLike) -> None:
     if not _is_cpu(device) or any(s.converts for s in plan.storages):
         raise ZeroCopyError("zero_copy=True views the file as it is: use device='cpu' and no dtype conversion")
@@ -122,12 +158,14 @@ def _existing_file(filename: PathLike) -> str:
 class safe_open:
     """Lazy access to a safetensors file, like `safetensors.safe_open`: reads only what is asked.
 
-    Usable as a context manager; `keys()`, `offset_keys()`, `metadata()`, `get_tensor(name)` and
-    `get_slice(name)[...]` behave as in safetensors.
+    Usable as a context manager; `keys()`, `offset_keys()`, `metadata()`, `get_tensor(name)`,
+    `get_tensors()` and `get_slice(name)[...]` behave as in safetensors; `backend` as in load_file.
     """
 
-    def __init__(self, filename: PathLike, framework: str = "pt", device: DeviceLike = "cpu") -> None:
+    def __init__(self, filename: PathLike, framework: str = "pt", device: DeviceLike = "cpu", *,
+                 backend: str = "mmap") -> None:
         self._numpy = _wants_numpy(framework, device)
+        _check_backend(backend)
         self._path = _existing_file(filename)
         self._device = device
         self._header = read_header(self._path)
@@ -175,6 +213,11 @@ class safe_open:
 
             return materialize_numpy(plan, files=[self._file])[name]
         return engine.materialize(plan, self._device, files=[self._file])[name]
+
+    def get_tensors(self) -> dict[str, "torch.Tensor"]:
+        """Every tensor of the file, in file order, read in one parallel engine call into memory they own."""
+        self._check_open()
+        return engine.materialize(plan_load(self._header.records), self._device, files=[self._file])
 
     def get_slice(self, name: str) -> "SafeSlice":
         """A handle whose `[...]` reads only the indexed part of tensor `name`."""

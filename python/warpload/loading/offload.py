@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from .._fileio import write_atomically
-from ..dtypes import dtype_name
 from ..engine.fill import fill_parameters
 from ..engine.mapped import REQUIRED, map_records, why_not_mapped
 from ..errors import DeviceMapError
@@ -96,15 +95,10 @@ class DiskOffload:
 
 
 def write_safetensors(path: str, key: str, tensor: torch.Tensor) -> None:
-    """One tensor as a safetensors file (header padded to 8 bytes, as safetensors writes it)."""
-    data = tensor.contiguous().view(-1).view(torch.uint8).numpy() if tensor.numel() else b""
-    header = json.dumps({key: {"dtype": dtype_name(tensor.dtype), "shape": list(tensor.shape),
-                               "data_offsets": [0, len(data)]}}, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    with open(path, "wb") as file:
-        file.write(len(header).to_bytes(8, "little"))
-        file.write(header)
-        file.write(memoryview(data) if len(data) else b"")
+    """One tensor as a safetensors file (warpload.save_file: safetensors' bytes, through the engine)."""
+    from ..tensors import save_file
+
+    save_file({key: tensor.contiguous()}, path)
 
 
 def _write_json(path: str, value: Any) -> None:

@@ -100,10 +100,11 @@ def save_weights(tensors: dict[str, "torch.Tensor"], folder: str, *, safe_serial
 
 
 def write_safetensors(tensors: dict[str, "torch.Tensor"], path: str, *, metadata: dict[str, str]) -> None:
-    """The one writer of safetensors files here (safetensors.torch.save_file), atomically."""
-    from safetensors.torch import save_file
+    """The one writer of safetensors files here: warpload.save_file (safetensors' bytes, written by the engine
+    to a temporary file renamed into place)."""
+    from ..tensors import save_file
 
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    save_file(tensors, path, metadata=metadata)
 
 
 def write_torch_bin(tensors: dict[str, "torch.Tensor"], path: str) -> None:

@@ -1,0 +1,1 @@
+"""Peers' own test suites, vendored unchanged, run against warpload."""

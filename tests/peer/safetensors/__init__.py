@@ -1,0 +1,1 @@
+"""safetensors' Python tests (huggingface/safetensors bindings/python/tests, Apache-2.0, see LICENSE), unchanged."""
