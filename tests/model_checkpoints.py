@@ -99,3 +99,15 @@ def left_padded_prompts(vocab_size: int = 128) -> tuple[torch.Tensor, torch.Tens
     ids[1, :3] = 0
     mask[1, :3] = 0
     return ids, mask
+
+
+def generate_both(models: tuple, seed: int = 0, **options) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """warpload's and transformers' generate on left_padded_prompts() (pad 0), the same global seed before
+    each; returns (ours, theirs) as generate returns them."""
+    ours, theirs = models
+    ids, mask = left_padded_prompts()
+    options = {"attention_mask": mask, "pad_token_id": 0, **options}
+    torch.manual_seed(seed)
+    expected = theirs.generate(ids, **options)
+    torch.manual_seed(seed)
+    return ours.generate(ids, **options), expected

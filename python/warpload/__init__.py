@@ -16,10 +16,11 @@ _LAZY = {
     "errors": None,
     "AutoModelForCausalLM": "loading.auto",
     "AutoConfig": "loading.auto",
+    "GenerationConfig": "models.generation_config",
 }
 
-__all__ = ["load", "load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig", "errors",
-           "__version__"]
+__all__ = ["load", "load_file", "safe_open", "load_checkpoint", "AutoModelForCausalLM", "AutoConfig",
+           "GenerationConfig", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:

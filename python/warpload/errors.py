@@ -153,3 +153,12 @@ class EntryNotFoundError(HubError, FileNotFoundError):
 
 class NotCachedError(HubError, FileNotFoundError):
     """Offline (local_files_only or HF_HUB_OFFLINE) and the file is not in the cache."""
+
+
+class GenerationOptionError(WarploadError, ValueError):
+    """generate() got an option it does not know, or a value transformers' GenerationConfig would refuse."""
+
+
+class UnsupportedGenerationOptionError(WarploadError, NotImplementedError):
+    """generate() was asked for a transformers decoding option the built-in models do not implement
+    (load with backend="transformers" for it)."""

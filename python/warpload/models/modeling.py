@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from .attention import KVCache
-from .config import GenerationConfig, PretrainedConfig
+from .config import PretrainedConfig
 from .generation import GenerationMixin
+from .generation_config import GenerationConfig
 
 if TYPE_CHECKING:
     import os
