@@ -188,7 +188,9 @@ class GenerationConfig:
         Hub options (revision, token, cache_dir, local_files_only, ...) are those of
         from_pretrained; other keywords override fields (`return_unused_kwargs=True` gives
         `(config, unused)`). Raises CheckpointNotFoundError (a FileNotFoundError) when the folder
-        has no such file, HubError subclasses (OSError) when the Hub cannot provide it.
+        has no such file, HubError subclasses (OSError) when the Hub cannot provide it. For a repo id
+        the resolver fetches config.json only; generation_config.json must already be in the cached
+        snapshot (a model from_pretrained of that repo puts it there).
         """
         # The one import from models/ up into loading/: the Hub lives there (see pyproject's import contracts).
         from ..loading.entry import generation_config_from_pretrained
