@@ -107,3 +107,15 @@ def load_state(model: "torch.nn.Module", state: dict) -> "torch.nn.Module":
         for name, tensor in model.state_dict().items():
             tensor.copy_(state[name])
     return model
+
+
+def generate_both(models: tuple, seed: int = 0, **options) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """warpload's and transformers' generate on left_padded_prompts() (pad 0), the same global seed before
+    each; returns (ours, theirs) as generate returns them."""
+    ours, theirs = models
+    ids, mask = left_padded_prompts()
+    options = {"attention_mask": mask, "pad_token_id": 0, **options}
+    torch.manual_seed(seed)
+    expected = theirs.generate(ids, **options)
+    torch.manual_seed(seed)
+    return ours.generate(ids, **options), expected

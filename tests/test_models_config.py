@@ -120,12 +120,3 @@ def test_dtype_is_read_from_either_name(tmp_path):
     assert configs.GPT2Config(torch_dtype="bfloat16").dtype == "bfloat16"
     assert configs.GPT2Config(dtype="float16", torch_dtype="bfloat16").dtype == "float16"
     assert configs.GPT2Config(dtype=torch.float16).to_dict()["dtype"] == "float16"
-
-
-def test_generation_config_reads_the_file_or_the_model_config(tmp_path):
-    (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": 5, "custom": True}))
-    from_file = configs.GenerationConfig.from_pretrained(tmp_path)
-    assert (from_file.max_new_tokens, from_file.custom, from_file.top_k) == (5, True, 50)
-    derived = configs.GenerationConfig.from_model_config(configs.LlamaConfig())
-    assert (derived.bos_token_id, derived.eos_token_id, derived.pad_token_id) == (1, 2, None)
-    assert configs.GenerationConfig.from_pretrained(tmp_path / "nowhere") is None

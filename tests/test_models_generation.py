@@ -7,8 +7,10 @@ import torch
 pytest.importorskip("transformers")
 import transformers  # noqa: E402
 
+from model_checkpoints import generate_both as generate_pair  # noqa: E402
 from model_checkpoints import left_padded_prompts, save_checkpoint, tiny_transformers_model  # noqa: E402
 from warpload import AutoModelForCausalLM  # noqa: E402
+from warpload.errors import GenerationOptionError, UnsupportedGenerationOptionError  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -18,13 +20,8 @@ def models(request, tmp_path_factory):
 
 
 def generate_both(models, seed=0, **options):
-    ours, theirs = models
-    ids, mask = left_padded_prompts()
-    options = {"attention_mask": mask, "pad_token_id": 0, **options}
-    torch.manual_seed(seed)
-    expected = theirs.generate(ids, **options)
-    torch.manual_seed(seed)
-    return ours.generate(ids, **options).tolist(), expected.tolist()
+    ours, theirs = generate_pair(models, seed, **options)
+    return ours.tolist(), theirs.tolist()
 
 
 @pytest.mark.parametrize("options", [{"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.8},
@@ -67,9 +64,11 @@ def test_attention_mask_is_inferred_from_pad_tokens(models):
 def test_unsupported_and_unknown_options_are_refused(models):
     ours, _ = models
     ids, _ = left_padded_prompts()
-    with pytest.raises(NotImplementedError, match="num_beams"):
-        ours.generate(ids, num_beams=2)
-    with pytest.raises(TypeError, match="foo"):
+    with pytest.raises(UnsupportedGenerationOptionError, match="diversity_penalty|num_beam_groups"):
+        ours.generate(ids, num_beams=4, num_beam_groups=2, diversity_penalty=0.5)
+    with pytest.raises(UnsupportedGenerationOptionError, match="assistant_model"):
+        ours.generate(ids, assistant_model=ours)
+    with pytest.raises(GenerationOptionError, match="foo"):
         ours.generate(ids, foo=1)
 
 

@@ -19,10 +19,11 @@ _LAZY = {
     "errors": None,
     "AutoModelForCausalLM": "loading.auto",
     "AutoConfig": "loading.auto",
+    "GenerationConfig": "models.generation_config",
 }
 
 __all__ = ["load", "load_file", "safe_open", "save_file", "save", "load_checkpoint", "load_torch",
-           "AutoModelForCausalLM", "AutoConfig", "errors", "__version__"]
+           "AutoModelForCausalLM", "AutoConfig", "GenerationConfig", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:

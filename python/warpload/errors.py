@@ -185,3 +185,12 @@ class NoTensorDataError(WarploadError, NotImplementedError):
 
 class UnknownBackendError(WarploadError, ValueError, SafetensorError):
     """load_file / safe_open got a `backend` safetensors does not know either ("mmap" and "pread" are accepted)."""
+
+
+class GenerationOptionError(WarploadError, ValueError):
+    """generate() got an option it does not know, or a value transformers' GenerationConfig would refuse."""
+
+
+class UnsupportedGenerationOptionError(WarploadError, NotImplementedError):
+    """generate() was asked for a transformers decoding option the built-in models do not implement
+    (load with backend="transformers" for it)."""

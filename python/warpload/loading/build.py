@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..errors import ArchitectureNotSupportedError
-from ..models.config import GenerationConfig, PretrainedConfig, config_for_model, config_of_folder
+from ..models.config import PretrainedConfig, config_for_model, config_of_folder
+from ..models.generation_config import GenerationConfig
 from ..models.registry import ARCHITECTURES, CAUSAL_LM_CLASSES
 from ..tf.checkpoint import TFCheckpoint, openai_gpt2_config
 from . import transformers_backend
@@ -181,7 +182,7 @@ def _build_builtin(options: LoadOptions, choice: ModelChoice, sources: Sources, 
     if report:
         logger.warning("%s load report from %s:\n%s", cls.__name__, choice.folder or "the given state_dict", report)
     if choice.folder is not None and hasattr(model, "generation_config"):
-        model.generation_config = GenerationConfig.from_pretrained(choice.folder) or model.generation_config
+        model.generation_config = GenerationConfig.from_folder(choice.folder) or model.generation_config
     return model, info, planned
 
 

@@ -52,3 +52,13 @@ def model_save_pretrained(model: Any, save_directory: PathLike, **kwargs: Any) -
     from .saving import save_pretrained
 
     save_pretrained(model, save_directory, **kwargs)
+
+
+def generation_config_from_pretrained(cls: type, pretrained_model_name: PathLike, config_file_name: Any = None,
+                                      **kwargs: Any) -> Any:
+    """`GenerationConfig.from_pretrained(...)`: generation_config.json of a folder, a JSON file or a Hub repo id
+    (fetched with the Hub options in `kwargs`), the other keywords applied as field overrides."""
+    options = HubOptions.pop_from(kwargs)
+    subfolder = kwargs.pop("subfolder", "")
+    location = resolve_pretrained(os.fspath(pretrained_model_name), options, subfolder=subfolder, weights=False)
+    return cls.from_local(location, config_file_name, subfolder=subfolder, **kwargs)

@@ -32,6 +32,16 @@ class KVCache:
             self.values[layer_idx] = torch.cat([self.values[layer_idx], value], dim=-2)
         return self.keys[layer_idx], self.values[layer_idx]
 
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        """Keeps, for each row, the history of row `beam_idx[row]` (beam search picks its survivors so).
+
+        Each layer's tensors are replaced by one index_select, on their device: no Python per row.
+        """
+        for layer in range(len(self.keys)):
+            index = beam_idx.to(self.keys[layer].device)
+            self.keys[layer] = self.keys[layer].index_select(0, index)
+            self.values[layer] = self.values[layer].index_select(0, index)
+
     def __len__(self) -> int:
         return len(self.keys)
 

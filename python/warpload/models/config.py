@@ -1,4 +1,4 @@
-"""Model and generation configs: config.json / generation_config.json read and written as transformers does."""
+"""Model configs: config.json read and written as transformers does (generation_config.py holds GenerationConfig)."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ import os
 from typing import Any, ClassVar, Optional, Union
 
 from .._fileio import read_json_object, write_atomically
-from ..constants import CONFIG_NAME, GENERATION_CONFIG_NAME
+from ..constants import CONFIG_NAME
 from ..errors import CheckpointNotFoundError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -387,44 +387,3 @@ def config_of_folder(location: PathLike, *, subfolder: str = "", shown_as: Optio
                          f"in its {CONFIG_NAME}.")
     config = build_config(CONFIG_CLASSES.get(model_type, PretrainedConfig), config_dict, overrides, path)
     return config, {key: value for key, value in overrides.items() if not config.knows(key)}
-
-
-class GenerationConfig:
-    """Generation defaults (transformers' GenerationConfig): generation_config.json, else the config's token ids."""
-
-    defaults: ClassVar[dict[str, Any]] = {
-        "max_length": None, "max_new_tokens": None, "min_length": 0, "do_sample": False, "num_beams": 1,
-        "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "use_cache": True,
-        "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
-    }
-
-    def __init__(self, **kwargs: Any) -> None:
-        for key, value in {**self.defaults, **kwargs}.items():
-            setattr(self, key, value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: _jsonable(value) for key, value in vars(self).items()}
-
-    def update(self, **kwargs: Any) -> dict[str, Any]:
-        """Sets the fields it has; returns the keywords it does not know."""
-        unused = {}
-        for key, value in kwargs.items():
-            if hasattr(self, key):
-                setattr(self, key, value)
-            else:
-                unused[key] = value
-        return unused
-
-    @classmethod
-    def from_model_config(cls, config: PretrainedConfig) -> "GenerationConfig":
-        tokens = {key: getattr(config, key, None) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
-        return cls(**{key: value for key, value in tokens.items() if value is not None})
-
-    @classmethod
-    def from_pretrained(cls, folder: PathLike, *, subfolder: str = "") -> Optional["GenerationConfig"]:
-        """The folder's generation_config.json, or None when it has none."""
-        path = os.path.join(os.fspath(folder), subfolder, GENERATION_CONFIG_NAME)
-        return cls(**read_json_object(path)) if os.path.isfile(path) else None
-
-    def __repr__(self) -> str:
-        return f"GenerationConfig {json.dumps(self.to_dict(), indent=2, sort_keys=True)}"

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from .attention import KVCache
-from .config import GenerationConfig, PretrainedConfig
+from .config import PretrainedConfig
 from .generation import GenerationMixin
+from .generation_config import GenerationConfig
 from .lora import AdapterMixin
 from .model_api import ModelApiMixin
 
