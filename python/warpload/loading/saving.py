@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .._fileio import write_atomically
 from ..constants import (
-    GENERATION_CONFIG_NAME,
     PYTORCH_INDEX_NAME,
     PYTORCH_WEIGHTS_NAME,
     SAFETENSORS_INDEX_NAME,
     SAFETENSORS_WEIGHTS_NAME,
 )
-from ..models.config import UPLOAD_REFUSAL, transformers_version, write_json_text
+from ..models.config import UPLOAD_REFUSAL, write_json_text
 
 if TYPE_CHECKING:
     import torch
@@ -115,20 +114,8 @@ def write_torch_bin(tensors: dict[str, "torch.Tensor"], path: str) -> None:
 
 
 def save_generation_config(generation_config: Any, folder: str) -> None:
-    """generation_config.json as transformers 5 writes it: every field that is set, and transformers_version.
-
-    transformers 5 leaves unset fields None, where warpload's GenerationConfig holds the values generate
-    assumes for them (_ASSUMED_BY_GENERATE): those are left out unless they differ.
-    """
-    fields = {key: value for key, value in generation_config.to_dict().items()
-              if value is not None and _ASSUMED_BY_GENERATE.get(key, object()) != value}
-    fields["transformers_version"] = transformers_version()
-    write_json_text(os.path.join(folder, GENERATION_CONFIG_NAME), json.dumps(fields, indent=2, sort_keys=True) + "\n")
-
-
-# What transformers 5's generate takes for these GenerationConfig fields when they are None.
-_ASSUMED_BY_GENERATE = {"min_length": 0, "do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50,
-                        "top_p": 1.0, "repetition_penalty": 1.0}
+    """generation_config.json as transformers 5 writes it (GenerationConfig.save_pretrained)."""
+    generation_config.save_pretrained(folder)
 
 
 def without_tied_duplicates(tensors: dict[str, "torch.Tensor"], tied: dict[str, str]) -> dict[str, "torch.Tensor"]:
