@@ -55,6 +55,10 @@ class ArchitectureNotSupportedError(WarploadError, ValueError):
     """The checkpoint's architecture has no built-in class (or uses features it lacks) and transformers cannot help."""
 
 
+class AttentionUnavailableError(WarploadError, ImportError):
+    """attn_implementation names a kernel (FlashAttention 2 or 3) that is not installed; transformers' message."""
+
+
 class ShapeMismatchError(WarploadError, RuntimeError):
     """Checkpoint tensors have other shapes than the model's, and ignore_mismatched_sizes is False."""
 
