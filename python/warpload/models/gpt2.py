@@ -103,9 +103,9 @@ class GPT2Model(GPT2PreTrainedModel, DecoderStack):
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return self.drop(inputs_embeds + self.wpe(position_ids))
 
-    def extra_outputs(self, record: ForwardRecord) -> dict[str, Any]:
+    def recorded_outputs(self, record: ForwardRecord) -> dict[str, Any]:
         # transformers' GPT-2 records cross-attentions whenever attentions are asked for: none without an encoder.
-        return {"cross_attentions": () if record.attentions_asked else None}
+        return {**super().recorded_outputs(record), "cross_attentions": () if record.attentions_asked else None}
 
 
 class GPT2LMHeadModel(GPT2PreTrainedModel, PreTrainedCausalLM):

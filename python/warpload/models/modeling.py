@@ -181,7 +181,16 @@ class DecoderStack(nn.Module):
         from `position_ids`, else the cached length + 0, 1, ...). Raises ValueError for both or
         neither of input_ids and inputs_embeds.
         """
-        cache = cache_argument(cache, past_key_values)
+        record = ForwardRecord.of(self.config, output_attentions, output_hidden_states, return_dict)
+        hidden_states, cache = self.decode(input_ids, attention_mask, position_ids,
+                                           cache_argument(cache, past_key_values), inputs_embeds, use_cache, record)
+        output = self.output_class(last_hidden_state=hidden_states, cache=cache, **self.recorded_outputs(record))
+        return output if record.return_dict else output.to_tuple()
+
+    def decode(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor],
+               position_ids: Optional[torch.Tensor], cache: Any, inputs_embeds: Optional[torch.Tensor],
+               use_cache: Optional[bool], record: ForwardRecord) -> tuple[torch.Tensor, Any]:
+        """(the last hidden states, the cache) of a forward call, filling `record` on the way."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -193,7 +202,6 @@ class DecoderStack(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + inputs_embeds.shape[1],
                                         device=inputs_embeds.device)[None]
-        record = ForwardRecord.of(self.config, output_attentions, output_hidden_states, return_dict)
         hidden_states = self.embed(inputs_embeds, position_ids)
         masks = layer_masks(attention_mask, hidden_states, past_length, cache, self.sliding_windows(), record.eager)
         layer_inputs = self.layer_inputs(hidden_states, position_ids)
@@ -206,10 +214,11 @@ class DecoderStack(nn.Module):
         hidden_states = getattr(self, self.final_norm_name)(hidden_states)
         if record.hidden_states is not None:
             record.hidden_states.append(hidden_states)
-        output = self.output_class(last_hidden_state=hidden_states, cache=cache,
-                                   hidden_states=record.hidden_states_tuple(), attentions=record.attentions_tuple(),
-                                   **self.extra_outputs(record))
-        return output if record.return_dict else output.to_tuple()
+        return hidden_states, cache
+
+    def recorded_outputs(self, record: ForwardRecord) -> dict[str, Any]:
+        """The output fields `record` fills: hidden_states, attentions (and GPT-2's cross_attentions)."""
+        return {"hidden_states": record.hidden_states_tuple(), "attentions": record.attentions_tuple()}
 
     def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """The first layer's input from the token embeddings (GPT-2 adds learned positions)."""
@@ -223,9 +232,6 @@ class DecoderStack(nn.Module):
         """Each layer's sliding window (None: it sees every earlier token)."""
         return [None] * len(getattr(self, self.layers_name))
 
-    def extra_outputs(self, record: ForwardRecord) -> dict[str, Any]:
-        """Output fields beyond transformers' BaseModelOutputWithPast (GPT-2: cross_attentions)."""
-        return {}
 
 
 class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
@@ -268,10 +274,10 @@ class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
         unknown = set(loss_kwargs) - LOSS_KWARGS
         if unknown:
             raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword argument(s) {sorted(unknown)}")
-        outputs = getattr(self, self.base_model_prefix)(
-            input_ids, attention_mask, position_ids, cache_argument(cache, past_key_values), inputs_embeds, use_cache,
-            output_attentions, output_hidden_states, return_dict=True)
-        hidden_states = outputs.last_hidden_state
+        base = getattr(self, self.base_model_prefix)
+        record = ForwardRecord.of(self.config, output_attentions, output_hidden_states, return_dict)
+        hidden_states, cache = base.decode(input_ids, attention_mask, position_ids,
+                                           cache_argument(cache, past_key_values), inputs_embeds, use_cache, record)
         if isinstance(logits_to_keep, int):
             if logits_to_keep:
                 hidden_states = hidden_states[:, -logits_to_keep:, :]
@@ -281,7 +287,5 @@ class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, self.config.vocab_size, **loss_kwargs)
-        fields = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
-        output = self.output_class(loss=loss, logits=logits, **fields)
-        return_dict = getattr(self.config, "return_dict", True) if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
+        output = self.output_class(loss=loss, logits=logits, cache=cache, **base.recorded_outputs(record))
+        return output if record.return_dict else output.to_tuple()

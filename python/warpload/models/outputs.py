@@ -18,16 +18,36 @@ def _field_name(key: str) -> str:
 class ModelOutput(OrderedDict):
     """A dataclass that is also an ordered dict of its fields that are not None, as transformers' ModelOutput.
 
+    Subclasses are `@dataclass(eq=False, init=False)`: this __init__ takes the fields, by position or
+    name (`past_key_values=` for `cache` too).
+
     `out.logits`, `out["logits"]`, `out[0]` (fields that are None are skipped: `out[0]` is the loss
     only when there is one), `out.to_tuple()`, `out.keys()`. `past_key_values` reads the `cache` field.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Every forward builds one: filling the instance and the dict directly costs half of what the
+        # dataclass __init__ (a __setattr__ call per field) does.
+        names = self.__dataclass_fields__
+        if args:
+            kwargs.update(zip(names, args))
+        for old in _OLD_CACHE_NAMES:
+            if old in kwargs:
+                kwargs["cache"] = kwargs.pop(old)
+        if not kwargs.keys() <= names.keys():
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(kwargs.keys() - names.keys())}")
+        instance = self.__dict__
+        for name in names:
+            value = kwargs.get(name)
+            instance[name] = value
+            if value is not None:
+                OrderedDict.__setitem__(self, name, value)
+
     def __setattr__(self, name: str, value: Any) -> None:
         name = _field_name(name)
-        # The dataclass __init__ assigns every field in declaration order, so the dict keeps that order.
-        if value is not None and name in type(self).__dataclass_fields__:
-            super().__setitem__(name, value)
-        super().__setattr__(name, value)
+        if value is not None and name in self.__dataclass_fields__:
+            OrderedDict.__setitem__(self, name, value)
+        object.__setattr__(self, name, value)
 
     def __setitem__(self, key: str, value: Any) -> None:
         key = _field_name(key)
@@ -62,7 +82,7 @@ class ModelOutput(OrderedDict):
         return getattr(self, "cache", None)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class BaseModelOutputWithPast(ModelOutput):
     """What a Llama-family base model returns: the hidden states after the final norm, and the cache."""
 
@@ -72,14 +92,14 @@ class BaseModelOutputWithPast(ModelOutput):
     attentions: Optional[tuple[torch.Tensor, ...]] = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class BaseModelOutputWithPastAndCrossAttentions(BaseModelOutputWithPast):
     """What GPT2Model returns (cross_attentions is () when attentions are asked for: GPT-2 has no encoder here)."""
 
     cross_attentions: Optional[tuple[torch.Tensor, ...]] = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class CausalLMOutputWithPast(ModelOutput):
     """What a Llama-family causal LM returns: the loss when labels were given, next-token logits, the cache."""
 
@@ -90,7 +110,7 @@ class CausalLMOutputWithPast(ModelOutput):
     attentions: Optional[tuple[torch.Tensor, ...]] = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class CausalLMOutputWithCrossAttentions(CausalLMOutputWithPast):
     """What GPT2LMHeadModel returns."""
 
