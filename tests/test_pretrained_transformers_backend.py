@@ -56,11 +56,13 @@ def test_forced_transformers_backend_on_a_builtin_architecture(tmp_path):
         theirs.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False).tolist()
 
 
-def test_attn_implementation_other_than_sdpa_goes_to_transformers(tmp_path):
+def test_attn_implementation_other_than_sdpa_and_eager_goes_to_transformers(tmp_path):
     folder = save_checkpoint(tiny_transformers_model("llama"), tmp_path)
-    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="flex_attention")
     assert type(model) is transformers.LlamaForCausalLM
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "flex_attention"
+    builtin = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    assert type(builtin).__module__.startswith("warpload.") and builtin.config._attn_implementation == "eager"
 
 
 def test_missing_and_mis_shaped_keys_follow_transformers(tmp_path):

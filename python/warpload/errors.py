@@ -59,6 +59,10 @@ class DeviceMapError(WarploadError, ValueError):
     """A device_map, max_memory or offload option names an unknown device, cannot hold the model, or lacks a folder."""
 
 
+class AttentionUnavailableError(WarploadError, ImportError):
+    """attn_implementation names a kernel (FlashAttention 2 or 3) that is not installed; transformers' message."""
+
+
 class ShapeMismatchError(WarploadError, RuntimeError):
     """Checkpoint tensors have other shapes than the model's, and ignore_mismatched_sizes is False."""
 

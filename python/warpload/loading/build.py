@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ..errors import ArchitectureNotSupportedError
+from ..errors import ArchitectureNotSupportedError, AttentionUnavailableError
 from ..models.config import PretrainedConfig, config_for_model, config_of_folder
+from ..models.forward_options import DEFAULT_ATTENTION, NATIVE_ATTENTION
 from ..models.generation_config import GenerationConfig
 from ..models.registry import ARCHITECTURES, CAUSAL_LM_CLASSES
 from ..tf.checkpoint import TFCheckpoint, openai_gpt2_config
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from .load_state import Fill, Source
 
 Sources = Union[dict[str, "Source"], TFCheckpoint]
+
+# The module each FlashAttention version imports (transformers' FLASH_ATTENTION_COMPATIBILITY_MATRIX).
+FLASH_ATTENTION_MODULES = {"flash_attention_2": (2, "flash_attn"), "flash_attention_3": (3, "flash_attn_interface")}
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,11 @@ def choose_model(options: LoadOptions, location: Optional[str], remote_code: "Re
     config = options.config
     if config is None and options.from_tf and location is not None and os.path.isdir(location):
         config = openai_gpt2_config_object(os.path.join(location, options.subfolder))
+    check_attention_kernel(options.attn_implementation)
     model_config, model_kwargs = read_config(location, config, options.subfolder, options.kwargs, options.model_class)
+    # The built-in models read it at each forward, as transformers' do (model.config._attn_implementation).
+    model_config._attn_implementation = (options.attn_implementation or getattr(model_config, "_attn_implementation",
+                                                                                None) or DEFAULT_ATTENTION)
     builtin, reasons = builtin_choice(model_config, options.model_class, options.attn_implementation)
     if "AutoModelForCausalLM" in remote_code.classes:
         # transformers runs trusted remote code even for a model_type it knows: so does the backend.
@@ -134,6 +143,18 @@ def read_config(location: Optional[str], config: Any, subfolder: str, kwargs: di
     return config_of_folder(source, subfolder=subfolder, overrides=kwargs)
 
 
+def check_attention_kernel(attn_implementation: Optional[str]) -> None:
+    """Raises AttentionUnavailableError (an ImportError), worded as transformers words it, when a FlashAttention
+    version is asked for and its package is not installed. An installed one is left to transformers' class."""
+    if attn_implementation not in FLASH_ATTENTION_MODULES:
+        return
+    version, module = FLASH_ATTENTION_MODULES[attn_implementation]
+    if importlib.util.find_spec(module) is None:
+        raise AttentionUnavailableError(
+            f"FlashAttention{version} has been toggled on, but it cannot be used due to the following error: the "
+            f"package for FlashAttention{version} doesn't seem to be installed.")
+
+
 def builtin_choice(config: "PretrainedConfig", model_class: Optional[type],
                     attn_implementation: Optional[str]) -> tuple[Optional[type], list[str]]:
     """The built-in class for the config and the reasons it cannot serve this call (empty when it can)."""
@@ -141,8 +162,9 @@ def builtin_choice(config: "PretrainedConfig", model_class: Optional[type],
     if cls is None or not isinstance(config, cls.config_class):
         return None, [f"model_type {config.model_type!r} has no built-in implementation"]
     reasons = cls.unsupported_features(config)
-    if attn_implementation not in (None, "sdpa"):
-        reasons.append(f"attn_implementation={attn_implementation!r} (the built-in models use SDPA)")
+    if attn_implementation not in (None, *NATIVE_ATTENTION):
+        reasons.append(f"attn_implementation={attn_implementation!r} (the built-in models run "
+                       f"{' and '.join(NATIVE_ATTENTION)})")
     return cls, reasons
 
 

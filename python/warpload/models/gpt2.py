@@ -1,15 +1,18 @@
-"""GPT-2 (GPT2Model, GPT2LMHeadModel): transformers' module tree and key names, SDPA attention, a KV cache."""
+"""GPT-2 (GPT2Model, GPT2LMHeadModel): transformers' module tree and key names, SDPA or eager attention, a KV
+cache."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .attention import KVCache, attend, causal_mask
+from .attention import attention
 from .config import GPT2Config, PretrainedConfig
+from .forward_options import ForwardRecord
 from .model_api import CheckpointedLayer
 from .modeling import ACTIVATIONS, Conv1D, DecoderStack, PreTrainedCausalLM, PreTrainedModel, embedding
+from .outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
 
 
 class GPT2Attention(nn.Module):
@@ -27,14 +30,16 @@ class GPT2Attention(nn.Module):
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor],
-                cache: Optional[KVCache]) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor], cache: Any,
+                eager: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         query, key, value = self.c_attn(hidden_states).split(self.embed_dim, dim=2)
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        return self.resid_dropout(self.c_proj(attend(query, key, value, mask, self.scaling)))
+        output, weights = attention(query, key, value, mask, self.scaling, eager=eager, softmax_in_float32=False,
+                                    dropout=self.attn_dropout.p if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(output)), weights
 
 
 class GPT2MLP(nn.Module):
@@ -58,10 +63,11 @@ class GPT2Block(CheckpointedLayer):
         self.ln_2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
         self.mlp = GPT2MLP(config.n_inner if config.n_inner is not None else 4 * hidden_size, config)
 
-    def forward(self, hidden_states: torch.Tensor, mask: Optional[torch.Tensor],
-                cache: Optional[KVCache]) -> torch.Tensor:
-        hidden_states = self.attn(self.ln_1(hidden_states), mask, cache) + hidden_states
-        return hidden_states + self.mlp(self.ln_2(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, layer_inputs: None, mask: Optional[torch.Tensor], cache: Any,
+                eager: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        attention, weights = self.attn(self.ln_1(hidden_states), mask, cache, eager)
+        hidden_states = attention + hidden_states
+        return hidden_states + self.mlp(self.ln_2(hidden_states)), weights
 
 
 class GPT2PreTrainedModel(PreTrainedModel):
@@ -78,6 +84,8 @@ class GPT2PreTrainedModel(PreTrainedModel):
             problems.append("add_cross_attention=True")
         if config.activation_function not in ACTIVATIONS:
             problems.append(f"activation_function={config.activation_function!r}")
+        if getattr(config, "reorder_and_upcast_attn", False) and getattr(config, "_attn_implementation", "") == "eager":
+            problems.append("reorder_and_upcast_attn=True with eager attention")
         return problems
 
     def init_parameter(self, name: str) -> None:
@@ -90,7 +98,8 @@ class GPT2PreTrainedModel(PreTrainedModel):
 
 
 class GPT2Model(GPT2PreTrainedModel, DecoderStack):
-    input_embeddings_name = "wte"
+    input_embeddings_name, layers_name, final_norm_name = "wte", "h", "ln_f"
+    output_class = BaseModelOutputWithPastAndCrossAttentions
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
@@ -101,17 +110,17 @@ class GPT2Model(GPT2PreTrainedModel, DecoderStack):
         self.h = nn.ModuleList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                      position_ids: torch.Tensor, past_length: int, cache: Optional[KVCache]) -> torch.Tensor:
-        hidden_states = self.drop(self.wte(input_ids) + self.wpe(position_ids))
-        mask = causal_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], past_length, None, input_ids.device)
-        for block in self.h:
-            hidden_states = block(hidden_states, mask, cache)
-        return self.ln_f(hidden_states)
+    def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.drop(inputs_embeds + self.wpe(position_ids))
+
+    def recorded_outputs(self, record: ForwardRecord) -> dict[str, Any]:
+        # transformers' GPT-2 records cross-attentions whenever attentions are asked for: none without an encoder.
+        return {**super().recorded_outputs(record), "cross_attentions": () if record.attentions_asked else None}
 
 
 class GPT2LMHeadModel(GPT2PreTrainedModel, PreTrainedCausalLM):
     tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    output_class = CausalLMOutputWithCrossAttentions
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)

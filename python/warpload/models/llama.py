@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .attention import KVCache, attend, causal_mask
+from .attention import attention
 from .config import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 from .model_api import CheckpointedLayer
 from .modeling import ACTIVATIONS, DecoderStack, PreTrainedCausalLM, PreTrainedModel, embedding
@@ -75,6 +75,7 @@ class LlamaAttention(nn.Module):
         self.layer_idx = layer_idx
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim ** -0.5
+        self.attention_dropout = getattr(config, "attention_dropout", 0.0)
         self.sliding_window = layout.sliding_window(config, layer_idx)
         hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
         qkv_bias = layout.bias(config, layout.qkv_bias)
@@ -87,7 +88,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                mask: Optional[torch.Tensor], cache: Optional[KVCache]) -> torch.Tensor:
+                mask: Optional[torch.Tensor], cache: Any, eager: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape)
         key = self.k_proj(hidden_states).view(shape)
@@ -98,7 +99,9 @@ class LlamaAttention(nn.Module):
         query, key = apply_rotary(query, key, *position_embeddings)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        return self.o_proj(attend(query, key, value, mask, self.scaling))
+        output, weights = attention(query, key, value, mask, self.scaling, eager=eager, softmax_in_float32=True,
+                                    dropout=self.attention_dropout if self.training else 0.0)
+        return self.o_proj(output), weights
 
 
 class LlamaDecoderLayer(CheckpointedLayer):
@@ -110,10 +113,11 @@ class LlamaDecoderLayer(CheckpointedLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                mask: Optional[torch.Tensor], cache: Optional[KVCache]) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_embeddings,
-                                                       mask, cache)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+                mask: Optional[torch.Tensor], cache: Any, eager: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        attention, weights = self.self_attn(self.input_layernorm(hidden_states), position_embeddings, mask, cache,
+                                            eager)
+        hidden_states = hidden_states + attention
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), weights
 
 
 class LlamaPreTrainedModel(PreTrainedModel):
@@ -137,7 +141,7 @@ class LlamaPreTrainedModel(PreTrainedModel):
 
 
 class LlamaModel(LlamaPreTrainedModel, DecoderStack):
-    input_embeddings_name = "embed_tokens"
+    input_embeddings_name, layers_name, final_norm_name = "embed_tokens", "layers", "norm"
     attention_layout = AttentionLayout()
 
     def __init__(self, config: PretrainedConfig) -> None:
@@ -149,18 +153,11 @@ class LlamaModel(LlamaPreTrainedModel, DecoderStack):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                      position_ids: torch.Tensor, past_length: int, cache: Optional[KVCache]) -> torch.Tensor:
-        hidden_states = self.embed_tokens(input_ids)
-        masks = {
-            window: causal_mask(attention_mask, input_ids.shape[0], input_ids.shape[1], past_length, window,
-                                input_ids.device)
-            for window in {layer.self_attn.sliding_window for layer in self.layers}
-        }
-        position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings, masks[layer.self_attn.sliding_window], cache)
-        return self.norm(hidden_states)
+    def layer_inputs(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> Any:
+        return self.rotary_emb(hidden_states, position_ids)
+
+    def sliding_windows(self) -> list[Optional[int]]:
+        return [layer.self_attn.sliding_window for layer in self.layers]
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel, PreTrainedCausalLM):

@@ -3,37 +3,23 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, Union
 
 import torch
 from torch import nn
 
-from .attention import KVCache
+from .attention import KVCache, layer_masks
 from .config import PretrainedConfig
+from .forward_options import ForwardRecord, cache_argument
 from .generation import GenerationMixin
 from .generation_config import GenerationConfig
 from .lora import AdapterMixin
+from .loss import LOSS_KWARGS, causal_lm_loss
 from .model_api import ModelApiMixin
+from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 
 if TYPE_CHECKING:
     import os
-
-
-@dataclass
-class BaseModelOutput:
-    """What a base model (GPT2Model, LlamaModel) returns."""
-
-    last_hidden_state: torch.Tensor
-    past_key_values: Optional[KVCache] = None
-
-
-@dataclass
-class CausalLMOutput:
-    """What a causal-LM head model returns: next-token logits and the cache to continue from."""
-
-    logits: torch.Tensor
-    past_key_values: Optional[KVCache] = None
 
 
 class NewGELU(nn.Module):
@@ -172,29 +158,86 @@ class PreTrainedModel(ModelApiMixin, AdapterMixin, nn.Module):
 
 
 class DecoderStack(nn.Module):
-    """A base model (GPT2Model, LlamaModel): token embeddings named `input_embeddings_name`, then
-    layers over a cache; subclasses implement `hidden_states`."""
+    """A base model (GPT2Model, LlamaModel): token embeddings named `input_embeddings_name`, then the layers
+    (the ModuleList named `layers_name`) over a cache, then the norm named `final_norm_name`. Subclasses say
+    how positions enter (`embed`, `layer_inputs`) and which layers use a sliding window.
+
+    Each layer is called as layer(hidden_states, layer_inputs, mask, cache, eager) and returns
+    (hidden_states, attention weights or None).
+    """
 
     config: PretrainedConfig
     input_embeddings_name: ClassVar[str]
+    layers_name: ClassVar[str]
+    final_norm_name: ClassVar[str]
+    output_class: ClassVar[type[ModelOutput]] = BaseModelOutputWithPast
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
-                use_cache: Optional[bool] = None) -> BaseModelOutput:
-        """Hidden states after the final norm (arguments as PreTrainedCausalLM.forward)."""
+    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, cache: Any = None,
+                inputs_embeds: Optional[torch.Tensor] = None, use_cache: Optional[bool] = None,
+                output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None,
+                return_dict: Optional[bool] = None, *, past_key_values: Any = None,
+                cache_position: Optional[torch.Tensor] = None) -> Union[ModelOutput, tuple[Any, ...]]:
+        """The hidden states after the final norm, as transformers' base models return them.
+
+        Exactly one of `input_ids` (batch, seq) and `inputs_embeds` (batch, seq, hidden). `cache`
+        (or `past_key_values`): a KVCache this model returned, or a transformers Cache such as
+        DynamicCache, extended in place; with use_cache (config.use_cache by default) and none given,
+        a new KVCache. `cache_position` is accepted and unused, as in transformers 5 (positions come
+        from `position_ids`, else the cached length + 0, 1, ...). Raises ValueError for both or
+        neither of input_ids and inputs_embeds.
+        """
+        record = ForwardRecord.of(self.config, output_attentions, output_hidden_states, return_dict)
+        hidden_states, cache = self.decode(input_ids, attention_mask, position_ids,
+                                           cache_argument(cache, past_key_values), inputs_embeds, use_cache, record)
+        output = self.output_class(last_hidden_state=hidden_states, cache=cache, **self.recorded_outputs(record))
+        return output if record.return_dict else output.to_tuple()
+
+    def decode(self, input_ids: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor],
+               position_ids: Optional[torch.Tensor], cache: Any, inputs_embeds: Optional[torch.Tensor],
+               use_cache: Optional[bool], record: ForwardRecord) -> tuple[torch.Tensor, Any]:
+        """(the last hidden states, the cache) of a forward call, filling `record` on the way."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = KVCache()
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = KVCache()
+        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)[None]
-        cache = past_key_values if use_cache else None
-        return BaseModelOutput(self.hidden_states(input_ids, attention_mask, position_ids, past_length, cache), cache)
+            position_ids = torch.arange(past_length, past_length + inputs_embeds.shape[1],
+                                        device=inputs_embeds.device)[None]
+        hidden_states = self.embed(inputs_embeds, position_ids)
+        masks = layer_masks(attention_mask, hidden_states, past_length, cache, self.sliding_windows(), record.eager)
+        layer_inputs = self.layer_inputs(hidden_states, position_ids)
+        for layer, mask in zip(getattr(self, self.layers_name), masks):
+            if record.hidden_states is not None:
+                record.hidden_states.append(hidden_states)
+            hidden_states, weights = layer(hidden_states, layer_inputs, mask, cache, record.eager)
+            if record.attentions is not None:
+                record.attentions.append(weights)
+        hidden_states = getattr(self, self.final_norm_name)(hidden_states)
+        if record.hidden_states is not None:
+            record.hidden_states.append(hidden_states)
+        return hidden_states, cache
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                      position_ids: torch.Tensor, past_length: int, cache: Optional[KVCache]) -> torch.Tensor:
-        """The last hidden states of `input_ids` at `position_ids`, after `past_length` cached tokens."""
-        raise NotImplementedError
+    def recorded_outputs(self, record: ForwardRecord) -> dict[str, Any]:
+        """The output fields `record` fills: hidden_states, attentions (and GPT-2's cross_attentions)."""
+        return {"hidden_states": record.hidden_states_tuple(), "attentions": record.attentions_tuple()}
+
+    def embed(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The first layer's input from the token embeddings (GPT-2 adds learned positions)."""
+        return inputs_embeds
+
+    def layer_inputs(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> Any:
+        """What every layer gets besides hidden states, mask and cache (the Llama family: rotary cos/sin)."""
+        return None
+
+    def sliding_windows(self) -> list[Optional[int]]:
+        """Each layer's sliding window (None: it sees every earlier token)."""
+        return [None] * len(getattr(self, self.layers_name))
+
 
 
 class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
@@ -204,24 +247,45 @@ class PreTrainedCausalLM(PreTrainedModel, GenerationMixin):
     """
 
     lm_head: nn.Linear
+    output_class: ClassVar[type[ModelOutput]] = CausalLMOutputWithPast
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.generation_config = GenerationConfig.from_model_config(config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
-                use_cache: Optional[bool] = None, logits_to_keep: int = 0) -> CausalLMOutput:
-        """Next-token logits (batch, seq, vocab), or of the last `logits_to_keep` positions only.
+    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None, cache: Any = None,
+                inputs_embeds: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                use_cache: Optional[bool] = None, logits_to_keep: Union[int, torch.Tensor] = 0, *,
+                past_key_values: Any = None, output_attentions: Optional[bool] = None,
+                output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None,
+                cache_position: Optional[torch.Tensor] = None, **loss_kwargs: Any) -> Union[ModelOutput, tuple]:
+        """Next-token logits (batch, seq, vocab), as transformers' causal LMs return them.
 
-        `attention_mask` (batch, past + seq) marks real tokens; positions default to the cached
-        length + 0, 1, ... (pass position_ids for left-padded rows, as generate does).
+        Inputs, cache and options as the base model's forward. `attention_mask` (batch, past + seq)
+        marks real tokens; positions default to the cached length + 0, 1, ... (pass position_ids for
+        left-padded rows, as generate does). `logits_to_keep`: an int keeps the last that many
+        positions (0: all), a tensor the positions it indexes. `labels` (batch, seq) adds `loss`, the
+        shifted cross-entropy of transformers' ForCausalLMLoss (-100 ignored), which also takes
+        `num_items_in_batch`, `ignore_index` and `shift_labels`. Returns a CausalLMOutputWithPast (a
+        tuple of its fields that are not None with return_dict=False). Raises TypeError for other
+        keywords.
         """
-        outputs = getattr(self, self.base_model_prefix)(input_ids, attention_mask=attention_mask,
-                                                         position_ids=position_ids, past_key_values=past_key_values,
-                                                         use_cache=use_cache)
-        hidden_states = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden_states = hidden_states[:, -logits_to_keep:, :]
-        return CausalLMOutput(self.lm_head(hidden_states), outputs.past_key_values)
-
+        unknown = set(loss_kwargs) - LOSS_KWARGS
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword argument(s) {sorted(unknown)}")
+        base = getattr(self, self.base_model_prefix)
+        record = ForwardRecord.of(self.config, output_attentions, output_hidden_states, return_dict)
+        hidden_states, cache = base.decode(input_ids, attention_mask, position_ids,
+                                           cache_argument(cache, past_key_values), inputs_embeds, use_cache, record)
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep:
+                hidden_states = hidden_states[:, -logits_to_keep:, :]
+        else:
+            hidden_states = hidden_states[:, logits_to_keep, :]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, self.config.vocab_size, **loss_kwargs)
+        output = self.output_class(loss=loss, logits=logits, cache=cache, **base.recorded_outputs(record))
+        return output if record.return_dict else output.to_tuple()
