@@ -1,6 +1,8 @@
 """warpload.safe_open against safetensors.safe_open: keys, metadata, tensors and slices."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors import safe_open as st_safe_open
@@ -93,3 +95,31 @@ def test_other_frameworks_are_refused_with_advice(checkpoint):
     for framework in ("tf", "flax", "jax", "mlx", "paddle"):
         with pytest.raises(ValueError, match="framework='pt'.*framework='np'"):
             warpload.safe_open(checkpoint, framework=framework)
+
+
+@pytest.mark.parametrize("framework", ["pt", "np"])
+def test_slices_refuse_what_safetensors_refuses_with_its_words(tmp_path, framework):
+    import safetensors
+
+    from warpload.errors import SliceError
+
+    path = tmp_path / "a.safetensors"
+    tensor = torch.arange(50, dtype=torch.float32).reshape(10, 5)
+    save_file({"a": tensor}, str(path))
+    with warpload.safe_open(path, framework=framework) as handle:
+        piece = handle.get_slice("a")
+        for index, message in [
+            ((slice(2, None), -6), "Invalid index -6 for dimension 1 of size 5"),
+            ([0, 1], "Non empty lists are not implemented"),
+            ((slice(2, None), 20), "Error during slicing [2:, 20] with shape [10, 5]: index 20 out of bounds for "
+                                   "tensor dimension #1 of size 5"),
+            (slice(None, 20), "Error during slicing [:20] with shape [10, 5]: index 19 out of bounds for tensor "
+                              "dimension #0 of size 10"),
+            ((0, 0, 0), "more slicing indexes than dimensions in tensor"),
+        ]:
+            with pytest.raises(SliceError, match=re.escape(message)) as caught:
+                piece[index]
+            assert isinstance(caught.value, (IndexError, safetensors.SafetensorError))
+        # What safetensors takes comes back as torch and numpy index it; a step is honoured.
+        assert list(piece[2:, -5].shape) == [8] and list(piece[[]].shape) == [0, 5]
+        assert piece[::3, 1].tolist() == tensor[::3, 1].tolist()

@@ -77,6 +77,11 @@ class CheckpointNotFoundError(WarploadError, FileNotFoundError):
         return cls(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
 
+class SliceError(WarploadError, IndexError, SafetensorError):
+    """safe_open's get_slice(...)[index] was given an index safetensors refuses (with its message): a
+    non-empty list, an index or slice bound outside the tensor."""
+
+
 class ClosedFileError(WarploadError, ValueError, SafetensorError):
     """A safe_open handle was used after its `with` block closed it (safetensors raises "File is closed")."""
 

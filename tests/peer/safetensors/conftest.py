@@ -31,9 +31,6 @@ ROUTED_NUMPY = {"load_file": load_file_np}
 ORIGINALS_NUMPY = {id(getattr(safetensors.numpy, name)): name for name in ROUTED_NUMPY}
 
 SKIPS = {
-    "test_simple.py::ReadmeTestCase::test_numpy_slice": "asserts safetensors' own slice errors (`[:20]` of 10 rows "
-        "raises, with its wording); warpload's get_slice indexes as numpy and torch do, clipping slice bounds "
-        "(its in-range results are checked by the tests before those asserts, and by tests/test_safe_open.py)",
     "test_simple.py::ErrorsTestCase::test_file_not_found": "asserts safetensors' message \"No such file or "
         "directory: notafile\" (a FileNotFoundError without errno); warpload's FileNotFoundError carries errno, "
         "strerror and filename, so it reads \"[Errno 2] No such file or directory: 'notafile'\" as open()'s does "
