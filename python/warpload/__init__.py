@@ -17,10 +17,11 @@ _LAZY = {
     "errors": None,
     "AutoModelForCausalLM": "loading.auto",
     "AutoConfig": "loading.auto",
+    "AutoTokenizer": "tokenization.auto",
 }
 
 __all__ = ["load", "load_file", "safe_open", "load_checkpoint", "load_torch", "AutoModelForCausalLM", "AutoConfig",
-           "errors", "__version__"]
+           "AutoTokenizer", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:

@@ -157,3 +157,7 @@ class EntryNotFoundError(HubError, FileNotFoundError):
 
 class NotCachedError(HubError, FileNotFoundError):
     """Offline (local_files_only or HF_HUB_OFFLINE) and the file is not in the cache."""
+
+
+class SlowTokenizerError(WarploadError, ImportError):
+    """A repo has no tokenizer.json, only a slow tokenizer's files, and transformers (to convert them) is missing."""
