@@ -320,3 +320,42 @@ def test_stop_strings_criteria_of_transformers_accepts_it(folders):
     ids = torch.tensor([ours("The quick brown fox")["input_ids"]])
     assert bool(criteria(ids, torch.zeros(1, 10))[0])
     assert not bool(criteria(torch.tensor([ours("The quick brown")["input_ids"]]), torch.zeros(1, 10))[0])
+
+
+CLASS_CASES = [("llama", "LlamaTokenizer", None, {}), ("llama", "LlamaTokenizerFast", "llama", {"legacy": True}),
+               ("llama", "LlamaTokenizer", "llama", {"add_prefix_space": False}),
+               ("llama", "LlamaTokenizer", "mistral", {}), ("llama", "LlamaTokenizer", "phi3", {}),
+               ("gpt2", "LlamaTokenizer", "llama", {}), ("gpt2", "GPT2Tokenizer", "gpt2", {}),
+               ("gpt2", "Qwen2Tokenizer", "qwen2", {}), ("gpt2", "PreTrainedTokenizerFast", "qwen2", {}),
+               ("gpt2", "Qwen2Tokenizer", None, {"add_prefix_space": True}), ("gpt2", None, "qwen3", {}),
+               ("gpt2", "PreTrainedTokenizerFast", "qwen3", {}), ("llama", None, "idefics2", {}),
+               ("llama", "LlamaTokenizer", "granite", {})]
+
+
+@pytest.mark.parametrize("kind,tokenizer_class,model_type,extra", CLASS_CASES,
+                         ids=[f"{kind}-{name}-{model}-{'-'.join(extra)}" for kind, name, model, extra in CLASS_CASES])
+def test_declared_tokenizer_class_builds_what_transformers_builds(folders, tmp_path, kind, tokenizer_class,
+                                                                  model_type, extra):
+    """LlamaTokenizer rebuilds a Metaspace pipeline on tokenizer.json's vocabulary (unless the model type or a
+    byte-level file keeps the file's); the outputs must follow transformers' choice either way."""
+    import shutil
+
+    folder = tmp_path / "declared"
+    shutil.copytree(folders[kind], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class=tokenizer_class, **extra)
+    if tokenizer_class is None:
+        del config["tokenizer_class"]
+    config.pop("padding_side", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    if model_type is not None:
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    reference, ours = both(folder)
+    texts = [*TEXTS, "warpload<s>warpload  two  spaces"]
+    assert dict(ours(texts, padding=True)) == dict(reference(texts, padding=True))
+    assert ours.padding_side == reference.padding_side
+    ids = reference(texts)["input_ids"]
+    assert ours.batch_decode(ids) == reference.batch_decode(ids)
+    assert ours.special_tokens_map == reference.special_tokens_map
+    ours.save_pretrained(tmp_path / "saved")
+    assert dict(transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")(texts)) == dict(reference(texts))

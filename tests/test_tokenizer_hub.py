@@ -35,8 +35,9 @@ def test_repo_id_fetches_only_the_tokenizer_files(hub, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_REPO, cache_dir=tmp_path)
     assert_same_as_transformers(tokenizer, hub.repos.tokenizers["main"])
     assert sorted(tokenizer.chat_template) == ["default", "tool_use"]
-    assert fetched(hub) == ["additional_chat_templates/tool_use.jinja", "chat_template.jinja", "tokenizer.json",
-                            "tokenizer_config.json"]
+    # config.json too: its model_type takes part in choosing the tokenizer class, as in transformers.
+    assert fetched(hub) == ["additional_chat_templates/tool_use.jinja", "chat_template.jinja", "config.json",
+                            "tokenizer.json", "tokenizer_config.json"]
     assert tokenizer.name_or_path == TOKENIZER_REPO
 
 

@@ -159,9 +159,9 @@ def start_pretrained(location: str, options: HubOptions, *, subfolder: str = "",
 
 
 def resolve_files(location: str, options: HubOptions, names: tuple[str, ...], *, subfolder: str = "",
-                  folders: tuple[str, ...] = ()) -> str:
-    """The local folder (under `subfolder`) holding those of `names` (and the files under `folders`) that
-    `location` has.
+                  folders: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> str:
+    """The local folder (under `subfolder`) holding those of `names` (and the files under `folders`, and the
+    `optional` names, which alone do not count) that `location` has.
 
     A local folder is used as it is. For a repo id, one listing request says which of the files
     exist at the revision; those are fetched into the snapshot of its commit (offline: the cached
@@ -174,8 +174,8 @@ def resolve_files(location: str, options: HubOptions, names: tuple[str, ...], *,
     request = HubRequest(location, options, subfolder)
     with call_proxies(options.proxies):
         if options.offline:
-            return request.cached_files(names, folders)
-        return request.download_files(names, folders)
+            return request.cached_files(names)
+        return request.download_files(names, folders, optional)
 
 
 class ShardDownloads:
@@ -396,20 +396,22 @@ class HubRequest:
             raise
         return snapshot, shards
 
-    def download_files(self, names: tuple[str, ...], folders: tuple[str, ...]) -> str:
-        """The snapshot folder (under the subfolder) once the listed ones of `names` and `folders/*` are cached."""
+    def download_files(self, names: tuple[str, ...], folders: tuple[str, ...], optional: tuple[str, ...]) -> str:
+        """The snapshot folder (under the subfolder) once the listed ones of `names`, `folders/*` and `optional`
+        are cached; EntryNotFoundError when the listing has none of `names` and `folders/*`."""
         commit, listing = self.listing()
         wanted = [name for name in listing
                   if name in names or any(name.startswith(f"{folder}/") for folder in folders)]
         if not wanted:
             raise self.missing(" or ".join(names), listing)
+        wanted += [name for name in listing if name in optional and name not in wanted]
         # The user's revision name for the first, so refs/{revision} is written for later offline loads.
         first = self.fetch_checked(wanted[0], self.revision)
         self._fetch_all(wanted[1:], commit)
         return os.path.join(snapshot_root(first, os.path.join(self.subfolder, os.path.dirname(wanted[0]))),
                             self.subfolder)
 
-    def cached_files(self, names: tuple[str, ...], folders: tuple[str, ...]) -> str:
+    def cached_files(self, names: tuple[str, ...]) -> str:
         """The cached snapshot folder (under the subfolder) holding any of `names`, with no request."""
         import huggingface_hub
 

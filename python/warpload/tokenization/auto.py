@@ -6,9 +6,18 @@ import logging
 import os
 from typing import Any, Union
 
-from ..constants import CHAT_TEMPLATES_DIR, SLOW_TOKENIZER_NAMES, TOKENIZER_FILE_NAMES, TOKENIZER_NAME
+from .._fileio import read_json_object
+from ..constants import (
+    CHAT_TEMPLATES_DIR,
+    CONFIG_NAME,
+    SLOW_TOKENIZER_NAMES,
+    TOKENIZER_CONFIG_NAME,
+    TOKENIZER_FILE_NAMES,
+    TOKENIZER_NAME,
+)
 from ..errors import CheckpointNotFoundError, SlowTokenizerError
 from ..hub.resolve import HubOptions, resolve_files
+from .classes import choose_pipeline
 from .fast import FastTokenizer
 from .settings import tokenizer_kwargs
 
@@ -48,7 +57,9 @@ class AutoTokenizer:
         hub = HubOptions.pop_from(kwargs)
         for option in IGNORED_OPTIONS:
             kwargs.pop(option, None)
-        folder = resolve_files(location, hub, TOKENIZER_FILE_NAMES, subfolder=subfolder, folders=(CHAT_TEMPLATES_DIR,))
+        # config.json's model_type takes part in transformers' choice of class (tokenization/classes.py).
+        folder = resolve_files(location, hub, TOKENIZER_FILE_NAMES, subfolder=subfolder, folders=(CHAT_TEMPLATES_DIR,),
+                               optional=(CONFIG_NAME,))
         tokenizer_file = os.path.join(folder, TOKENIZER_NAME)
         if not os.path.isfile(tokenizer_file):
             return _slow_tokenizer(location, folder, kwargs)
@@ -60,7 +71,15 @@ class AutoTokenizer:
         # transformers records these in the init keywords, and so in the tokenizer_config.json it saves.
         settings.update(name_or_path=location, is_local=os.path.isdir(location), local_files_only=hub.local_files_only)
         settings.setdefault("backend", "tokenizers")
-        return FastTokenizer(backend, settings, explicit_bos_eos=explicit_bos_eos)
+        pipeline = choose_pipeline(backend, tokenizer_file, _json_or_empty(folder, TOKENIZER_CONFIG_NAME),
+                                   _json_or_empty(folder, CONFIG_NAME) or None, settings)
+        return FastTokenizer(pipeline.backend, settings, explicit_bos_eos=explicit_bos_eos,
+                             class_name=pipeline.class_name, defaults=pipeline.defaults)
+
+
+def _json_or_empty(folder: str, name: str) -> dict[str, Any]:
+    path = os.path.join(folder, name)
+    return read_json_object(path) if os.path.isfile(path) else {}
 
 
 def _slow_tokenizer(location: str, folder: str, kwargs: dict[str, Any]) -> Any:

@@ -21,14 +21,19 @@ class FastTokenizer:
     padding_side = "right"
     truncation_side = "right"
 
-    def __init__(self, backend: Any, kwargs: dict[str, Any], *, explicit_bos_eos: bool) -> None:
+    def __init__(self, backend: Any, kwargs: dict[str, Any], *, explicit_bos_eos: bool,
+                 class_name: str = "TokenizersBackend", defaults: Optional[dict[str, Any]] = None) -> None:
         """`backend` is the tokenizers.Tokenizer, `kwargs` what settings.tokenizer_kwargs read (and the caller's
-        options); explicit_bos_eos says the caller passed add_bos_token / add_eos_token."""
+        options); explicit_bos_eos says the caller passed add_bos_token / add_eos_token; class_name and defaults
+        are those of the class transformers would build (tokenization/classes.py)."""
         object.__setattr__(self, "_special_tokens_map", dict.fromkeys(SPECIAL_TOKENS_ATTRIBUTES))
         object.__setattr__(self, "_extra_special_tokens", [])
         self.special_token_attributes = list(SPECIAL_TOKENS_ATTRIBUTES)
         self._tokenizer = backend
         self._take_file_truncation_and_padding(kwargs)
+        for key, value in (defaults or {}).items():
+            kwargs.setdefault(key, value)
+        self.class_name = class_name
         self._add_bos_token = kwargs.get("add_bos_token", False)
         self._add_eos_token = kwargs.get("add_eos_token", False)
         update_post_processor = explicit_bos_eos or backend.post_processor is None

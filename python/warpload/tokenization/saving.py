@@ -40,7 +40,7 @@ def save_tokenizer(tokenizer: Any, save_directory: Any, *, filename_prefix: Opti
 
 def tokenizer_config(tokenizer: Any) -> dict[str, Any]:
     """The tokenizer_config.json transformers writes: the init keywords with current values, the special tokens,
-    serialized added tokens, and tokenizer_class TokenizersBackend."""
+    serialized added tokens, and the tokenizer_class transformers would build."""
     config = copy.deepcopy(tokenizer.init_kwargs)
     keys = set(config) | {"model_max_length"}
     for key in keys - {"add_bos_token", "add_eos_token"}:
@@ -53,7 +53,7 @@ def tokenizer_config(tokenizer: Any) -> dict[str, Any]:
     config = serialized_tokens(config)
     for key in PRIVATE_KEYS:
         config.pop(key, None)
-    config["tokenizer_class"] = "TokenizersBackend"
+    config["tokenizer_class"] = tokenizer.class_name
     return config
 
 
