@@ -359,3 +359,19 @@ def test_declared_tokenizer_class_builds_what_transformers_builds(folders, tmp_p
     assert ours.special_tokens_map == reference.special_tokens_map
     ours.save_pretrained(tmp_path / "saved")
     assert dict(transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")(texts)) == dict(reference(texts))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_special_tokens_and_add_tokens_equal_transformers(folders, kind):
+    reference, ours = both(folders[kind])
+    for tokenizer in (reference, ours):
+        assert tokenizer.add_special_tokens({"pad_token": "[PAD]", "extra_special_tokens": ["<tool>"]}) == 2
+        assert tokenizer.add_tokens(["brandnew", "warpload"]) == 1
+    assert (ours.pad_token, ours.pad_token_id, ours.extra_special_tokens, len(ours)) == (
+        reference.pad_token, reference.pad_token_id, reference.extra_special_tokens, len(reference))
+    texts = [*TEXTS, "a brandnew <tool> [PAD] call"]
+    assert dict(ours(texts, padding=True)) == dict(reference(texts, padding=True))
+    assert ours.batch_decode(ours(texts)["input_ids"], skip_special_tokens=True) == reference.batch_decode(
+        reference(texts)["input_ids"], skip_special_tokens=True)
+    with pytest.raises(ValueError, match="is not a valid special token"):
+        ours.add_special_tokens({"not_a_token_name": "x"})

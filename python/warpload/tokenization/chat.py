@@ -1,4 +1,5 @@
-"""Chat templates rendered with Jinja2 as transformers 5.24 renders them (utils/chat_template_utils.py).
+"""Chat templates rendered with Jinja2 as transformers 5.24 renders them (utils/chat_template_utils.py), and
+the tokenizer's apply_chat_template on top (ChatTemplates).
 
 The same sandbox (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols), the same
 globals (raise_exception, strftime_now, a dict() constructor, a namespace that refuses underscore
@@ -275,3 +276,97 @@ def _cut_after_final_message(text: str, final_message: str) -> str:
     if text[at:at + len(CONTINUE_TAG)] == CONTINUE_TAG:
         return text[:at]
     return text[:at].rstrip()
+
+
+class ChatTemplates:
+    """apply_chat_template and get_chat_template of FastTokenizer, which sets `chat_template` and
+    `special_tokens_map` and encodes the rendered text with its __call__."""
+
+    chat_template: Union[None, str, dict[str, str]]
+    special_tokens_map: dict[str, str]
+
+    def get_chat_template(self, chat_template: Optional[str] = None, tools: Optional[list] = None) -> str:
+        """The template apply_chat_template uses: the given one (or the name of one), else the tokenizer's."""
+        if isinstance(self.chat_template, dict):
+            templates = self.chat_template
+            if chat_template is not None and chat_template in templates:
+                return templates[chat_template]
+            if chat_template is None:
+                if tools is not None and "tool_use" in templates:
+                    return templates["tool_use"]
+                if "default" in templates:
+                    return templates["default"]
+                raise ValueError("This model has multiple chat templates with no default specified! Please either "
+                                 "pass a chat template or the name of the template you wish to use to the "
+                                 f"`chat_template` argument. Available template names are {sorted(templates)}.")
+        elif chat_template is None:
+            if self.chat_template is None:
+                raise ValueError("Cannot use chat template functions because tokenizer.chat_template is not set and "
+                                 "no template argument was passed! For information about writing templates and "
+                                 "setting the tokenizer.chat_template attribute, please see the documentation at "
+                                 "https://huggingface.co/docs/transformers/main/en/chat_templating")
+            return self.chat_template
+        return chat_template
+
+    def apply_chat_template(self, conversation: Any, tools: Optional[list] = None, documents: Optional[list] = None,
+                            chat_template: Optional[str] = None, add_generation_prompt: bool = False,
+                            continue_final_message: Union[bool, str] = False, tokenize: bool = True,
+                            padding: Any = False, truncation: bool = False, max_length: Optional[int] = None,
+                            return_tensors: Optional[str] = None, return_dict: bool = True,
+                            return_assistant_tokens_mask: bool = False,
+                            tokenizer_kwargs: Optional[dict[str, Any]] = None, **kwargs: Any) -> Any:
+        """Renders a conversation (or a batch) with the chat template as transformers 5 does; with tokenize=True
+        (the default) encodes it without adding special tokens: a BatchEncoding (return_dict=True, the default) or
+        the input ids. Other keywords reach the template. Raises ValueError as transformers does."""
+        if not tokenize:
+            return_dict = False
+        if return_assistant_tokens_mask and not (return_dict and tokenize):
+            raise ValueError("`return_assistant_tokens_mask=True` requires `return_dict=True` and `tokenize=True`")
+        if kwargs.pop("sanitize_control_tokens", False):
+            raise NotImplementedError("sanitize_control_tokens=True is not implemented by warpload; use "
+                                      "transformers' tokenizer for it")
+        template = self.get_chat_template(chat_template, tools)
+        if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
+            raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
+        batched = isinstance(conversation, (list, tuple)) and (
+            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
+        conversations = [normalize_messages(chat) for chat in (conversation if batched else [conversation])]
+        if continue_final_message and add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt are not compatible. Use "
+                             "continue_final_message when you want the model to continue the final message, and "
+                             "add_generation_prompt when you want to add a header that will prompt it to start a new "
+                             "assistant message instead.")
+        if continue_final_message and return_assistant_tokens_mask:
+            raise ValueError("continue_final_message is not compatible with return_assistant_tokens_mask.")
+        rendered, spans = render_chats(conversations, template, tools=tools, documents=documents,
+                                       add_generation_prompt=add_generation_prompt,
+                                       continue_final_message=continue_final_message,
+                                       track_generation=return_assistant_tokens_mask,
+                                       **{**self.special_tokens_map, **kwargs})
+        text = rendered if batched else rendered[0]
+        if not tokenize:
+            return text
+        out = self(text, padding=padding, truncation=truncation, max_length=max_length, add_special_tokens=False,
+                   return_tensors=return_tensors, **(tokenizer_kwargs or {}))
+        if not return_dict:
+            return out["input_ids"]
+        if return_assistant_tokens_mask:
+            masks = [_assistant_mask(encoding.offsets, len(encoding.ids), chat_spans)
+                     for encoding, chat_spans in zip(out.encodings, spans)]
+            out["assistant_masks"] = masks if batched or return_tensors else masks[0]
+            out.convert_to_tensors(return_tensors)
+        return out
+
+
+def _assistant_mask(offsets: list[tuple[int, int]], length: int, spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each token that overlaps a `{% generation %}` span (spans and offsets are both in order)."""
+    mask = [0] * length
+    span = 0
+    for index, (start, end) in enumerate(offsets):
+        while span < len(spans) and start >= spans[span][1]:
+            span += 1
+        if span == len(spans):
+            break
+        if end > spans[span][0]:
+            mask[index] = 1
+    return mask

@@ -6,14 +6,15 @@ import copy
 import logging
 from typing import Any, Optional, Union
 
-from .chat import normalize_messages, render_chats
+from .chat import ChatTemplates
 from .encoding import VERY_LARGE_INTEGER, BatchEncoding, padding_truncation
 from .settings import SPECIAL_TOKENS_ATTRIBUTES
+from .special_tokens import SpecialTokens
 
 logger = logging.getLogger(__name__)
 
 
-class FastTokenizer:
+class FastTokenizer(SpecialTokens, ChatTemplates):
     """A tokenizer built from tokenizer.json and tokenizer_config.json the way transformers 5 builds its
     TokenizersBackend (AutoTokenizer's class for such repos), so encodings, decodings and chat renderings equal
     transformers' on the same files. Built by AutoTokenizer.from_pretrained."""
@@ -100,121 +101,6 @@ class FastTokenizer:
             template = {entry["name"]: entry["template"] for entry in template}
         self.chat_template = template
 
-    @staticmethod
-    def _check_token(key: str, value: Any) -> None:
-        from tokenizers import AddedToken
-
-        if not isinstance(value, (str, AddedToken)):
-            raise TypeError(f"Special token {key} has to be either str or AddedToken but got: {type(value)}")
-
-    def _add_missing_tokens(self, added_tokens_decoder: dict[int, Any]) -> None:
-        """The config's added tokens and every special token the backend lacks, added as transformers adds them:
-        it re-adds all of added_tokens_decoder (its duplicate check compares token reprs with ids, so it never
-        matches), then each special token not yet in the vocabulary, marked special."""
-        from tokenizers import AddedToken
-
-        to_add = [token for _, token in sorted(added_tokens_decoder.items(), key=lambda item: item[0])]
-        encoder = list(self.added_tokens_encoder) + [str(token) for token in to_add]
-        for value in [*self._special_tokens_map.values(), *self._extra_special_tokens]:
-            if value is not None and str(value) not in encoder and value not in to_add:
-                to_add.append(value)
-        named = [str(value) for value in self._special_tokens_map.values() if value]
-        tokens = []
-        for token in to_add:
-            if isinstance(token, str):
-                token = AddedToken(token, special=True)
-            elif not token.special and str(token) in named:
-                token.special = True
-            tokens.append(token)
-        if tokens:
-            self._tokenizer.add_tokens(tokens)
-
-    # --- special tokens: attributes, ids, and assignment (tokenizer.pad_token = tokenizer.eos_token) ---
-
-    def __getattr__(self, key: str) -> Any:
-        name = key.removesuffix("_ids").removesuffix("_id") if key.endswith(("_id", "_ids")) else key
-        attributes = self.__dict__.get("special_token_attributes", SPECIAL_TOKENS_ATTRIBUTES)
-        if name in attributes:
-            value = self.__dict__.get("_special_tokens_map", {}).get(name)
-            if value is None:
-                return None
-            return self.convert_tokens_to_ids(str(value)) if key != name else str(value)
-        if name == "extra_special_tokens":
-            tokens = [str(token) for token in self.__dict__.get("_extra_special_tokens", [])]
-            return self.convert_tokens_to_ids(tokens) if key != name else tokens
-        raise AttributeError(f"{type(self).__name__} has no attribute {key}")
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        name = key.removesuffix("_ids").removesuffix("_id") if key.endswith(("_id", "_ids")) else key
-        if name in self.__dict__.get("special_token_attributes", ()):
-            if key != name and value is not None:
-                value = self.convert_ids_to_tokens(value)
-            if value is not None:
-                self._check_token(name, value)
-            self._special_tokens_map[name] = value
-            return
-        if name == "extra_special_tokens":
-            if key != name and isinstance(value, (list, tuple)):
-                value = [self.convert_ids_to_tokens(item) for item in value]
-            self._extra_special_tokens[:] = [] if value is None else list(value)
-            return
-        object.__setattr__(self, key, value)
-
-    @property
-    def special_tokens_map(self) -> dict[str, str]:
-        """The named special tokens that are set, as strings (bos_token, eos_token, ..., model-specific ones)."""
-        return {name: str(self._special_tokens_map[name]) for name in self.special_token_attributes
-                if self._special_tokens_map.get(name) is not None}
-
-    @property
-    def all_special_tokens(self) -> list[str]:
-        """Every special token (named, then extra), each once, as strings."""
-        tokens: list[str] = []
-        for value in [*(self._special_tokens_map.get(name) for name in self.special_token_attributes),
-                      *self._extra_special_tokens]:
-            if value is not None and str(value) not in tokens:
-                tokens.append(str(value))
-        return tokens
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        """The ids of all_special_tokens."""
-        return self.convert_tokens_to_ids(self.all_special_tokens)
-
-    @property
-    def add_bos_token(self) -> bool:
-        return self._add_bos_token
-
-    @add_bos_token.setter
-    def add_bos_token(self, value: bool) -> None:
-        self._add_bos_token = value
-        self.update_post_processor()
-
-    @property
-    def add_eos_token(self) -> bool:
-        return self._add_eos_token
-
-    @add_eos_token.setter
-    def add_eos_token(self, value: bool) -> None:
-        self._add_eos_token = value
-        self.update_post_processor()
-
-    def update_post_processor(self) -> None:
-        """Rebuilds the post-processor from add_bos_token / add_eos_token (transformers' TemplateProcessing)."""
-        from tokenizers import processors
-
-        bos, eos = self.bos_token, self.eos_token
-        if bos is None:
-            self._add_bos_token = False
-        if eos is None:
-            self._add_eos_token = False
-        add_bos, add_eos = self._add_bos_token, self._add_eos_token
-        single = f"{(bos + ':0 ') if add_bos else ''}$A:0{(' ' + eos + ':0') if add_eos else ''}"
-        pair = f"{single}{(' ' + bos + ':1') if add_bos else ''} $B:1{(' ' + eos + ':1') if add_eos else ''}"
-        special = ([(bos, self.bos_token_id)] if add_bos else []) + ([(eos, self.eos_token_id)] if add_eos else [])
-        self._tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair,
-                                                                       special_tokens=special)
-
     # --- vocabulary ---
 
     @property
@@ -280,15 +166,6 @@ class FastTokenizer:
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         decoder = self._tokenizer.decoder
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
-
-    def add_tokens(self, new_tokens: Any, special_tokens: bool = False) -> int:
-        """Adds tokens (str or tokenizers.AddedToken) to the vocabulary; returns how many were new."""
-        if not new_tokens:
-            return 0
-        new_tokens = new_tokens if isinstance(new_tokens, (list, tuple)) else [new_tokens]
-        if special_tokens:
-            return self._tokenizer.add_special_tokens(list(new_tokens))
-        return self._tokenizer.add_tokens(list(new_tokens))
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self._tokenizer.num_special_tokens_to_add(pair)
@@ -432,80 +309,6 @@ class FastTokenizer:
             return text
         return clean_up_tokenization(text)
 
-    # --- chat templates ---
-
-    def get_chat_template(self, chat_template: Optional[str] = None, tools: Optional[list] = None) -> str:
-        """The template apply_chat_template uses: the given one (or the name of one), else the tokenizer's."""
-        if isinstance(self.chat_template, dict):
-            templates = self.chat_template
-            if chat_template is not None and chat_template in templates:
-                return templates[chat_template]
-            if chat_template is None:
-                if tools is not None and "tool_use" in templates:
-                    return templates["tool_use"]
-                if "default" in templates:
-                    return templates["default"]
-                raise ValueError("This model has multiple chat templates with no default specified! Please either "
-                                 "pass a chat template or the name of the template you wish to use to the "
-                                 f"`chat_template` argument. Available template names are {sorted(templates)}.")
-        elif chat_template is None:
-            if self.chat_template is None:
-                raise ValueError("Cannot use chat template functions because tokenizer.chat_template is not set and "
-                                 "no template argument was passed! For information about writing templates and "
-                                 "setting the tokenizer.chat_template attribute, please see the documentation at "
-                                 "https://huggingface.co/docs/transformers/main/en/chat_templating")
-            return self.chat_template
-        return chat_template
-
-    def apply_chat_template(self, conversation: Any, tools: Optional[list] = None, documents: Optional[list] = None,
-                            chat_template: Optional[str] = None, add_generation_prompt: bool = False,
-                            continue_final_message: Union[bool, str] = False, tokenize: bool = True,
-                            padding: Any = False, truncation: bool = False, max_length: Optional[int] = None,
-                            return_tensors: Optional[str] = None, return_dict: bool = True,
-                            return_assistant_tokens_mask: bool = False,
-                            tokenizer_kwargs: Optional[dict[str, Any]] = None, **kwargs: Any) -> Any:
-        """Renders a conversation (or a batch) with the chat template as transformers 5 does; with tokenize=True
-        (the default) encodes it without adding special tokens: a BatchEncoding (return_dict=True, the default) or
-        the input ids. Other keywords reach the template. Raises ValueError as transformers does."""
-        if not tokenize:
-            return_dict = False
-        if return_assistant_tokens_mask and not (return_dict and tokenize):
-            raise ValueError("`return_assistant_tokens_mask=True` requires `return_dict=True` and `tokenize=True`")
-        if kwargs.pop("sanitize_control_tokens", False):
-            raise NotImplementedError("sanitize_control_tokens=True is not implemented by warpload; use "
-                                      "transformers' tokenizer for it")
-        template = self.get_chat_template(chat_template, tools)
-        if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
-            raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
-        batched = isinstance(conversation, (list, tuple)) and (
-            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
-        conversations = [normalize_messages(chat) for chat in (conversation if batched else [conversation])]
-        if continue_final_message and add_generation_prompt:
-            raise ValueError("continue_final_message and add_generation_prompt are not compatible. Use "
-                             "continue_final_message when you want the model to continue the final message, and "
-                             "add_generation_prompt when you want to add a header that will prompt it to start a new "
-                             "assistant message instead.")
-        if continue_final_message and return_assistant_tokens_mask:
-            raise ValueError("continue_final_message is not compatible with return_assistant_tokens_mask.")
-        rendered, spans = render_chats(conversations, template, tools=tools, documents=documents,
-                                       add_generation_prompt=add_generation_prompt,
-                                       continue_final_message=continue_final_message,
-                                       track_generation=return_assistant_tokens_mask,
-                                       **{**self.special_tokens_map, **kwargs})
-        text = rendered if batched else rendered[0]
-        if not tokenize:
-            return text
-        out = self(text, padding=padding, truncation=truncation, max_length=max_length, add_special_tokens=False,
-                   return_tensors=return_tensors, **(tokenizer_kwargs or {}))
-        if not return_dict:
-            return out["input_ids"]
-        if return_assistant_tokens_mask:
-            masks = [_assistant_mask(encoding.offsets, len(encoding.ids), chat_spans)
-                     for encoding, chat_spans in zip(out.encodings, spans)]
-            out["assistant_masks"] = masks if batched or return_tensors else masks[0]
-            out.convert_to_tensors(return_tensors)
-        return out
-
     # --- saving ---
 
     def save_pretrained(self, save_directory: Any, legacy_format: Optional[bool] = None,
@@ -526,20 +329,6 @@ class FastTokenizer:
         return (f"{type(self).__name__}(name_or_path='{self.name_or_path}', vocab_size={self.vocab_size}, "
                 f"model_max_length={self.model_max_length}, padding_side='{self.padding_side}', "
                 f"truncation_side='{self.truncation_side}', special_tokens={self.special_tokens_map})")
-
-
-def _assistant_mask(offsets: list[tuple[int, int]], length: int, spans: list[tuple[int, int]]) -> list[int]:
-    """1 for each token that overlaps a `{% generation %}` span (spans and offsets are both in order)."""
-    mask = [0] * length
-    span = 0
-    for index, (start, end) in enumerate(offsets):
-        while span < len(spans) and start >= spans[span][1]:
-            span += 1
-        if span == len(spans):
-            break
-        if end > spans[span][0]:
-            mask[index] = 1
-    return mask
 
 
 def clean_up_tokenization(text: str) -> str:
