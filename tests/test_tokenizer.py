@@ -252,9 +252,26 @@ def test_legacy_special_tokens_map_and_config_tokens(folders, tmp_path):
     assert ours.apply_chat_template(CHAT, tokenize=False) == reference.apply_chat_template(CHAT, tokenize=False)
 
 
-def test_folder_without_tokenizer_files_names_what_it_looked_for(tmp_path):
+def test_folder_without_tokenizer_files_names_what_it_looked_for(folders, tmp_path):
     with pytest.raises(errors.CheckpointNotFoundError, match="no tokenizer files"):
         AutoTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(errors.CheckpointNotFoundError, match="is a file: pass the folder"):
+        AutoTokenizer.from_pretrained(folders["gpt2"] / "tokenizer.json")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_bytes((folders["gpt2"] / "tokenizer.json").read_bytes())
+    (broken / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(errors.CheckpointError, match="tokenizer_config.json is not valid JSON"):
+        AutoTokenizer.from_pretrained(broken)
+
+
+def test_batch_encoding_moves_and_unpacks_like_transformers(folders):
+    reference, ours = both(folders["llama"])
+    got, expected = ours(TEXTS, padding=True, return_tensors="pt"), reference(TEXTS, padding=True, return_tensors="pt")
+    assert got.to("cpu") is got and got.input_ids is got["input_ids"]
+    assert sorted(dict(**got)) == sorted(dict(**expected))
+    assert got.tokens(1) == expected.tokens(1) and got.word_ids(0) == expected.word_ids(0)
+    assert got[1].ids == expected[1].ids
 
 
 def test_slow_only_folder_is_loaded_by_transformers(folders, tmp_path):

@@ -60,6 +60,9 @@ class AutoTokenizer:
         # config.json's model_type takes part in transformers' choice of class (tokenization/classes.py).
         folder = resolve_files(location, hub, TOKENIZER_FILE_NAMES, subfolder=subfolder, folders=(CHAT_TEMPLATES_DIR,),
                                optional=(CONFIG_NAME,))
+        if os.path.isfile(location):
+            raise CheckpointNotFoundError(f"{location} is a file: pass the folder that holds {TOKENIZER_NAME} and "
+                                          f"{TOKENIZER_CONFIG_NAME} (or a Hub repo id)")
         tokenizer_file = os.path.join(folder, TOKENIZER_NAME)
         if not os.path.isfile(tokenizer_file):
             return _slow_tokenizer(location, folder, kwargs)
@@ -71,8 +74,12 @@ class AutoTokenizer:
         # transformers records these in the init keywords, and so in the tokenizer_config.json it saves.
         settings.update(name_or_path=location, is_local=os.path.isdir(location), local_files_only=hub.local_files_only)
         settings.setdefault("backend", "tokenizers")
-        pipeline = choose_pipeline(backend, tokenizer_file, _json_or_empty(folder, TOKENIZER_CONFIG_NAME),
-                                   _json_or_empty(folder, CONFIG_NAME) or None, settings)
+        tokenizer_config = _json_or_empty(folder, TOKENIZER_CONFIG_NAME)
+        if "auto_map" in tokenizer_config:
+            logger.warning("%s: tokenizer_config.json names a tokenizer class in remote code (auto_map); warpload "
+                           "runs no remote code and builds the tokenizer from %s as it is", location, TOKENIZER_NAME)
+        model_config = _json_or_empty(folder, CONFIG_NAME) or None
+        pipeline = choose_pipeline(backend, tokenizer_file, tokenizer_config, model_config, settings)
         return FastTokenizer(pipeline.backend, settings, explicit_bos_eos=explicit_bos_eos,
                              class_name=pipeline.class_name, defaults=pipeline.defaults)
 
