@@ -392,3 +392,20 @@ def test_add_special_tokens_and_add_tokens_equal_transformers(folders, kind):
         reference(texts)["input_ids"], skip_special_tokens=True)
     with pytest.raises(ValueError, match="is not a valid special token"):
         ours.add_special_tokens({"not_a_token_name": "x"})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pad_of_existing_encodings_equals_transformers(folders, kind):
+    """tokenizer.pad, as data collators call it: lists of dicts, a dict of lists, tensors, one sequence."""
+    reference, ours = both(folders[kind])
+    features = [dict(reference(text, return_special_tokens_mask=True, return_token_type_ids=True)) for text in TEXTS]
+    options = [{}, {"padding": "max_length", "max_length": 30}, {"pad_to_multiple_of": 8, "padding_side": "left"},
+               {"return_tensors": "pt"}, {"return_attention_mask": False}, {"padding": False}]
+    for option in options:
+        assert as_lists(ours.pad(features, **option)) == as_lists(reference.pad(features, **option)), option
+    batch = {"input_ids": [feature["input_ids"] for feature in features]}
+    assert as_lists(ours.pad(batch)) == as_lists(reference.pad(batch))
+    tensors = [{"input_ids": torch.tensor(feature["input_ids"])} for feature in features[:3]]
+    assert as_lists(ours.pad(tensors)) == as_lists(reference.pad(tensors))
+    assert as_lists(ours.pad(features[0], padding="max_length", max_length=40)) == as_lists(
+        reference.pad(features[0], padding="max_length", max_length=40))

@@ -156,3 +156,67 @@ def _strategy(value: Any, choices: tuple[str, ...], option: str) -> str:
         raise ValueError(f"{option}={value!r} is not a valid strategy; choose True, False or one of "
                          f"{', '.join(repr(choice) for choice in choices)}")
     return value
+
+
+def pad_encodings(tokenizer: Any, encoded_inputs: Any, *, padding: Any = True, max_length: Optional[int] = None,
+                  pad_to_multiple_of: Optional[int] = None, padding_side: Optional[str] = None,
+                  return_attention_mask: Optional[bool] = None, return_tensors: Optional[str] = None,
+                  verbose: bool = True) -> BatchEncoding:
+    """tokenizer.pad as transformers 5 does it: one encoding or a batch (a dict of lists, or a list of dicts, of
+    lists, tensors or arrays) padded with the tokenizer's pad token, side and pad_token_type_id; tensors in give
+    tensors of their kind out. Raises ValueError without input_ids (the first model input name)."""
+    if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and hasattr(encoded_inputs[0], "keys"):
+        encoded_inputs = {key: [example[key] for example in encoded_inputs] for key in encoded_inputs[0].keys()}
+    main = tokenizer.model_input_names[0]
+    if main not in encoded_inputs:
+        raise ValueError("You should supply an encoding or a list of encodings to this method that includes "
+                         f"{main}, but you provided {list(encoded_inputs.keys())}")
+    encoded_inputs = dict(encoded_inputs)
+    if not encoded_inputs[main]:
+        if return_attention_mask:
+            encoded_inputs["attention_mask"] = []
+        return BatchEncoding(encoded_inputs)
+    first = encoded_inputs[main][0]
+    if isinstance(first, (list, tuple)):
+        first = next((item[0] for item in encoded_inputs[main] if len(item)), first)
+    if not isinstance(first, (int, list, tuple)):
+        kind = "pt" if type(first).__module__.startswith("torch") else "np"
+        return_tensors = kind if return_tensors is None else return_tensors
+        encoded_inputs = {key: value.tolist() if hasattr(value, "tolist") else [
+            item.tolist() if hasattr(item, "tolist") else item for item in value]
+            for key, value in encoded_inputs.items()}
+    strategy, _, max_length = padding_truncation(tokenizer, padding, None, max_length, None, verbose)
+    side = padding_side if padding_side is not None else tokenizer.padding_side
+    with_mask = "attention_mask" in tokenizer.model_input_names if return_attention_mask is None \
+        else return_attention_mask
+    if not isinstance(encoded_inputs[main][0], (list, tuple)):
+        return BatchEncoding(_pad_one(tokenizer, encoded_inputs, strategy, max_length, pad_to_multiple_of, side,
+                                      with_mask), tensor_type=return_tensors)
+    if strategy == "longest":
+        max_length, strategy = max(len(ids) for ids in encoded_inputs[main]), "max_length"
+    rows = [_pad_one(tokenizer, {key: value[index] for key, value in encoded_inputs.items()}, strategy, max_length,
+                     pad_to_multiple_of, side, with_mask) for index in range(len(encoded_inputs[main]))]
+    return BatchEncoding({key: [row[key] for row in rows] for key in rows[0]}, tensor_type=return_tensors)
+
+
+def _pad_one(tokenizer: Any, inputs: dict[str, Any], strategy: str, max_length: Optional[int],
+             pad_to_multiple_of: Optional[int], side: str, with_mask: bool) -> dict[str, Any]:
+    """One sequence's fields padded (transformers' _pad): ids with pad_token_id, the mask with 0, token type ids
+    with pad_token_type_id, the special tokens mask with 1."""
+    main = tokenizer.model_input_names[0]
+    ids = inputs[main]
+    if strategy == "longest":
+        max_length = len(ids)
+    if max_length is not None and pad_to_multiple_of is not None and max_length % pad_to_multiple_of:
+        max_length = (max_length // pad_to_multiple_of + 1) * pad_to_multiple_of
+    if with_mask and "attention_mask" not in inputs:
+        inputs["attention_mask"] = [1] * len(ids)
+    if strategy == "do_not_pad" or len(ids) == max_length:
+        return inputs
+    fill = {main: tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": tokenizer.pad_token_type_id,
+            "special_tokens_mask": 1}
+    count = max_length - len(ids)
+    for key, value in fill.items():
+        if key in inputs and (key != "attention_mask" or with_mask):
+            inputs[key] = inputs[key] + [value] * count if side == "right" else [value] * count + inputs[key]
+    return inputs

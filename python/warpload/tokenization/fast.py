@@ -7,7 +7,7 @@ import logging
 from typing import Any, Optional, Union
 
 from .chat import ChatTemplates
-from .encoding import VERY_LARGE_INTEGER, BatchEncoding, padding_truncation
+from .encoding import VERY_LARGE_INTEGER, BatchEncoding, pad_encodings, padding_truncation
 from .settings import SPECIAL_TOKENS_ATTRIBUTES
 from .special_tokens import SpecialTokens
 
@@ -95,7 +95,8 @@ class FastTokenizer(SpecialTokens, ChatTemplates):
         self.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = kwargs.pop(
             "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
         self.split_special_tokens = kwargs.pop("split_special_tokens", False)
-        self.pad_token_type_id = kwargs.pop("pad_token_type_id", 0)
+        # transformers keeps pad_token_type_id at 0 whatever the keywords say (its _pad_token_type_id).
+        self.pad_token_type_id = 0
         template = kwargs.pop("chat_template", None)
         if isinstance(template, (list, tuple)):
             template = {entry["name"]: entry["template"] for entry in template}
@@ -266,6 +267,16 @@ class FastTokenizer(SpecialTokens, ChatTemplates):
         return self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                     max_length=max_length, stride=stride, padding_side=padding_side, return_tensors=return_tensors,
                     **kwargs)["input_ids"]
+
+    def pad(self, encoded_inputs: Any, padding: Any = True, max_length: Optional[int] = None,
+            pad_to_multiple_of: Optional[int] = None, padding_side: Optional[str] = None,
+            return_attention_mask: Optional[bool] = None, return_tensors: Optional[str] = None,
+            verbose: bool = True) -> BatchEncoding:
+        """Pads encodings already made (a dict of lists, a list of dicts, tensors) as transformers' pad does."""
+        return pad_encodings(self, encoded_inputs, padding=padding, max_length=max_length,
+                             pad_to_multiple_of=pad_to_multiple_of, padding_side=padding_side,
+                             return_attention_mask=return_attention_mask, return_tensors=return_tensors,
+                             verbose=verbose)
 
     def tokenize(self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False,
                  **kwargs: Any) -> list[str]:
