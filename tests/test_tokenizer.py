@@ -409,3 +409,26 @@ def test_pad_of_existing_encodings_equals_transformers(folders, kind):
     assert as_lists(ours.pad(tensors)) == as_lists(reference.pad(tensors))
     assert as_lists(ours.pad(features[0], padding="max_length", max_length=40)) == as_lists(
         reference.pad(features[0], padding="max_length", max_length=40))
+
+
+@pytest.mark.parametrize("tokenizer_class", ["LlamaTokenizer", "PreTrainedTokenizerFast"])
+def test_transformers4_config_with_added_tokens_decoder(folders, tmp_path, tokenizer_class):
+    """Most Hub repos were saved by transformers 4: added_tokens_decoder, add_bos_token and the template in
+    tokenizer_config.json, a special_tokens_map.json that is then ignored."""
+    folder = tmp_path / "v4"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes((folders["llama"] / "tokenizer.json").read_bytes())
+    token = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    config = {"add_bos_token": True, "add_eos_token": False, "legacy": False, "model_max_length": 1000000000000,
+              "added_tokens_decoder": {"0": {"content": "<unk>", **token}, "1": {"content": "<s>", **token},
+                                       "2": {"content": "</s>", **token}},
+              "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+              "clean_up_tokenization_spaces": False, "chat_template": CHAT_TEMPLATE, "tokenizer_class": tokenizer_class,
+              "sp_model_kwargs": {}, "use_default_system_prompt": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|user|>"}))
+    reference, ours = both(folder)
+    assert ours.special_tokens_map == reference.special_tokens_map and ours.bos_token == "<s>"
+    assert dict(ours(TEXTS)) == dict(reference(TEXTS))
+    assert ours.batch_decode(ours(TEXTS)["input_ids"]) == reference.batch_decode(reference(TEXTS)["input_ids"])
+    assert ours.apply_chat_template(CHAT) == reference.apply_chat_template(CHAT)
