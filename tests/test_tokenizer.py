@@ -299,6 +299,8 @@ NO_TRANSFORMERS = textwrap.dedent("""
     import warpload
     folder, slow = sys.argv[1], sys.argv[2]
     tokenizer = warpload.AutoTokenizer.from_pretrained(folder)
+    tokenizer(["Hello, world!", "Hi"], padding=True)
+    light = sorted(name for name in ("torch", "numpy", "huggingface_hub", "jinja2") if name in sys.modules)
     batch = tokenizer(["Hello, world!", "Hi"], padding=True, return_tensors="pt")
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
                                          add_generation_prompt=True)
@@ -310,6 +312,7 @@ NO_TRANSFORMERS = textwrap.dedent("""
     except warpload.errors.SlowTokenizerError as err:
         slow_error = str(err)
     print(json.dumps({"ids": batch["input_ids"].tolist(), "text": text, "decoded": decoded, "slow": slow_error,
+                      "light": light,
                       "loaded": sorted(name for name in sys.modules if name.split(".")[0] == "transformers")}))
 """)
 
@@ -322,6 +325,7 @@ def test_tokenizer_never_imports_transformers(folders, tmp_path):
                              str(tmp_path / "saved")], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout)
     assert report["loaded"] == []
+    assert report["light"] == []  # a local load and a plain call import no torch, numpy, Hub client or Jinja
     reference = transformers.AutoTokenizer.from_pretrained(folders["llama"])
     assert report["ids"] == reference(["Hello, world!", "Hi"], padding=True)["input_ids"]
     assert report["text"] == reference.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
