@@ -10,8 +10,26 @@ models/auto/tokenization_auto.py) for that class; other classes are read from to
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+# The other TokenizersBackend subclasses of transformers 5.24 whose __init__ rebuilds the pipeline: warpload reads
+# tokenizer.json as it is for them, which gives transformers' tokens when the file holds the pipeline the class
+# builds (checked for GPT2Tokenizer on a GPT-2-style file); a load says so in an INFO log line.
+NOT_REBUILT = frozenset((
+    "AlbertTokenizer", "BarthezTokenizer", "BertTokenizer", "BigBirdTokenizer", "BlenderbotTokenizer",
+    "CLIPTokenizer", "CamembertTokenizer", "CodeLlamaTokenizer", "CohereTokenizer", "DPRQuestionEncoderTokenizer",
+    "DebertaTokenizer", "DebertaV2Tokenizer", "EsmcTokenizer", "FunnelTokenizer", "GPT2Tokenizer",
+    "GPTNeoXTokenizer", "GemmaTokenizer", "HerbertTokenizer", "LasrTokenizer", "LayoutLMv2Tokenizer",
+    "LayoutLMv3Tokenizer", "LayoutXLMTokenizer", "LukeTokenizer", "MBart50Tokenizer", "MBartTokenizer",
+    "MPNetTokenizer", "MarkupLMTokenizer", "NllbTokenizer", "NougatTokenizer", "OpenAIGPTTokenizer",
+    "PegasusTokenizer", "Qwen3_5Tokenizer", "ReformerTokenizer", "RemBertTokenizer", "RoFormerTokenizer",
+    "RobertaTokenizer", "SeamlessM4TTokenizer", "Siglip2Tokenizer", "SplinterTokenizer", "T5Tokenizer",
+    "UdopTokenizer", "VideoPrismTokenizer", "WhisperTokenizer", "XGLMTokenizer", "XLMRobertaTokenizer",
+    "XLNetTokenizer"))
 
 # transformers 5.24's models/auto/tokenization_auto.py, the part of it that decides between rebuilt and as-is:
 # model types it maps to a generic backend (TokenizersBackend; MistralCommonBackend needs mistral_common) ...
@@ -78,12 +96,18 @@ def choose_pipeline(backend: Any, tokenizer_file: str, tokenizer_config: dict[st
     A repo with `auto_map` (remote code, never run here) keeps the file's pipeline too."""
     declared = tokenizer_config.get("tokenizer_class") or (model_config or {}).get("tokenizer_class") or ""
     model_type = (model_config or {}).get("model_type")
-    if "auto_map" in tokenizer_config or not (declared.removesuffix("Fast") in REBUILDERS or model_type in (
-            *REGISTERED_REBUILT, *REGISTERED_OVER_HUB)):
+    if "auto_map" in tokenizer_config:
         return Pipeline(backend)
+    class_name = transformers_class(declared, model_type, byte_level=False)
+    if class_name in NOT_REBUILT:
+        logger.info("%s: transformers rebuilds %s's pipeline from the vocabulary; warpload uses the file as it is",
+                    tokenizer_file, class_name)
+    if class_name not in REBUILDERS:
+        return Pipeline(backend)
+    # Only now is the file read again: whether it is byte-level, and its vocabulary and merges.
     with open(tokenizer_file, encoding="utf-8") as handle:
         text = handle.read()
-    class_name = transformers_class(declared, model_type, '"ByteLevel"' in text)
+    class_name = transformers_class(declared, model_type, byte_level='"ByteLevel"' in text)
     serialized = json.loads(text)
     if class_name not in REBUILDERS or serialized.get("model", {}).get("type") != "BPE":
         return Pipeline(backend)
