@@ -22,6 +22,8 @@ REMOTE_CODE_USER_REPO = "org/remote-code-user"
 # The tag of REMOTE_CODE_REPO's first commit, whose code scales logits by 1 (main's code by 2).
 OLD_CODE_TAG = "code-v1"
 MAIN_REPO = "org/tiny-gpt2"
+# Tokenizer files (Llama-style at main, a GPT-2-style one in a subfolder and at tag tok-v1) next to weights.
+TOKENIZER_REPO = "org/tiny-tokenizer"
 # Six shards of about 1 MB: the front's link sends 1 MiB pieces one after another, so paced shards land in turn.
 SHARDED_REPO = "org/sharded-gpt2"
 SHARDED_MODEL = dict(n_embd=128, n_layer=6, vocab_size=2000)
@@ -90,6 +92,8 @@ class HubRepos:
 
     commits: dict[str, str] = field(default_factory=dict)
     states: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+    # The folders the tokenizer repo's files were saved from, by revision ("main", "sub", "tok-v1").
+    tokenizers: dict[str, Path] = field(default_factory=dict)
 
 
 def _save(model: torch.nn.Module, folder: Path, fmt: str, dtype: torch.dtype = torch.float32) -> dict:
@@ -153,6 +157,7 @@ def build_repos(mirrors: Path) -> HubRepos:
     built.states[(SHARDED_REPO, "main")] = {k: v.clone() for k, v in model.state_dict().items()}
     built.commits["sharded-main"] = _commit(sharded, "six shards")
     _build_adapter(mirrors, built)
+    _build_tokenizer_repo(mirrors, built)
     return built
 
 
@@ -177,6 +182,28 @@ def _build_adapter(mirrors: Path, built: HubRepos) -> None:
     config["base_model_name_or_path"] = MAIN_REPO
     (repo / "adapter_config.json").write_text(json.dumps(config))
     built.commits["adapter-main"] = _commit(repo, "lora")
+
+
+def _build_tokenizer_repo(mirrors: Path, built: HubRepos) -> None:
+    """TOKENIZER_REPO: tag tok-v1 holds a GPT-2-style tokenizer; main a Llama-style one with named chat templates,
+    a GPT-2-style one under sub/, a config and weights (which a tokenizer load must not fetch)."""
+    from tokenizer_files import save_tokenizer
+
+    repo = mirrors / "models" / TOKENIZER_REPO
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    sources = mirrors.parent / "tokenizer-sources"
+    built.tokenizers["tok-v1"] = save_tokenizer("gpt2", sources / "tok-v1", pad=False)
+    shutil.copytree(built.tokenizers["tok-v1"], repo, dirs_exist_ok=True)
+    built.commits["tok-v1"] = _commit(repo, "a GPT-2-style tokenizer")
+    _git(repo, "tag", "tok-v1")
+    _clear(repo)
+    built.tokenizers["main"] = save_tokenizer("llama", sources / "main")
+    built.tokenizers["sub"] = save_tokenizer("gpt2", sources / "sub")
+    shutil.copytree(built.tokenizers["main"], repo, dirs_exist_ok=True)
+    shutil.copytree(built.tokenizers["sub"], repo / "sub")
+    _save(tiny_transformers_model("gpt2", seed=11), repo, "safetensors")
+    built.commits["tok-main"] = _commit(repo, "Llama-style tokenizer, a subfolder, weights")
 
 
 def _build_remote_code(mirrors: Path, built: HubRepos) -> None:

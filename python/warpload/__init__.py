@@ -20,10 +20,11 @@ _LAZY = {
     "AutoModelForCausalLM": "loading.auto",
     "AutoConfig": "loading.auto",
     "GenerationConfig": "models.generation_config",
+    "AutoTokenizer": "tokenization.auto",
 }
 
 __all__ = ["load", "load_file", "safe_open", "save_file", "save", "load_checkpoint", "load_torch",
-           "AutoModelForCausalLM", "AutoConfig", "GenerationConfig", "errors", "__version__"]
+           "AutoModelForCausalLM", "AutoConfig", "AutoTokenizer", "GenerationConfig", "errors", "__version__"]
 
 
 def __getattr__(name: str) -> object:

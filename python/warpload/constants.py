@@ -14,6 +14,19 @@ PYTORCH_INDEX_NAME = "pytorch_model.bin.index.json"
 TF_H5_WEIGHTS_NAME = "tf_model.h5"
 TF_H5_INDEX_NAME = "tf_model.h5.index.json"
 TF1_CHECKPOINT_INDEX_NAME = "model.ckpt.index"
+# Tokenizer files, as transformers 5 names them (tokenization_utils_base.py, utils/hub.py);
+# additional_chat_templates/ holds the named chat templates.
+TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_NAME = "special_tokens_map.json"
+ADDED_TOKENS_NAME = "added_tokens.json"
+CHAT_TEMPLATE_NAME = "chat_template.jinja"
+CHAT_TEMPLATES_DIR = "additional_chat_templates"
+# What a slow (Python or sentencepiece) tokenizer reads when a repo has no tokenizer.json.
+SLOW_TOKENIZER_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt",
+                        "vocab.txt", "tiktoken.model", "tekken.json")
+TOKENIZER_FILE_NAMES = (TOKENIZER_NAME, TOKENIZER_CONFIG_NAME, SPECIAL_TOKENS_MAP_NAME, ADDED_TOKENS_NAME,
+                        CHAT_TEMPLATE_NAME, *SLOW_TOKENIZER_NAMES)
 
 
 # safetensors/src/tensor.rs MAX_HEADER_SIZE: headers above 100 MB are refused.

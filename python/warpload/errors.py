@@ -203,3 +203,7 @@ class GenerationOptionError(WarploadError, ValueError):
 class UnsupportedGenerationOptionError(WarploadError, NotImplementedError):
     """generate() was asked for a transformers decoding option the built-in models do not implement
     (load with backend="transformers" for it)."""
+
+
+class SlowTokenizerError(WarploadError, ImportError):
+    """A repo has no tokenizer.json, only a slow tokenizer's files, and transformers (to convert them) is missing."""

@@ -158,6 +158,26 @@ def start_pretrained(location: str, options: HubOptions, *, subfolder: str = "",
         return snapshot, shards
 
 
+def resolve_files(location: str, options: HubOptions, names: tuple[str, ...], *, subfolder: str = "",
+                  folders: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> str:
+    """The local folder (under `subfolder`) holding those of `names` (and the files under `folders`, and the
+    `optional` names, which alone do not count) that `location` has.
+
+    A local folder is used as it is. For a repo id, one listing request says which of the files
+    exist at the revision; those are fetched into the snapshot of its commit (offline: the cached
+    ones are used). Raises EntryNotFoundError when the repo has none of them, NotCachedError when
+    offline and none is cached, and the other HubErrors as resolve_pretrained does.
+    """
+    if os.path.exists(location):
+        return os.path.join(location, subfolder)
+    _check_repo_id(location)
+    request = HubRequest(location, options, subfolder)
+    with call_proxies(options.proxies):
+        if options.offline:
+            return request.cached_files(names)
+        return request.download_files(names, folders, optional)
+
+
 class ShardDownloads:
     """The shards of one resolution, downloading in parallel in the caller's context (its proxies).
 
@@ -375,6 +395,32 @@ class HubRequest:
                 shards.close()
             raise
         return snapshot, shards
+
+    def download_files(self, names: tuple[str, ...], folders: tuple[str, ...], optional: tuple[str, ...]) -> str:
+        """The snapshot folder (under the subfolder) once the listed ones of `names`, `folders/*` and `optional`
+        are cached; EntryNotFoundError when the listing has none of `names` and `folders/*`."""
+        commit, listing = self.listing()
+        wanted = [name for name in listing
+                  if name in names or any(name.startswith(f"{folder}/") for folder in folders)]
+        if not wanted:
+            raise self.missing(" or ".join(names), listing)
+        wanted += [name for name in listing if name in optional and name not in wanted]
+        # The user's revision name for the first, so refs/{revision} is written for later offline loads.
+        first = self.fetch_checked(wanted[0], self.revision)
+        self._fetch_all(wanted[1:], commit)
+        return os.path.join(snapshot_root(first, os.path.join(self.subfolder, os.path.dirname(wanted[0]))),
+                            self.subfolder)
+
+    def cached_files(self, names: tuple[str, ...]) -> str:
+        """The cached snapshot folder (under the subfolder) holding any of `names`, with no request."""
+        import huggingface_hub
+
+        for name in names:
+            path = huggingface_hub.try_to_load_from_cache(self.repo_id, self._path(name), self.options.cache_dir,
+                                                          self.revision)
+            if isinstance(path, str):
+                return os.path.dirname(path)
+        raise self._not_cached(names[0])
 
     def _choose_weights(self, files: set[str], listing: list[str], variant: Optional[str],
                         use_safetensors: Optional[bool], from_tf: bool) -> str:
