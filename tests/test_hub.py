@@ -406,7 +406,9 @@ def test_cache_is_shared_with_huggingface_hub_and_transformers(hub, tmp_path):
     assert os.path.islink(path)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path, local_files_only=True)
     assert_loaded(theirs, hub.repos.states[(MAIN_REPO, "main")])
-    assert hub.front.log.entries == []
+    # With peft installed (a test dependency), transformers' Auto class probes the Hub for adapter_config.json
+    # even under local_files_only; nothing else is asked for.
+    assert [entry for entry in hub.front.log.entries if not entry[1].endswith("/adapter_config.json")] == []
     # And the other way: transformers downloads, warpload loads offline.
     transformers.AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path / "t")
     ours = AutoModelForCausalLM.from_pretrained(MAIN_REPO, revision="sharded", cache_dir=tmp_path / "t",

@@ -11,7 +11,6 @@ from .dtypes import dtype_name
 from .engine.mapped import views_or_copies
 from .errors import CheckpointNotFoundError, ClosedFileError, UnknownBackendError, UnsupportedFormatError, ZeroCopyError
 from .formats.safetensors import parse_header, read_header
-from .formats.slices import check_slice
 from .gc_pause import without_gc_pauses
 from .plan import LoadPlan, TensorRecord, plan_load
 
@@ -241,6 +240,8 @@ class SafeSlice:
         return self._record.dtype
 
     def __getitem__(self, index: Any) -> Any:
+        from .formats.slices import check_slice  # here: a load_file imports only the readers it uses
+
         check_slice(index, tuple(self._record.shape))
         if self._numpy:
             from .engine.numpy_arrays import numpy_views
