@@ -505,3 +505,14 @@ def test_config_repo_id_is_fetched_with_the_calls_hub_options(hub, tmp_path):
     assert any(path.name == "config.json" for path in tmp_path.rglob("config.json"))
     with pytest.raises(errors.GatedRepoError):
         AutoModelForCausalLM.from_pretrained(MAIN_REPO, config=GATED_REPO, cache_dir=tmp_path / "no-token")
+
+
+def test_generation_config_from_a_repo_id_fetches_that_file(hub, tmp_path):
+    import warpload
+
+    ours = warpload.GenerationConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    theirs = transformers.GenerationConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path / "transformers")
+    assert ours.max_new_tokens == theirs.max_new_tokens == 7
+    assert downloaded(hub).count("generation_config.json") == 2 and "model.safetensors" not in downloaded(hub)
+    assert warpload.GenerationConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, local_files_only=True,
+                                                     max_new_tokens=3).max_new_tokens == 3

@@ -11,7 +11,8 @@ from typing import Any, Union
 
 from ..errors import CheckpointNotFoundError
 from ..hub.adapters import ADAPTER_CONFIG_NAME
-from ..hub.resolve import HubOptions, resolve_pretrained
+from ..constants import GENERATION_CONFIG_NAME
+from ..hub.resolve import HubOptions, resolve_files, resolve_pretrained
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -60,5 +61,7 @@ def generation_config_from_pretrained(cls: type, pretrained_model_name: PathLike
     (fetched with the Hub options in `kwargs`), the other keywords applied as field overrides."""
     options = HubOptions.pop_from(kwargs)
     subfolder = kwargs.pop("subfolder", "")
-    location = resolve_pretrained(os.fspath(pretrained_model_name), options, subfolder=subfolder, weights=False)
-    return cls.from_local(location, config_file_name, subfolder=subfolder, **kwargs)
+    # Only that file is fetched for a repo id (one listing, one download), not config.json or weights.
+    folder = resolve_files(os.fspath(pretrained_model_name), options, (config_file_name or GENERATION_CONFIG_NAME,),
+                           subfolder=subfolder)
+    return cls.from_local(folder, config_file_name, **kwargs)
