@@ -189,8 +189,7 @@ class GenerationConfig:
         from_pretrained; other keywords override fields (`return_unused_kwargs=True` gives
         `(config, unused)`). Raises CheckpointNotFoundError (a FileNotFoundError) when the folder
         has no such file, HubError subclasses (OSError) when the Hub cannot provide it. For a repo id
-        the resolver fetches config.json only; generation_config.json must already be in the cached
-        snapshot (a model from_pretrained of that repo puts it there).
+        only that file is fetched (into the shared cache).
         """
         # The one import from models/ up into loading/: the Hub lives there (see pyproject's import contracts).
         from ..loading.entry import generation_config_from_pretrained
