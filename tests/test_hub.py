@@ -516,3 +516,27 @@ def test_generation_config_from_a_repo_id_fetches_that_file(hub, tmp_path):
     assert downloaded(hub).count("generation_config.json") == 2 and "model.safetensors" not in downloaded(hub)
     assert warpload.GenerationConfig.from_pretrained(MAIN_REPO, cache_dir=tmp_path, local_files_only=True,
                                                      max_new_tokens=3).max_new_tokens == 3
+
+
+def test_a_connection_dropped_before_the_answer_is_tried_once_more(hub, tmp_path, monkeypatch):
+    import httpx2
+
+    real, calls = huggingface_hub.hf_hub_download, []
+
+    def drops_first(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise httpx2.RemoteProtocolError("Server disconnected without sending a response.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", drops_first)
+    model = AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path)
+    assert_loaded(model, hub.repos.states[(MAIN_REPO, "main")])
+    assert calls[0] == calls[1]  # the same file, asked again
+
+    def always_drops(*args, **kwargs):
+        raise httpx2.RemoteProtocolError("Server disconnected without sending a response.")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", always_drops)
+    with pytest.raises(errors.HubError, match="Server disconnected"):
+        AutoModelForCausalLM.from_pretrained(MAIN_REPO, cache_dir=tmp_path / "again")

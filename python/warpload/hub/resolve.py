@@ -256,7 +256,18 @@ class HubRequest:
         return f"{self.subfolder}/{name}" if self.subfolder else name
 
     def fetch(self, name: str, revision: str, *, offline: bool = False, force: bool = False) -> str:
-        """hf_hub_download of `name` (relative to the subfolder) into the shared cache; its snapshot path."""
+        """hf_hub_download of `name` (relative to the subfolder) into the shared cache; its snapshot path.
+
+        A connection the server or proxy dropped before answering (it closed an idle keep-alive connection
+        the pool reused) is tried once more, as urllib3 retries idempotent requests; other errors are not."""
+        try:
+            return self._download(name, revision, offline, force)
+        except HubError as err:
+            if not _dropped_before_answer(err):
+                raise
+        return self._download(name, revision, offline, force)
+
+    def _download(self, name: str, revision: str, offline: bool, force: bool) -> str:
         import huggingface_hub
 
         try:
@@ -484,6 +495,17 @@ class HubRequest:
                 if not os.path.isfile(os.path.join(folder, shard)):
                     raise self._not_cached(shard)
         return snapshot
+
+
+def _dropped_before_answer(err: BaseException) -> bool:
+    """Whether `err` (or an error it was raised from) is the server closing the connection without a response."""
+    import httpx2
+
+    while err is not None:
+        if isinstance(err, httpx2.RemoteProtocolError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def snapshot_root(path: str, subfolder: str) -> str:
