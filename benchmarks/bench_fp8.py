@@ -73,20 +73,11 @@ def write_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def set_cache(path: Path, cache: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if cache == "cold":
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        else:
-            while os.read(fd, 16 << 20):
-                pass
-    finally:
-        os.close(fd)
-
-
 def fresh_load(folder: Path, library: str, cache: str) -> dict:
-    set_cache(folder / "model.safetensors", cache)
+    # The package's one way to make a file warm or cold (what `warpload bench` uses).
+    from warpload.bench.harness import set_cache_state
+
+    set_cache_state(str(folder / "model.safetensors"), cache)
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", LOAD, str(folder), library], capture_output=True, text=True,
                             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})

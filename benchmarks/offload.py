@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import statistics
@@ -74,13 +73,10 @@ def checkpoint(layers: int, width: int) -> Path:
 
 
 def evict(folder: Path) -> None:
+    from warpload.bench.harness import set_cache_state
+
     for path in folder.glob("*.safetensors"):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        set_cache_state(str(path), "cold")
 
 
 def run(library: str, folder: Path, budget: int, offload: Path) -> dict:

@@ -59,18 +59,15 @@ def build_checkpoint(path: Path, legacy: bool) -> None:
 
 
 def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    from warpload.bench.harness import set_cache_state
+
+    set_cache_state(str(path), "cold")
 
 
 def warm(path: Path) -> None:
-    with open(path, "rb") as handle:
-        while handle.read(1 << 24):
-            pass
+    from warpload.bench.harness import set_cache_state
+
+    set_cache_state(str(path), "warm")
 
 
 def worker(case: str, path: str) -> None:
