@@ -24,6 +24,7 @@ from warpload.errors import (
     NotAStringError,
     SharedTensorsError,
     UnsavableTensorError,
+    UnsupportedDtypeError,
     WarploadError,
 )
 
@@ -241,3 +242,16 @@ def test_a_failed_write_raises_an_os_error_and_leaves_no_file(tmp_path):
 def test_gpu_tensors_are_saved_from_a_host_copy():
     tensors = {"g": torch.arange(10.0, device="cuda"), "c": torch.ones(3)}
     assert warpload.save(tensors) == st.save(tensors)
+
+
+def test_complex128_is_refused_as_safetensors_refuses_it(tmp_path):
+    # warpload loads complex128 from .bin and TF files (C128), but safetensors has no name for it: a file holding
+    # it would load nowhere, so save refuses it, as safetensors.torch does (with a KeyError of its own).
+    tensors = {"z": torch.ones(2, dtype=torch.complex128)}
+    with pytest.raises(KeyError):
+        st.save(tensors)
+    with pytest.raises(UnsupportedDtypeError, match="'z'.*torch.complex128 has no safetensors dtype"):
+        warpload.save(tensors)
+    with pytest.raises(UnsupportedDtypeError):
+        warpload.save_file(tensors, tmp_path / "z.safetensors")
+    assert not (tmp_path / "z.safetensors").exists()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 from .. import constants
 from .._fileio import write_atomically
 from .._native import core
-from ..dtypes import dtype_name
+from ..dtypes import SAFETENSORS_DTYPES, dtype_name
 from ..errors import (
     HeaderError,
     NoTensorDataError,
@@ -131,6 +131,12 @@ def _entry(name: str, tensor: "torch.Tensor") -> TensorEntry:
         dtype = dtype_name(tensor.dtype)
     except UnsupportedDtypeError as err:
         raise UnsupportedDtypeError(f"tensor {name!r}: {err}; safetensors cannot store it either") from err
+    if dtype not in SAFETENSORS_DTYPES:
+        # complex128 has a warpload dtype (TF bundles and .bin hold it) but no safetensors name: no reader,
+        # warpload's included, would load the file.
+        raise UnsupportedDtypeError(f"tensor {name!r}: {tensor.dtype} has no safetensors dtype, so no safetensors "
+                                    "reader could load the file; save it with torch.save, or convert it (e.g. to "
+                                    "two float64 tensors with torch.view_as_real)")
     shape = tuple(tensor.shape)
     if dtype == "F4":
         # torch packs two F4 values per element; the header counts values (safetensors' TensorSpec doubles it).
